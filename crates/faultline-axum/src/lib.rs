@@ -1,1 +1,21 @@
-//! placeholder
+//! # faultline-axum
+//!
+//! faultline for axum and tower: every non-2xx answer of an app is an error from its catalog,
+//! in the catalog's envelope profile, with the request id in body and header.
+//!
+//! - [`Faultline::install`] wraps a [`axum::Router`]: request ids, unknown routes and methods,
+//!   body limits, timeouts and panics all become catalog errors;
+//! - [`Json`], [`Query`] and [`Path`] are drop-in extractors whose rejections are catalog
+//!   errors, with every field problem collected;
+//! - handlers return `Result<_, faultline_axum::Error>`; an [`faultline::ApiError`] from a
+//!   generated constructor converts with `?`.
+
+pub mod contract;
+pub mod extract;
+pub mod layer;
+pub mod request_id;
+
+pub use contract::{Contract, Error, MissingBindings, Problems};
+pub use extract::{Json, Path, Query};
+pub use layer::{BodyLimit, Faultline};
+pub use request_id::RequestId;

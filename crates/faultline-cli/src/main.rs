@@ -38,6 +38,21 @@ enum Command {
         #[arg(long, requires = "out")]
         check: bool,
     },
+    /// Run the reference API: the chatbots API on an embedded SQLite database.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// SQLite database file, created on first start.
+        #[arg(long, default_value = "faultline.db")]
+        db: PathBuf,
+        /// The catalog to serve.
+        #[arg(long, default_value = "examples/catalogs/chatbots.toml")]
+        catalog: PathBuf,
+        /// Serve the catalog in this envelope profile instead of its own.
+        #[arg(long, value_enum)]
+        profile: Option<ProfileArg>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -104,6 +119,12 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
                 }
             }
         }
+        Command::Serve {
+            addr,
+            db,
+            catalog,
+            profile,
+        } => serve(addr, &db, &catalog, profile),
         Command::Docs {
             catalog,
             format,
@@ -151,6 +172,40 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             }
         }
     }
+}
+
+#[allow(clippy::print_stdout)]
+fn serve(
+    addr: std::net::SocketAddr,
+    db: &Path,
+    catalog: &Path,
+    profile: Option<ProfileArg>,
+) -> Result<ExitCode, UsageError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let parsed = load(catalog)?;
+    let app = faultline_cli::reference::app_on_file(parsed, profile.map(Profile::from), db)
+        .map_err(|e| UsageError(e.to_string()))?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
+        println!("faultline reference API on http://{addr} (database {}, docs at http://{addr}/docs)", db.display());
+        println!("try: curl -i -X POST http://{addr}/v1/chatbots -H 'content-type: application/json' -d '{{\"status\":\"live\"}}'");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .map_err(|e| UsageError(format!("server error: {e}")))
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read(path: &Path) -> Result<String, UsageError> {

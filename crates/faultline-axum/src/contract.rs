@@ -1,0 +1,333 @@
+//! The contract a server keeps: a catalog, the profile it is served in, and the one renderer.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use faultline::details::{DetailsShape, FieldErrors, FieldViolations, IntoDetails};
+use faultline::{ApiError, Catalog, Profile, RenderContext, Situation};
+use serde_json::Value;
+
+use crate::request_id::RequestId;
+
+/// The situations the server layers raise themselves: a catalog served by faultline-axum must
+/// bind a code to each.
+pub const REQUIRED: [Situation; 10] = [
+    Situation::RouteNotFound,
+    Situation::MethodNotAllowed,
+    Situation::MalformedJson,
+    Situation::ValidationFailed,
+    Situation::InvalidQuery,
+    Situation::InvalidPathId,
+    Situation::UnsupportedMediaType,
+    Situation::PayloadTooLarge,
+    Situation::Timeout,
+    Situation::Internal,
+];
+
+/// A catalog as served: which profile, and the request-id settings.
+#[derive(Debug)]
+pub struct Contract {
+    catalog: Catalog,
+    profile: Profile,
+    request_id_header: HeaderName,
+}
+
+/// The catalog lacks bindings the server needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingBindings(pub Vec<Situation>);
+
+impl std::error::Error for MissingBindings {}
+
+impl std::fmt::Display for MissingBindings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.0.iter().map(|s| s.as_str()).collect();
+        write!(f, "the catalog must bind a code to: {}", names.join(", "))
+    }
+}
+
+impl Contract {
+    /// Serves `catalog` in its own profile. Fails when a required situation is unbound.
+    pub fn new(catalog: Catalog) -> Result<Self, MissingBindings> {
+        let missing: Vec<Situation> = REQUIRED
+            .into_iter()
+            .filter(|s| catalog.bound(*s).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(MissingBindings(missing));
+        }
+        let request_id_header = HeaderName::try_from(catalog.api.request_id_header.as_str())
+            .unwrap_or(HeaderName::from_static("x-request-id"));
+        Ok(Contract {
+            profile: catalog.api.profile,
+            catalog,
+            request_id_header,
+        })
+    }
+
+    /// Serves the same catalog in another envelope profile.
+    #[must_use]
+    pub fn with_profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The profile error bodies are rendered in.
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// The header carrying request ids.
+    pub fn request_id_header(&self) -> &HeaderName {
+        &self.request_id_header
+    }
+
+    /// A fresh error for the code bound to `situation`.
+    ///
+    /// Required situations are checked by [`Contract::new`]; an optional one that is unbound
+    /// falls back to the internal error, so a request never goes unanswered.
+    pub fn bound(&self, situation: Situation) -> ApiError {
+        self.catalog
+            .bound(situation)
+            .or_else(|| self.catalog.bound(Situation::Internal))
+            .map(faultline::ErrorSpec::to_error)
+            .expect("Contract::new checked the internal binding")
+    }
+
+    /// Renders `error` as a response: status, content type, headers, request id, body.
+    ///
+    /// # Exactly one place renders an error
+    ///
+    /// Every refusal of every layer and extractor reaches the client through this function.
+    pub fn render(&self, error: &ApiError, request_id: &RequestId, path: &str) -> Response {
+        let type_uri = self.catalog.docs_url_for(error.code());
+        let ctx = RenderContext {
+            request_id: Some(request_id.as_str()),
+            instance: Some(path),
+            type_uri: type_uri.as_deref(),
+            domain: None,
+        };
+        let body = self.profile.render(error, &ctx);
+        let status =
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(self.profile.content_type()),
+        );
+        for (name, value) in error.headers() {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::try_from(name), HeaderValue::try_from(value))
+            {
+                headers.insert(name, value);
+            }
+        }
+        headers.insert(self.request_id_header.clone(), request_id.header_value());
+        response
+    }
+
+    /// Resolves an [`Error`] to the catalog error it stands for.
+    pub fn resolve(&self, error: &Error) -> ApiError {
+        match &*error.0 {
+            Repr::Api(api) => clone_error(api),
+            Repr::Internal(_) => self.bound(Situation::Internal),
+            Repr::Bound {
+                situation,
+                problems,
+                headers,
+                details,
+            } => {
+                let mut api = self.bound(*situation);
+                let spec = self.catalog.get(api.code());
+                if let Some(details) = problems
+                    .as_ref()
+                    .zip(spec)
+                    .and_then(|(p, s)| p.to_details(&s.details))
+                {
+                    api = api.with_details(details);
+                }
+                if let Some(details) = details {
+                    api = api.with_details(details.clone());
+                }
+                for (name, value) in headers {
+                    api = api.with_header(*name, value.clone());
+                }
+                api
+            }
+        }
+    }
+}
+
+fn clone_error(api: &ApiError) -> ApiError {
+    let mut copy = ApiError::from_parts(
+        api.code().to_owned().into(),
+        api.status(),
+        api.title().to_owned().into(),
+        api.message().to_owned().into(),
+        api.retry(),
+    );
+    if let Some(details) = api.details() {
+        copy = copy.with_details(details.clone());
+    }
+    for (name, value) in api.headers() {
+        copy = copy.with_header(name.to_owned(), value);
+    }
+    copy
+}
+
+/// Validation problems found by an extractor, before they take the bound code's details shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Problems {
+    /// Problems about the whole input.
+    pub form: Vec<String>,
+    /// `(field, json pointer, message)` for each field problem, in the order found.
+    pub fields: Vec<(String, String, String)>,
+}
+
+impl Problems {
+    /// Adds a field problem.
+    pub fn field(&mut self, field: &str, pointer: &str, message: impl Into<String>) {
+        self.fields
+            .push((field.to_owned(), pointer.to_owned(), message.into()));
+    }
+
+    /// Whether nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.form.is_empty() && self.fields.is_empty()
+    }
+
+    /// The problems in `shape`, if the shape is a validation shape.
+    fn to_details(&self, shape: &DetailsShape) -> Option<Value> {
+        match shape {
+            DetailsShape::FieldErrors => {
+                let mut details = FieldErrors::new();
+                details.form_errors.clone_from(&self.form);
+                for (field, _, message) in &self.fields {
+                    details.push_field(field.clone(), message.clone());
+                }
+                Some(details.into_details())
+            }
+            DetailsShape::FieldViolations => {
+                let mut details = FieldViolations::default();
+                for message in &self.form {
+                    details = details.violation("", message.clone());
+                }
+                for (_, pointer, message) in &self.fields {
+                    details = details.violation(pointer.clone(), message.clone());
+                }
+                Some(details.into_details())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a handler, layer or extractor returns to refuse a request.
+///
+/// Either a catalog error the application raised (from a generated constructor), or a standard
+/// situation that the contract resolves to its bound code. Its `IntoResponse` only marks the
+/// response; the faultline layer renders it, so the body always has the request id and the
+/// served profile.
+#[derive(Debug)]
+pub struct Error(pub(crate) Box<Repr>);
+
+#[derive(Debug)]
+pub(crate) enum Repr {
+    Api(ApiError),
+    Bound {
+        situation: Situation,
+        problems: Option<Problems>,
+        details: Option<Value>,
+        headers: Vec<(&'static str, String)>,
+    },
+    Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// The code the catalog binds to `situation`.
+    pub fn bound(situation: Situation) -> Self {
+        Error(Box::new(Repr::Bound {
+            situation,
+            problems: None,
+            details: None,
+            headers: Vec::new(),
+        }))
+    }
+
+    /// A validation situation with the problems found; they take the bound code's shape.
+    pub fn invalid(situation: Situation, problems: Problems) -> Self {
+        Error(Box::new(Repr::Bound {
+            situation,
+            problems: Some(problems),
+            details: None,
+            headers: Vec::new(),
+        }))
+    }
+
+    /// Sets details on a bound situation (ignored for an application error, which has its own).
+    #[must_use]
+    pub fn with_details(mut self, value: impl IntoDetails) -> Self {
+        if let Repr::Bound { details, .. } = &mut *self.0 {
+            *details = Some(value.into_details());
+        }
+        self
+    }
+
+    /// Adds a header to a bound situation (an application error carries its own).
+    #[must_use]
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        match &mut *self.0 {
+            Repr::Bound { headers, .. } => headers.push((name, value.into())),
+            Repr::Api(_) | Repr::Internal(_) => {}
+        }
+        self
+    }
+
+    /// The cause kept for logs, if any.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &*self.0 {
+            Repr::Api(api) => std::error::Error::source(api),
+            Repr::Internal(cause) => Some(cause.as_ref()),
+            Repr::Bound { .. } => None,
+        }
+    }
+}
+
+impl From<ApiError> for Error {
+    fn from(error: ApiError) -> Self {
+        Error(Box::new(Repr::Api(error)))
+    }
+}
+
+impl Error {
+    /// The internal error, keeping `cause` for the log line; the body says nothing of it.
+    ///
+    /// ```
+    /// fn parse(input: &str) -> Result<u32, faultline_axum::Error> {
+    ///     input.parse().map_err(faultline_axum::Error::internal)
+    /// }
+    /// assert!(parse("x").is_err());
+    /// ```
+    pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error(Box::new(Repr::Internal(cause.into())))
+    }
+}
+
+/// The marker a response carries until the faultline layer renders it.
+#[derive(Clone)]
+pub(crate) struct Pending(pub(crate) Arc<Error>);
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        response.extensions_mut().insert(Pending(Arc::new(self)));
+        response
+    }
+}

@@ -1,0 +1,210 @@
+//! The faultline layer: request ids in, every failure rendered from the catalog on the way out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use faultline::Situation;
+use faultline::details::Size;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tracing::Instrument;
+
+use crate::contract::{Contract, Error, Pending};
+use crate::request_id::RequestId;
+
+/// The largest body accepted by default: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// The default handler deadline.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The body limit in force, for extractors (they read it from the request's extensions).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Configures and installs faultline on an axum [`Router`].
+///
+/// ```
+/// # fn demo(catalog: faultline::Catalog) {
+/// let contract = faultline_axum::Contract::new(catalog).expect("bindings present");
+/// let app: axum::Router = faultline_axum::Faultline::new(contract).install(axum::Router::new());
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Faultline {
+    contract: Arc<Contract>,
+    body_limit: usize,
+    timeout: Duration,
+}
+
+struct Shared {
+    contract: Arc<Contract>,
+    body_limit: usize,
+}
+
+impl Faultline {
+    /// faultline with default limits: 1 MiB bodies, a 30 s deadline.
+    pub fn new(contract: Contract) -> Self {
+        Faultline {
+            contract: Arc::new(contract),
+            body_limit: DEFAULT_BODY_LIMIT,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Sets the largest accepted body, in bytes.
+    #[must_use]
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Sets the deadline for a handler's answer.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The contract served.
+    pub fn contract(&self) -> &Arc<Contract> {
+        &self.contract
+    }
+
+    /// Wraps `router` so that every failure is a catalog error: request ids, unknown routes and
+    /// methods, body limits, timeouts and panics.
+    pub fn install<S: Clone + Send + Sync + 'static>(self, router: Router<S>) -> Router<S> {
+        let shared = Arc::new(Shared {
+            contract: self.contract,
+            body_limit: self.body_limit,
+        });
+        router
+            .layer(axum::extract::DefaultBodyLimit::max(self.body_limit))
+            .layer(TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                self.timeout,
+            ))
+            .layer(CatchPanicLayer::custom(
+                |_panic: Box<dyn std::any::Any + Send>| {
+                    // The payload is not logged either: it may hold data from the request.
+                    tracing::error!("handler panicked");
+                    Error::bound(Situation::Internal).into_response()
+                },
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                shared,
+                faultline_middleware,
+            ))
+    }
+}
+
+async fn faultline_middleware(
+    State(shared): State<Arc<Shared>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let contract = &shared.contract;
+    let id = RequestId::from_header(
+        request.headers().get(contract.request_id_header()),
+        &contract.catalog().api.request_id_prefix,
+    );
+    request.extensions_mut().insert(id.clone());
+    request
+        .extensions_mut()
+        .insert(BodyLimit(shared.body_limit));
+    let path = request.uri().path().to_owned();
+    let declared_length = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let span =
+        tracing::info_span!("request", request_id = %id, method = %request.method(), path = %path);
+
+    let response = next.run(request).instrument(span.clone()).await;
+    let _entered = span.enter();
+    finish(
+        contract,
+        response,
+        &id,
+        &path,
+        declared_length,
+        shared.body_limit,
+    )
+}
+
+fn finish(
+    contract: &Contract,
+    mut response: Response,
+    id: &RequestId,
+    path: &str,
+    declared_length: Option<u64>,
+    body_limit: usize,
+) -> Response {
+    if let Some(Pending(error)) = response.extensions_mut().remove::<Pending>() {
+        let api = contract.resolve(&error);
+        if let Some(cause) = error.source() {
+            tracing::error!(request_id = %id, code = api.code(), cause = %Chain(cause), "request failed");
+        }
+        return contract.render(&api, id, path);
+    }
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.starts_with("application/json") || ct.starts_with("application/problem+json")
+        });
+    if status.as_u16() >= 400 && !is_json {
+        // A framework answer (router, limit, timeout) or a bare status from a handler.
+        let situation = match status.as_u16() {
+            404 => Situation::RouteNotFound,
+            405 => Situation::MethodNotAllowed,
+            408 => Situation::Timeout,
+            413 => Situation::PayloadTooLarge,
+            415 => Situation::UnsupportedMediaType,
+            400 | 422 => Situation::ValidationFailed,
+            _ => Situation::Internal,
+        };
+        let mut api = contract.bound(situation);
+        if let Some(allow) = response
+            .headers()
+            .get(ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| situation == Situation::MethodNotAllowed)
+        {
+            api = api.with_header("Allow", allow);
+        }
+        if situation == Situation::PayloadTooLarge {
+            api = api.with_details(Size {
+                size_bytes: declared_length,
+                max_bytes: body_limit as u64,
+            });
+        }
+        return contract.render(&api, id, path);
+    }
+    response
+        .headers_mut()
+        .insert(contract.request_id_header().clone(), id.header_value());
+    response
+}
+
+/// Displays an error and its sources, for the log line of an internal error.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
