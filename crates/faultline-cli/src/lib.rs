@@ -1,3 +1,4 @@
 //! The library behind the `faultline` binary: the reference API, shared with its tests.
 
+pub mod conformance;
 pub mod reference;
