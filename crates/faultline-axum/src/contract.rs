@@ -106,7 +106,11 @@ impl Contract {
     ///
     /// Every refusal of every layer and extractor reaches the client through this function.
     pub fn render(&self, error: &ApiError, request_id: &RequestId, path: &str) -> Response {
-        let type_uri = self.catalog.docs_url_for(error.code());
+        // Only RFC 9457 bodies carry a type URI; other profiles skip building it.
+        let type_uri = match self.profile {
+            Profile::Problem => self.catalog.docs_url_for(error.code()),
+            _ => None,
+        };
         let ctx = RenderContext {
             request_id: Some(request_id.as_str()),
             instance: Some(path),

@@ -3,16 +3,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::http::Uri;
 use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use faultline::Situation;
 use faultline::details::Size;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
-use tracing::Instrument;
 
 use crate::contract::{Contract, Error, Pending};
 use crate::request_id::RequestId;
@@ -39,11 +43,6 @@ pub struct Faultline {
     contract: Arc<Contract>,
     body_limit: usize,
     timeout: Duration,
-}
-
-struct Shared {
-    contract: Arc<Contract>,
-    body_limit: usize,
 }
 
 impl Faultline {
@@ -78,16 +77,14 @@ impl Faultline {
     /// Wraps `router` so that every failure is a catalog error: request ids, unknown routes and
     /// methods, body limits, timeouts and panics.
     pub fn install<S: Clone + Send + Sync + 'static>(self, router: Router<S>) -> Router<S> {
-        let shared = Arc::new(Shared {
-            contract: self.contract,
-            body_limit: self.body_limit,
-        });
         router
-            .layer(axum::extract::DefaultBodyLimit::max(self.body_limit))
-            .layer(TimeoutLayer::with_status_code(
+            // Only matched routes get a deadline: an unknown route or method is answered at
+            // once, and a timer per request there would be pure cost.
+            .route_layer(TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 self.timeout,
             ))
+            .layer(axum::extract::DefaultBodyLimit::max(self.body_limit))
             .layer(CatchPanicLayer::custom(
                 |_panic: Box<dyn std::any::Any + Send>| {
                     // The payload is not logged either: it may hold data from the request.
@@ -95,46 +92,149 @@ impl Faultline {
                     Error::bound(Situation::Internal).into_response()
                 },
             ))
-            .layer(axum::middleware::from_fn_with_state(
-                shared,
-                faultline_middleware,
-            ))
+            .layer(FaultlineLayer {
+                contract: self.contract,
+                body_limit: self.body_limit,
+            })
     }
 }
 
-async fn faultline_middleware(
-    State(shared): State<Arc<Shared>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let contract = &shared.contract;
-    let id = RequestId::from_header(
-        request.headers().get(contract.request_id_header()),
-        &contract.catalog().api.request_id_prefix,
-    );
-    request.extensions_mut().insert(id.clone());
-    request
-        .extensions_mut()
-        .insert(BodyLimit(shared.body_limit));
-    let path = request.uri().path().to_owned();
-    let declared_length = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let span =
-        tracing::info_span!("request", request_id = %id, method = %request.method(), path = %path);
+/// The tower layer at the outside of the stack: gives each request its id and renders every
+/// failure on the way out. [`Faultline::install`] adds it with the other layers.
+#[derive(Debug, Clone)]
+pub struct FaultlineLayer {
+    contract: Arc<Contract>,
+    body_limit: usize,
+}
 
-    let response = next.run(request).instrument(span.clone()).await;
-    let _entered = span.enter();
-    finish(
-        contract,
-        response,
-        &id,
-        &path,
-        declared_length,
-        shared.body_limit,
-    )
+impl FaultlineLayer {
+    /// The layer for `contract`, telling extractors that bodies are limited to `body_limit`.
+    pub fn new(contract: Arc<Contract>, body_limit: usize) -> Self {
+        FaultlineLayer {
+            contract,
+            body_limit,
+        }
+    }
+}
+
+impl<S> Layer<S> for FaultlineLayer {
+    type Service = FaultlineService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FaultlineService {
+            inner,
+            contract: Arc::clone(&self.contract),
+            body_limit: self.body_limit,
+        }
+    }
+}
+
+/// The service made by [`FaultlineLayer`].
+#[derive(Debug, Clone)]
+pub struct FaultlineService<S> {
+    inner: S,
+    contract: Arc<Contract>,
+    body_limit: usize,
+}
+
+impl<S, B> Service<axum::http::Request<B>> for FaultlineService<S>
+where
+    S: Service<axum::http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
+        let contract = &self.contract;
+        let id = RequestId::from_header(
+            request.headers().get(contract.request_id_header()),
+            &contract.catalog().api.request_id_prefix,
+        );
+        request.extensions_mut().insert(id.clone());
+        request.extensions_mut().insert(BodyLimit(self.body_limit));
+        let declared_length = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %id,
+            method = %request.method(),
+            path = %request.uri().path()
+        );
+        let uri = request.uri().clone();
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        ResponseFuture {
+            inner,
+            span,
+            pending: Some(Finish {
+                contract: Arc::clone(&self.contract),
+                id,
+                uri,
+                declared_length,
+                body_limit: self.body_limit,
+            }),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`FaultlineService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+        pending: Option<Finish>,
+    }
+}
+
+/// What the future needs once the inner service has answered.
+struct Finish {
+    contract: Arc<Contract>,
+    id: RequestId,
+    uri: Uri,
+    declared_length: Option<u64>,
+    body_limit: usize,
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let response = ready!(this.inner.poll(cx))?;
+        let finish = this
+            .pending
+            .take()
+            .expect("ResponseFuture polled after completion");
+        Poll::Ready(Ok(finish.run(response)))
+    }
+}
+
+impl Finish {
+    fn run(self, response: Response) -> Response {
+        finish(
+            &self.contract,
+            response,
+            &self.id,
+            self.uri.path(),
+            self.declared_length,
+            self.body_limit,
+        )
+    }
 }
 
 fn finish(

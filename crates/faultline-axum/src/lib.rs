@@ -17,5 +17,5 @@ pub mod request_id;
 
 pub use contract::{Contract, Error, MissingBindings, Problems};
 pub use extract::{Json, Path, Query};
-pub use layer::{BodyLimit, Faultline};
+pub use layer::{BodyLimit, Faultline, FaultlineLayer};
 pub use request_id::RequestId;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::http::HeaderValue;
-use rand::Rng;
+use rand::RngCore;
 
 /// The id of one request: in the request's extensions, the response header, the error body and
 /// the tracing span.
@@ -37,8 +37,15 @@ impl RequestId {
         let mut rng = rand::rng();
         let mut id = String::with_capacity(prefix.len() + RANDOM_LEN);
         id.push_str(prefix);
-        for _ in 0..RANDOM_LEN {
-            id.push(char::from(BASE62[rng.random_range(0..BASE62.len())]));
+        let mut filled = 0;
+        let mut bytes = [0u8; 32];
+        while filled < RANDOM_LEN {
+            rng.fill_bytes(&mut bytes);
+            // Bytes below 248 (4 × 62) map to base62 without bias; the rest are dropped.
+            for &byte in bytes.iter().filter(|&&b| b < 248).take(RANDOM_LEN - filled) {
+                id.push(char::from(BASE62[usize::from(byte % 62)]));
+                filled += 1;
+            }
         }
         RequestId(id.into())
     }

@@ -115,7 +115,7 @@ pub fn app(settings: Settings) -> Result<Router, StartError> {
             "/v1/categories/{id}",
             delete(delete_category).get(get_category),
         )
-        .layer(axum::middleware::from_fn(default_org));
+        .route_layer(axum::middleware::from_fn(default_org));
     let router = Router::new()
         .merge(api)
         .route("/docs", get(docs))
