@@ -10,12 +10,16 @@
 //! - handlers return `Result<_, faultline_axum::Error>`; an [`faultline::ApiError`] from a
 //!   generated constructor converts with `?`.
 
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod contract;
 pub mod extract;
 pub mod layer;
 pub mod request_id;
 
 pub use contract::{Contract, Error, MissingBindings, Problems};
+#[cfg(feature = "garde")]
+pub use extract::ValidJson;
 pub use extract::{Json, Path, Query};
 pub use layer::{BodyLimit, Faultline, FaultlineLayer};
 pub use request_id::RequestId;

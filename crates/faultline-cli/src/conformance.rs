@@ -93,10 +93,164 @@ impl Case {
     }
 }
 
+/// What the battery needs to know about the server under test.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// The id of an existing chatbot of the key's organisation.
+    pub chatbot: String,
+    /// The server's body limit in bytes.
+    pub max_body: usize,
+    /// A valid key with every scope.
+    pub key: String,
+    /// A well-formed key (right prefix and checksum) that the server does not know.
+    pub unknown_key: String,
+    /// A valid key that holds only `chatbots:read`.
+    pub read_only_key: String,
+}
+
 /// The battery for the chatbots reference API, with `catalog`'s bound codes as expectations.
 ///
-/// `chatbot` is the id of an existing chatbot of the caller's org.
-pub fn chatbot_cases(catalog: &Catalog, chatbot: &str, max_body: usize) -> Vec<Case> {
+/// Every case but the authentication ones carries `fixture.key`, so that each reaches the
+/// part of the stack it is meant to test.
+pub fn chatbot_cases(catalog: &Catalog, fixture: &Fixture) -> Vec<Case> {
+    let bearer = format!("Bearer {}", fixture.key);
+    let mut cases = request_cases(catalog, &fixture.chatbot, fixture.max_body);
+    for case in &mut cases {
+        case.headers
+            .push(("authorization", bearer.clone().into_bytes()));
+    }
+    cases.extend(key_cases(catalog, fixture));
+    cases
+}
+
+/// Bad credentials and bad key-management requests.
+fn key_cases(catalog: &Catalog, fixture: &Fixture) -> Vec<Case> {
+    use faultline::Situation as S;
+    let bound = |s: S| catalog.bindings.get(&s).map(String::as_str);
+    let missing = bound(S::MissingApiKey);
+    let malformed = bound(S::MalformedApiKey);
+    let key = fixture.key.as_str();
+    let (lead, _) = key.split_at(key.rfind('_').map_or(0, |i| i + 1));
+    let mut bad_checksum = key.to_owned();
+    let last = if key.ends_with('A') { "B" } else { "A" };
+    bad_checksum.replace_range(key.len() - 1.., last);
+    let mut wrong_prefix = key.to_owned();
+    wrong_prefix.replace_range(0..lead.len(), "zz_live_");
+    let auth = |name, value: Vec<u8>, expect| {
+        case(name, "GET", "/v1/chatbots", expect).header("authorization", value)
+    };
+    let bearer = |k: &str| format!("Bearer {k}").into_bytes();
+    let manage = |name, body: &str, expect| {
+        case(name, "POST", "/v1/api_keys", expect)
+            .json(body.to_owned())
+            .header("authorization", bearer(key))
+    };
+    let invalid = bound(S::ValidationFailed);
+    vec![
+        case("no authorization header", "GET", "/v1/chatbots", missing),
+        case("no key on a write", "POST", "/v1/chatbots", missing).json(r#"{"name":"a"}"#),
+        auth("empty authorization", Vec::new(), missing),
+        auth("blank authorization", b"   ".to_vec(), missing),
+        auth(
+            "basic credentials",
+            b"Basic dXNlcjpwYXNz".to_vec(),
+            malformed,
+        ),
+        auth("bearer without key", b"Bearer".to_vec(), malformed),
+        auth(
+            "lower-case bearer, bad key",
+            b"bearer not-a-key".to_vec(),
+            malformed,
+        ),
+        auth(
+            "token scheme",
+            format!("Token {key}").into_bytes(),
+            malformed,
+        ),
+        auth(
+            "two tokens",
+            format!("Bearer {key} {key}").into_bytes(),
+            malformed,
+        ),
+        auth(
+            "10 KB credential",
+            bearer(&"k".repeat(10 * 1024)),
+            malformed,
+        ),
+        auth(
+            "non-ASCII key",
+            "Bearer clé_live_ü".as_bytes().to_vec(),
+            malformed,
+        ),
+        auth("wrong prefix", bearer(&wrong_prefix), malformed),
+        auth("bad checksum", bearer(&bad_checksum), malformed),
+        auth("truncated key", bearer(&key[..key.len() - 3]), malformed),
+        auth(
+            "unknown key",
+            bearer(&fixture.unknown_key),
+            bound(S::InvalidApiKey),
+        ),
+        case(
+            "read-only key writes",
+            "POST",
+            "/v1/chatbots",
+            bound(S::ScopeDenied),
+        )
+        .json(r#"{"name":"a"}"#)
+        .header("authorization", bearer(&fixture.read_only_key)),
+        case(
+            "read-only key lists keys",
+            "GET",
+            "/v1/api_keys",
+            bound(S::ScopeDenied),
+        )
+        .header("authorization", bearer(&fixture.read_only_key)),
+        manage(
+            "key name too long",
+            &format!(
+                r#"{{"name":"{}","scopes":["chatbots:read"]}}"#,
+                "n".repeat(101)
+            ),
+            invalid,
+        ),
+        manage("key without scopes", r#"{"name":"a","scopes":[]}"#, invalid),
+        manage(
+            "key with unknown scope",
+            r#"{"name":"a","scopes":["everything"]}"#,
+            Some("unknown_scope"),
+        ),
+        manage(
+            "key expiring in the past",
+            r#"{"name":"a","scopes":["chatbots:read"],"expires_at":"2001-01-01T00:00:00+00:00"}"#,
+            invalid,
+        ),
+        manage(
+            "key expiry not a date",
+            r#"{"name":"a","scopes":["chatbots:read"],"expires_at":"tomorrow"}"#,
+            invalid,
+        ),
+        manage(
+            "webhook not http",
+            r#"{"name":"a","scopes":["chatbots:read"],"webhook_url":"ftp://example.com/x"}"#,
+            Some("invalid_webhook_url"),
+        ),
+        manage(
+            "webhook with credentials",
+            r#"{"name":"a","scopes":["chatbots:read"],"webhook_url":"https://u:p@example.com/"}"#,
+            Some("invalid_webhook_url"),
+        ),
+        case(
+            "revoke unknown key",
+            "POST",
+            "/v1/api_keys/key_0000/revoke",
+            bound(S::ResourceNotFound),
+        )
+        .header("authorization", bearer(key)),
+    ]
+}
+
+/// Bad requests that have nothing to do with credentials.
+fn request_cases(catalog: &Catalog, chatbot: &str, max_body: usize) -> Vec<Case> {
     use faultline::Situation as S;
     let bound = |s: S| catalog.bindings.get(&s).map(String::as_str);
     let nf = bound(S::RouteNotFound);

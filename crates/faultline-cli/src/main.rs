@@ -3,8 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use faultline::{Catalog, Profile};
+use faultline_axum::auth::{CreateKeyError, NewKey, StoreError};
+use faultline_cli::reference;
 
 /// Error catalogs for HTTP APIs: one file in, a server's errors, docs and guardrails out.
 #[derive(Debug, Parser)]
@@ -52,6 +56,58 @@ enum Command {
         /// Serve the catalog in this envelope profile instead of its own.
         #[arg(long, value_enum)]
         profile: Option<ProfileArg>,
+    },
+    /// Manage the reference API's keys in its database.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage the reference API's organisations in its database.
+    Orgs {
+        #[command(subcommand)]
+        command: OrgsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key (and its organisation, if new). The key is printed once.
+    Create {
+        /// The organisation's name.
+        #[arg(long)]
+        org: String,
+        /// Scopes, comma-separated; `all` grants every scope of the reference API.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// A name for the key.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// The key stops working after this many seconds.
+        #[arg(long)]
+        expires_in: Option<u32>,
+        /// SQLite database file.
+        #[arg(long, default_value = "faultline.db")]
+        db: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgsCommand {
+    /// Let the organisation's keys make calls again.
+    Activate {
+        /// The organisation's name.
+        name: String,
+        /// SQLite database file.
+        #[arg(long, default_value = "faultline.db")]
+        db: PathBuf,
+    },
+    /// Refuse every call made with the organisation's keys (`org_inactive`).
+    Deactivate {
+        /// The organisation's name.
+        name: String,
+        /// SQLite database file.
+        #[arg(long, default_value = "faultline.db")]
+        db: PathBuf,
     },
 }
 
@@ -125,6 +181,78 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             catalog,
             profile,
         } => serve(addr, &db, &catalog, profile),
+        Command::Keys {
+            command:
+                KeysCommand::Create {
+                    org,
+                    scopes,
+                    name,
+                    expires_in,
+                    db,
+                },
+        } => {
+            let auth = reference::authenticator_on_file(&db).map_err(|e| UsageError(e.0))?;
+            let scopes = if scopes.iter().any(|s| s == "all") {
+                reference::SCOPES.iter().map(|s| (*s).to_owned()).collect()
+            } else {
+                scopes
+            };
+            if let Some(unknown) = scopes
+                .iter()
+                .find(|s| !reference::SCOPES.contains(&s.as_str()))
+            {
+                return Err(UsageError(format!(
+                    "unknown scope `{unknown}`; known scopes: {}, or all",
+                    reference::SCOPES.join(", ")
+                )));
+            }
+            let expires_at = expires_in.map(|s| auth.clock().now() + i64::from(s));
+            let (record, key) = block_on(async {
+                let org = auth.ensure_org(&org).await?;
+                let new = NewKey {
+                    name,
+                    scopes,
+                    expires_at,
+                    webhook_url: None,
+                };
+                Ok(auth.create_key(&org.id, new).await)
+            })?
+            .map_err(|e| match e {
+                CreateKeyError::LimitReached { max } => UsageError(format!(
+                    "the organisation already holds {max} keys; revoke one first"
+                )),
+                CreateKeyError::Store(e) => UsageError(format!("cannot store the key: {e}")),
+            })?;
+            eprintln!(
+                "created {} ({}) for {org_name}; it is shown once:",
+                record.id,
+                record.scopes.join(" "),
+                org_name = record.org_id
+            );
+            println!("{}", key.expose());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Orgs { command } => {
+            let (name, db, active) = match command {
+                OrgsCommand::Activate { name, db } => (name, db, true),
+                OrgsCommand::Deactivate { name, db } => (name, db, false),
+            };
+            let auth = reference::authenticator_on_file(&db).map_err(|e| UsageError(e.0))?;
+            let found = block_on(async {
+                match auth.store().org_by_name(&name).await? {
+                    Some(org) => auth.set_org_active(&org.id, active).await,
+                    None => Ok(false),
+                }
+            })?;
+            if !found {
+                return Err(UsageError(format!("no organisation named `{name}`")));
+            }
+            println!(
+                "{name} is now {}",
+                if active { "active" } else { "inactive" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Docs {
             catalog,
             format,
@@ -188,7 +316,8 @@ fn serve(
         )
         .init();
     let parsed = load(catalog)?;
-    let app = faultline_cli::reference::app_on_file(parsed, profile.map(Profile::from), db)
+    let auth = Arc::new(reference::authenticator_on_file(db).map_err(|e| UsageError(e.0))?);
+    let app = reference::app_on_file(parsed, profile.map(Profile::from), db, Arc::clone(&auth))
         .map_err(|e| UsageError(e.to_string()))?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
@@ -197,7 +326,25 @@ fn serve(
             .await
             .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
         println!("faultline reference API on http://{addr} (database {}, docs at http://{addr}/docs)", db.display());
-        println!("try: curl -i -X POST http://{addr}/v1/chatbots -H 'content-type: application/json' -d '{{\"status\":\"live\"}}'");
+        // An empty database gets a demo organisation and one key, shown this once.
+        let fresh = auth.store().count_orgs().await.map_err(store_error)? == 0;
+        if fresh {
+            let org = auth.ensure_org("demo").await.map_err(store_error)?;
+            let new = NewKey {
+                name: "demo".into(),
+                scopes: reference::SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+                ..NewKey::default()
+            };
+            let (_, key) = auth
+                .create_key(&org.id, new)
+                .await
+                .map_err(|_| UsageError("cannot create the demo key".into()))?;
+            println!("created organisation `demo` and a key with every scope (shown once):");
+            println!("  {}", key.expose());
+            println!("try: curl -i -X POST http://{addr}/v1/chatbots -H 'authorization: Bearer {}' -H 'content-type: application/json' -d '{{\"status\":\"live\"}}'", key.expose());
+        } else {
+            println!("create a key with: faultline keys create --db {} --org demo --scopes all", db.display());
+        }
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -206,6 +353,23 @@ fn serve(
             .map_err(|e| UsageError(format!("server error: {e}")))
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(store_error)`
+fn store_error(e: StoreError) -> UsageError {
+    UsageError(format!("database error: {e}"))
+}
+
+/// Runs a store call to completion on a small runtime.
+fn block_on<T>(
+    future: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, UsageError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?
+        .block_on(future)
+        .map_err(store_error)
 }
 
 fn read(path: &Path) -> Result<String, UsageError> {

@@ -6,8 +6,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use faultline::{Catalog, Profile};
-use faultline_cli::conformance::{Answer, CaseBody, chatbot_cases, check};
-use faultline_cli::reference::{Settings, app, store::Store};
+use std::sync::Arc;
+
+use faultline_axum::auth::{Authenticator, MemoryKeyStore, NewKey};
+use faultline_cli::conformance::{Answer, CaseBody, Fixture, chatbot_cases, check};
+use faultline_cli::reference::{SCOPES, Settings, app, key_format, store::Store};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -22,18 +25,73 @@ fn catalog() -> Catalog {
     Catalog::from_toml_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn reference(profile: Option<Profile>) -> Router {
-    app(Settings {
+/// The reference app with one organisation and a key holding every scope.
+struct Api {
+    app: Router,
+    auth: Arc<Authenticator>,
+    org: String,
+    key: String,
+}
+
+impl Api {
+    /// Creates another key of the same organisation with `scopes`.
+    async fn key_with(&self, scopes: &[&str]) -> String {
+        let new = NewKey {
+            name: "test".into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..NewKey::default()
+        };
+        let (_, key) = self.auth.create_key(&self.org, new).await.unwrap();
+        key.expose().to_owned()
+    }
+}
+
+async fn reference(profile: Option<Profile>) -> Api {
+    let auth = Arc::new(Authenticator::new(
+        key_format(),
+        Arc::new(MemoryKeyStore::new()),
+    ));
+    let org = auth.ensure_org("acme").await.unwrap().id;
+    let app = app(Settings {
         catalog: catalog(),
         profile,
         store: Store::in_memory().unwrap(),
+        auth: Arc::clone(&auth),
         body_limit: BODY_LIMIT,
         timeout: std::time::Duration::from_secs(5),
     })
-    .unwrap()
+    .unwrap();
+    let mut api = Api {
+        app,
+        auth,
+        org,
+        key: String::new(),
+    };
+    api.key = api.key_with(&SCOPES).await;
+    api
 }
 
+/// Sends a request with the fixture's key, unless the headers carry their own credentials.
 async fn send(
+    api: &Api,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: CaseBody,
+) -> Answer {
+    let bearer = format!("Bearer {}", api.key);
+    let mut all = headers.to_vec();
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+    {
+        all.push(("authorization", bearer.as_bytes()));
+    }
+    send_raw(&api.app, method, path, &all, body).await
+}
+
+/// Sends exactly the headers given.
+async fn send_raw(
     app: &Router,
     method: &str,
     path: &str,
@@ -89,7 +147,7 @@ async fn send(
     }
 }
 
-async fn json_request(app: &Router, method: &str, path: &str, body: Value) -> Answer {
+async fn json_request(app: &Api, method: &str, path: &str, body: Value) -> Answer {
     send(
         app,
         method,
@@ -108,12 +166,18 @@ fn json_of(answer: &Answer) -> Value {
 async fn battery_passes_in_every_profile() {
     let catalog = catalog();
     for profile in Profile::ALL {
-        let app = reference(Some(profile));
+        let app = reference(Some(profile)).await;
         let created = json_request(&app, "POST", "/v1/chatbots", json!({"name": "Helper"})).await;
         assert_eq!(created.status, 201);
-        let chatbot = json_of(&created)["id"].as_str().unwrap().to_owned();
-        let cases = chatbot_cases(&catalog, &chatbot, BODY_LIMIT);
-        assert!(cases.len() >= 40, "only {} cases", cases.len());
+        let fixture = Fixture {
+            chatbot: json_of(&created)["id"].as_str().unwrap().to_owned(),
+            max_body: BODY_LIMIT,
+            key: app.key.clone(),
+            unknown_key: key_format().generate().expose().to_owned(),
+            read_only_key: app.key_with(&["chatbots:read"]).await,
+        };
+        let cases = chatbot_cases(&catalog, &fixture);
+        assert!(cases.len() >= 70, "only {} cases", cases.len());
         let mut failures = Vec::new();
         for case in &cases {
             let headers: Vec<(&str, &[u8])> = case
@@ -121,7 +185,14 @@ async fn battery_passes_in_every_profile() {
                 .iter()
                 .map(|(n, v)| (*n, v.as_slice()))
                 .collect();
-            let answer = send(&app, case.method, &case.path, &headers, case.body.clone()).await;
+            let answer = send_raw(
+                &app.app,
+                case.method,
+                &case.path,
+                &headers,
+                case.body.clone(),
+            )
+            .await;
             for problem in check(&catalog, profile, case, &answer) {
                 failures.push(format!("[{profile}] {}: {problem}", case.name));
             }
@@ -139,7 +210,7 @@ async fn battery_passes_in_every_profile() {
 
 #[tokio::test]
 async fn worked_example_of_seed_003() {
-    let app = reference(None);
+    let app = reference(None).await;
     let answer = json_request(&app, "POST", "/v1/chatbots", json!({"status": "live"})).await;
     assert_eq!(answer.status, 400);
     let id = answer.request_id.clone().unwrap();
@@ -163,7 +234,7 @@ async fn worked_example_of_seed_003() {
 
 #[tokio::test]
 async fn problem_profile_serves_problem_json() {
-    let app = reference(Some(Profile::Problem));
+    let app = reference(Some(Profile::Problem)).await;
     let answer = send(&app, "GET", "/v1/nope", &[], CaseBody::Empty).await;
     assert_eq!(
         answer.content_type.as_deref(),
@@ -181,7 +252,7 @@ async fn problem_profile_serves_problem_json() {
 
 #[tokio::test]
 async fn success_responses_carry_the_request_id_and_a_safe_client_id_is_kept() {
-    let app = reference(None);
+    let app = reference(None).await;
     let answer = send(
         &app,
         "GET",
@@ -196,7 +267,7 @@ async fn success_responses_carry_the_request_id_and_a_safe_client_id_is_kept() {
 
 #[tokio::test]
 async fn lifecycle_state_machine_and_gone() {
-    let app = reference(None);
+    let app = reference(None).await;
     let created = json_of(
         &json_request(
             &app,
@@ -233,7 +304,7 @@ async fn lifecycle_state_machine_and_gone() {
 
 #[tokio::test]
 async fn cursors_page_through_and_reject_tampering() {
-    let app = reference(None);
+    let app = reference(None).await;
     for i in 0..5 {
         json_request(
             &app,
@@ -282,7 +353,7 @@ async fn cursors_page_through_and_reject_tampering() {
 
 #[tokio::test]
 async fn category_with_children_needs_cascade() {
-    let app = reference(None);
+    let app = reference(None).await;
     let parent =
         json_of(&json_request(&app, "POST", "/v1/categories", json!({"name": "Parent"})).await);
     let parent_id = parent["id"].as_str().unwrap();
@@ -325,4 +396,284 @@ async fn category_with_children_needs_cascade() {
     )
     .await;
     assert_eq!(after.status, StatusCode::NOT_FOUND.as_u16());
+}
+
+/// The body without its request id, and the headers without the request id and date.
+fn without_request_id(answer: &Answer) -> (u16, Option<String>, Value) {
+    let mut body = json_of(answer);
+    body.as_object_mut().unwrap().remove("request_id");
+    (answer.status, answer.content_type.clone(), body)
+}
+
+#[tokio::test]
+async fn another_orgs_chatbot_is_indistinguishable_from_a_random_id() {
+    let app = reference(None).await;
+    // A second organisation with a chatbot of its own.
+    let other_org = app.auth.ensure_org("globex").await.unwrap().id;
+    let new = NewKey {
+        name: "globex".into(),
+        scopes: vec!["chatbots:read".into(), "chatbots:write".into()],
+        ..NewKey::default()
+    };
+    let (_, other_key) = app.auth.create_key(&other_org, new).await.unwrap();
+    let bearer = format!("Bearer {}", other_key.expose());
+    let created = send(
+        &app,
+        "POST",
+        "/v1/chatbots",
+        &[
+            ("authorization", bearer.as_bytes()),
+            ("content-type", b"application/json"),
+        ],
+        CaseBody::Bytes(br#"{"name":"Theirs"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    let foreign = json_of(&created)["id"].as_str().unwrap().to_owned();
+    let random = uuid::Uuid::new_v4();
+
+    for method in ["GET", "DELETE"] {
+        let a = send(
+            &app,
+            method,
+            &format!("/v1/chatbots/{foreign}"),
+            &[],
+            CaseBody::Empty,
+        )
+        .await;
+        let b = send(
+            &app,
+            method,
+            &format!("/v1/chatbots/{random}"),
+            &[],
+            CaseBody::Empty,
+        )
+        .await;
+        assert_eq!(
+            a.status, 404,
+            "{method}: never 403 for another org's resource"
+        );
+        assert_eq!(without_request_id(&a), without_request_id(&b), "{method}");
+        assert_eq!(a.allow, b.allow);
+        assert_ne!(a.request_id, b.request_id);
+    }
+    let patch = |id: String| {
+        let app = &app;
+        async move {
+            send(
+                app,
+                "PATCH",
+                &format!("/v1/chatbots/{id}"),
+                &[("content-type", b"application/json")],
+                CaseBody::Bytes(br#"{"name":"Mine now"}"#.to_vec()),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        without_request_id(&patch(foreign.clone()).await),
+        without_request_id(&patch(random.to_string()).await)
+    );
+    // The owner still sees it, unchanged.
+    let own = send(
+        &app,
+        "GET",
+        &format!("/v1/chatbots/{foreign}"),
+        &[("authorization", bearer.as_bytes())],
+        CaseBody::Empty,
+    )
+    .await;
+    assert_eq!(json_of(&own)["name"], "Theirs");
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let app = reference(None).await;
+    let lower = format!("bearer {}", app.key);
+    let answer = send(
+        &app,
+        "GET",
+        "/v1/chatbots",
+        &[("authorization", lower.as_bytes())],
+        CaseBody::Empty,
+    )
+    .await;
+    assert_eq!(
+        answer.status, 200,
+        "RFC 9110: auth schemes are case-insensitive"
+    );
+}
+
+#[tokio::test]
+async fn key_lifecycle_through_the_api() {
+    let app = reference(None).await;
+    let created = json_request(
+        &app,
+        "POST",
+        "/v1/api_keys",
+        json!({"name": "ci", "scopes": ["chatbots:read"], "webhook_url": "https://hooks.example.com/ci"}),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    let created = json_of(&created);
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(created["display_prefix"].as_str().unwrap()));
+    assert!(created["created_at"].as_str().unwrap().ends_with("+00:00"));
+
+    // The key is shown once: listings never carry it.
+    let listed = send(&app, "GET", "/v1/api_keys", &[], CaseBody::Empty).await;
+    assert!(!String::from_utf8_lossy(&listed.body).contains(&key));
+    assert_eq!(json_of(&listed)["data"].as_array().unwrap().len(), 2);
+
+    let bearer = format!("Bearer {key}");
+    let as_key = |path: &'static str| {
+        let (app, bearer) = (&app, bearer.clone());
+        async move {
+            let answer = send(
+                app,
+                "GET",
+                path,
+                &[("authorization", bearer.as_bytes())],
+                CaseBody::Empty,
+            )
+            .await;
+            let code = serde_json::from_slice::<Value>(&answer.body)
+                .ok()
+                .and_then(|b| b["error"].as_str().map(str::to_owned));
+            (answer.status, code)
+        }
+    };
+    assert_eq!(as_key("/v1/chatbots").await, (200, None));
+    let post = |action: &str| {
+        let (app, path) = (&app, format!("/v1/api_keys/{id}/{action}"));
+        async move { send(app, "POST", &path, &[], CaseBody::Empty).await }
+    };
+
+    // Each change holds at once, although the key was just verified and cached.
+    assert_eq!(post("pause").await.status, 200);
+    assert_eq!(
+        as_key("/v1/chatbots").await,
+        (403, Some("api_key_paused".into()))
+    );
+    assert_eq!(post("resume").await.status, 200);
+    assert_eq!(as_key("/v1/chatbots").await, (200, None));
+    assert_eq!(post("revoke").await.status, 200);
+    assert_eq!(
+        as_key("/v1/chatbots").await,
+        (401, Some("api_key_revoked".into()))
+    );
+
+    let resumed = post("resume").await;
+    assert_eq!(resumed.status, 409);
+    let body = json_of(&resumed);
+    assert_eq!(body["details"]["current"], "revoked");
+    assert_eq!(body["details"]["requested"], "active");
+}
+
+#[tokio::test]
+async fn the_key_cap_answers_429_with_the_max() {
+    let app = reference(None).await;
+    // The fixture's own key is the first of ten.
+    for i in 1..10 {
+        let answer = json_request(
+            &app,
+            "POST",
+            "/v1/api_keys",
+            json!({"name": format!("k{i}"), "scopes": ["chatbots:read"]}),
+        )
+        .await;
+        assert_eq!(answer.status, 201, "key {i}");
+    }
+    let refused = json_request(
+        &app,
+        "POST",
+        "/v1/api_keys",
+        json!({"name": "one too many", "scopes": ["chatbots:read"]}),
+    )
+    .await;
+    assert_eq!(refused.status, 429);
+    let body = json_of(&refused);
+    assert_eq!(body["error"], "api_key_limit_reached");
+    assert_eq!(body["details"], json!({"max": 10}));
+}
+
+#[tokio::test]
+async fn expired_keys_and_inactive_orgs_are_refused() {
+    let clock = faultline::clock::ManualClock::at(1_900_000_000);
+    let auth = Arc::new(
+        Authenticator::new(key_format(), Arc::new(MemoryKeyStore::new()))
+            .with_clock(Arc::new(clock.clone())),
+    );
+    let org = auth.ensure_org("acme").await.unwrap().id;
+    let app = app(Settings {
+        catalog: catalog(),
+        profile: None,
+        store: Store::in_memory().unwrap(),
+        auth: Arc::clone(&auth),
+        body_limit: BODY_LIMIT,
+        timeout: std::time::Duration::from_secs(5),
+    })
+    .unwrap();
+    let new = NewKey {
+        name: "short-lived".into(),
+        scopes: vec!["chatbots:read".into()],
+        expires_at: Some(clock_now(&clock) + 60),
+        webhook_url: None,
+    };
+    let (_, key) = auth.create_key(&org, new).await.unwrap();
+    let api = Api {
+        app,
+        auth: Arc::clone(&auth),
+        org: org.clone(),
+        key: key.expose().to_owned(),
+    };
+    let code = |answer: Answer| (answer.status, json_of(&answer)["error"].clone());
+    assert_eq!(
+        send(&api, "GET", "/v1/chatbots", &[], CaseBody::Empty)
+            .await
+            .status,
+        200
+    );
+    clock.advance(60);
+    assert_eq!(
+        code(send(&api, "GET", "/v1/chatbots", &[], CaseBody::Empty).await),
+        (401, json!("api_key_expired"))
+    );
+
+    let (_, fresh) = auth
+        .create_key(
+            &org,
+            NewKey {
+                name: "n".into(),
+                scopes: vec!["chatbots:read".into()],
+                ..NewKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", fresh.expose());
+    let headers: [(&str, &[u8]); 1] = [("authorization", bearer.as_bytes())];
+    assert_eq!(
+        send(&api, "GET", "/v1/chatbots", &headers, CaseBody::Empty)
+            .await
+            .status,
+        200
+    );
+    assert!(auth.set_org_active(&org, false).await.unwrap());
+    assert_eq!(
+        code(send(&api, "GET", "/v1/chatbots", &headers, CaseBody::Empty).await),
+        (403, json!("org_inactive"))
+    );
+    assert!(auth.set_org_active(&org, true).await.unwrap());
+    assert_eq!(
+        send(&api, "GET", "/v1/chatbots", &headers, CaseBody::Empty)
+            .await
+            .status,
+        200
+    );
+}
+
+fn clock_now(clock: &faultline::clock::ManualClock) -> i64 {
+    faultline::clock::Clock::now(clock)
 }

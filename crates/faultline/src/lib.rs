@@ -13,6 +13,7 @@
 //! Web framework integration lives in `faultline-axum`, the command line in `faultline-cli`.
 
 pub mod catalog;
+pub mod clock;
 pub mod details;
 pub mod docs;
 pub mod error;

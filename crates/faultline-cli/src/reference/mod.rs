@@ -1,24 +1,27 @@
 //! The reference API: the chatbots API of seed 003 on SQLite, with every failure a catalog error.
 //!
-//! Until API keys land, every request acts for one default organisation. The organisation comes
-//! from one place, the [`Org`] extractor, which reads what the org layer put in the request.
+//! Every `/v1` route needs an API key ([`faultline_axum::auth`]) holding the route's scope;
+//! every resource belongs to the key's organisation, and another organisation's resource is
+//! answered exactly like one that does not exist.
 
+pub mod keys;
 pub mod store;
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::http::request::Parts;
-use axum::middleware::Next;
-use axum::response::{Html, Response};
-use axum::routing::{delete, get, post};
+use axum::response::Html;
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use faultline::Catalog;
-use faultline_axum::{Contract, Error, Faultline, Json, Path, Query};
+use faultline_axum::auth::{
+    AuthLayer, Authenticator, KeyFormat, OrgScoped, Principal, RequireScopeLayer, SqliteKeyStore,
+};
+use faultline_axum::{Contract, Error, Faultline, Json, Path, Query, ValidJson};
 use hmac::{Hmac, Mac};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -29,13 +32,31 @@ use store::{CategoryRow, ChatbotRow, Store};
 
 faultline_macros::catalog!(pub mod errors = "../../../../examples/catalogs/chatbots.toml");
 
-/// The organisation requests act for until API keys land.
-pub const DEFAULT_ORG: &str = "org_default";
+/// The scopes a key of the reference API can hold.
+pub const SCOPES: [&str; 6] = [
+    "chatbots:read",
+    "chatbots:write",
+    "categories:read",
+    "categories:write",
+    "api_keys:read",
+    "api_keys:write",
+];
+
+/// The product part of the reference API's keys (`cb_live_…`).
+pub const KEY_PREFIX: &str = "cb";
+/// The environment part of the reference API's keys.
+pub const KEY_ENV: &str = "live";
+
+/// The key format of the reference API.
+pub fn key_format() -> KeyFormat {
+    KeyFormat::new(KEY_PREFIX, KEY_ENV).expect("the built-in prefix is valid")
+}
 
 /// Shared state of the reference API.
 #[derive(Clone)]
 pub struct AppState {
     store: Store,
+    auth: Arc<Authenticator>,
     cursor_key: Arc<Vec<u8>>,
     docs_html: Arc<String>,
 }
@@ -48,6 +69,8 @@ pub struct Settings {
     pub profile: Option<faultline::Profile>,
     /// The store.
     pub store: Store,
+    /// API keys: verification and management.
+    pub auth: Arc<Authenticator>,
     /// Largest accepted body.
     pub body_limit: usize,
     /// Handler deadline.
@@ -96,28 +119,58 @@ pub fn app(settings: Settings) -> Result<Router, StartError> {
         .store
         .cursor_secret()
         .map_err(|_| StartError("cannot read the database".into()))?;
+    let auth = AuthLayer::new(Arc::clone(&settings.auth));
     let state = AppState {
         store: settings.store,
+        auth: settings.auth,
         cursor_key: Arc::new(cursor_key),
         docs_html: Arc::new(docs_html),
     };
-
-    let api = Router::new()
-        .route("/v1/chatbots", post(create_chatbot).get(list_chatbots))
+    // Each method of a route gets its own scope; the key check wraps only routed methods, so
+    // an unknown route or method is answered 404 or 405 whatever the credentials.
+    let guard = |route: MethodRouter<AppState>, scope: &str| {
+        route
+            .route_layer(RequireScopeLayer::new(scope))
+            .route_layer(auth.clone())
+    };
+    let router = Router::new()
+        .route(
+            "/v1/chatbots",
+            guard(post(create_chatbot), "chatbots:write")
+                .merge(guard(get(list_chatbots), "chatbots:read")),
+        )
         .route(
             "/v1/chatbots/{id}",
-            get(get_chatbot)
-                .patch(update_chatbot)
-                .delete(delete_chatbot),
+            guard(get(get_chatbot), "chatbots:read")
+                .merge(guard(patch(update_chatbot), "chatbots:write"))
+                .merge(guard(delete(delete_chatbot), "chatbots:write")),
         )
-        .route("/v1/categories", post(create_category))
+        .route(
+            "/v1/categories",
+            guard(post(create_category), "categories:write"),
+        )
         .route(
             "/v1/categories/{id}",
-            delete(delete_category).get(get_category),
+            guard(get(get_category), "categories:read")
+                .merge(guard(delete(delete_category), "categories:write")),
         )
-        .route_layer(axum::middleware::from_fn(default_org));
-    let router = Router::new()
-        .merge(api)
+        .route(
+            "/v1/api_keys",
+            guard(post(keys::create), "api_keys:write")
+                .merge(guard(get(keys::list), "api_keys:read")),
+        )
+        .route(
+            "/v1/api_keys/{id}/revoke",
+            guard(post(keys::revoke), "api_keys:write"),
+        )
+        .route(
+            "/v1/api_keys/{id}/pause",
+            guard(post(keys::pause), "api_keys:write"),
+        )
+        .route(
+            "/v1/api_keys/{id}/resume",
+            guard(post(keys::resume), "api_keys:write"),
+        )
         .route("/docs", get(docs))
         .route("/health", get(health))
         .with_state(state);
@@ -127,11 +180,19 @@ pub fn app(settings: Settings) -> Result<Router, StartError> {
         .install(router))
 }
 
-/// Builds the app on a SQLite file.
+/// The authenticator of the reference API on a SQLite file.
+pub fn authenticator_on_file(db: &FsPath) -> Result<Authenticator, StartError> {
+    let keys = SqliteKeyStore::open(db)
+        .map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
+    Ok(Authenticator::new(key_format(), Arc::new(keys)))
+}
+
+/// Builds the app on a SQLite file; chatbots and keys share the database.
 pub fn app_on_file(
     catalog: Catalog,
     profile: Option<faultline::Profile>,
     db: &FsPath,
+    auth: Arc<Authenticator>,
 ) -> Result<Router, StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
@@ -139,30 +200,21 @@ pub fn app_on_file(
         catalog,
         profile,
         store,
+        auth,
         body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
         timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
     })
 }
 
-/// The organisation a request acts for.
-#[derive(Debug, Clone)]
-pub struct Org(pub String);
-
-/// Puts the default organisation in each request; API-key auth will replace this layer.
-async fn default_org(mut request: Request, next: Next) -> Response {
-    request.extensions_mut().insert(Org(DEFAULT_ORG.to_owned()));
-    next.run(request).await
+impl OrgScoped for ChatbotRow {
+    fn org_id(&self) -> &str {
+        &self.org_id
+    }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Org {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
-        parts
-            .extensions
-            .get::<Org>()
-            .cloned()
-            .ok_or_else(|| Error::internal("no organisation on the request"))
+impl OrgScoped for CategoryRow {
+    fn org_id(&self) -> &str {
+        &self.org_id
     }
 }
 
@@ -228,20 +280,35 @@ impl Status {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+// Types and lengths are in the schema; the rule that a name is not blank is garde's. Both
+// land in the same `invalid_payload` details.
+#[derive(Debug, Deserialize, JsonSchema, garde::Validate)]
 #[serde(deny_unknown_fields)]
 struct CreateChatbot {
     #[schemars(length(min = 1, max = 100))]
+    #[garde(custom(not_blank))]
     name: String,
+    #[garde(skip)]
     status: Option<Status>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema, garde::Validate)]
 #[serde(deny_unknown_fields)]
 struct UpdateChatbot {
     #[schemars(length(min = 1, max = 100))]
+    #[garde(inner(custom(not_blank)))]
     name: Option<String>,
+    #[garde(skip)]
     status: Option<Status>,
+}
+
+/// A garde rule: text must hold something besides white space.
+fn not_blank(value: &str, _context: &()) -> garde::Result {
+    if value.trim().is_empty() {
+        Err(garde::Error::new("Must not be blank."))
+    } else {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -267,13 +334,13 @@ fn storage(e: store::StoreError) -> Error {
 
 async fn create_chatbot(
     State(state): State<AppState>,
-    Org(org): Org,
-    Json(input): Json<CreateChatbot>,
+    principal: Principal,
+    ValidJson(input): ValidJson<CreateChatbot>,
 ) -> Result<(StatusCode, axum::Json<Chatbot>), Error> {
     let ts = now();
     let row = ChatbotRow {
         id: Uuid::new_v4().to_string(),
-        org_id: org,
+        org_id: principal.org_id.to_string(),
         name: input.name.trim().to_owned(),
         status: input.status.unwrap_or(Status::Draft).as_str().to_owned(),
         created_at: ts.clone(),
@@ -289,14 +356,18 @@ async fn create_chatbot(
     Ok((StatusCode::CREATED, axum::Json(row.into())))
 }
 
-async fn find_chatbot(state: &AppState, org: String, id: Uuid) -> Result<ChatbotRow, Error> {
-    let row = state
+async fn find_chatbot(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<ChatbotRow, Error> {
+    let found = state
         .store
-        .call(move |c| store::get_chatbot(c, &org, &id.to_string()))
+        .call(move |c| store::get_chatbot(c, &id.to_string()))
         .await
-        .map_err(storage)?
-        // Another org's chatbot is indistinguishable from one that does not exist.
-        .ok_or_else(|| errors::not_found().with_message("Chatbot not found."))?;
+        .map_err(storage)?;
+    // Another org's chatbot is indistinguishable from one that does not exist.
+    let row = principal.scope(found)?;
     if row.deleted_at.is_some() {
         return Err(errors::gone()
             .with_message("This chatbot was deleted.")
@@ -307,19 +378,21 @@ async fn find_chatbot(state: &AppState, org: String, id: Uuid) -> Result<Chatbot
 
 async fn get_chatbot(
     State(state): State<AppState>,
-    Org(org): Org,
+    principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<Chatbot>, Error> {
-    Ok(axum::Json(find_chatbot(&state, org, id).await?.into()))
+    Ok(axum::Json(
+        find_chatbot(&state, &principal, id).await?.into(),
+    ))
 }
 
 async fn update_chatbot(
     State(state): State<AppState>,
-    Org(org): Org,
+    principal: Principal,
     Path(id): Path<Uuid>,
-    Json(input): Json<UpdateChatbot>,
+    ValidJson(input): ValidJson<UpdateChatbot>,
 ) -> Result<axum::Json<Chatbot>, Error> {
-    let mut row = find_chatbot(&state, org, id).await?;
+    let mut row = find_chatbot(&state, &principal, id).await?;
     if let Some(status) = input.status {
         if !Status::can_become(&row.status, status) {
             return Err(errors::conflict(errors::ConflictDetails {
@@ -351,10 +424,10 @@ async fn update_chatbot(
 
 async fn delete_chatbot(
     State(state): State<AppState>,
-    Org(org): Org,
+    principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, Error> {
-    let mut row = find_chatbot(&state, org, id).await?;
+    let mut row = find_chatbot(&state, &principal, id).await?;
     let ts = now();
     row.deleted_at = Some(ts.clone());
     row.updated_at = ts;
@@ -399,7 +472,7 @@ fn open_cursor(key: &[u8], cursor: &str) -> Option<(String, String)> {
 
 async fn list_chatbots(
     State(state): State<AppState>,
-    Org(org): Org,
+    principal: Principal,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<Page>, Error> {
     let limit = query.limit.unwrap_or(20);
@@ -412,7 +485,7 @@ async fn list_chatbots(
     // One extra row tells whether another page follows.
     let mut rows = state
         .store
-        .call(move |c| store::list_chatbots(c, &org, after, limit + 1))
+        .call(move |c| store::list_chatbots(c, &principal.org_id, after, limit + 1))
         .await
         .map_err(storage)?;
     let next_cursor = if rows.len() > limit as usize {
@@ -458,17 +531,16 @@ impl From<CategoryRow> for Category {
 
 async fn create_category(
     State(state): State<AppState>,
-    Org(org): Org,
+    principal: Principal,
     Json(input): Json<CreateCategory>,
 ) -> Result<(StatusCode, axum::Json<Category>), Error> {
     if let Some(parent) = input.parent_id {
-        let org = org.clone();
         let found = state
             .store
-            .call(move |c| store::get_category(c, &org, &parent.to_string()))
+            .call(move |c| store::get_category(c, &parent.to_string()))
             .await
             .map_err(storage)?;
-        if found.is_none() {
+        if principal.scope(found).is_err() {
             return Err(errors::unprocessable()
                 .with_message("A referenced resource does not exist.")
                 .into());
@@ -476,7 +548,7 @@ async fn create_category(
     }
     let row = CategoryRow {
         id: Uuid::new_v4().to_string(),
-        org_id: org,
+        org_id: principal.org_id.to_string(),
         parent_id: input.parent_id.map(|p| p.to_string()),
         name: input.name.trim().to_owned(),
         created_at: now(),
@@ -492,16 +564,15 @@ async fn create_category(
 
 async fn get_category(
     State(state): State<AppState>,
-    Org(org): Org,
+    principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<Category>, Error> {
-    let row = state
+    let found = state
         .store
-        .call(move |c| store::get_category(c, &org, &id.to_string()))
+        .call(move |c| store::get_category(c, &id.to_string()))
         .await
-        .map_err(storage)?
-        .ok_or_else(|| errors::not_found().with_message("Category not found."))?;
-    Ok(axum::Json(row.into()))
+        .map_err(storage)?;
+    Ok(axum::Json(principal.scope(found)?.into()))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -512,17 +583,19 @@ struct DeleteCategoryQuery {
 
 async fn delete_category(
     State(state): State<AppState>,
-    Org(org): Org,
+    principal: Principal,
     Path(id): Path<Uuid>,
     Query(query): Query<DeleteCategoryQuery>,
 ) -> Result<StatusCode, Error> {
     let id = id.to_string();
     let cascade = query.cascade.unwrap_or(false);
     // The store's lock is held for the whole closure, so the check and the delete are atomic.
+    let org = principal.org_id.to_string();
     let outcome = state
         .store
         .call(move |c| {
-            if store::get_category(c, &org, &id)?.is_none() {
+            let found = store::get_category(c, &id)?;
+            if found.is_none_or(|row| row.org_id != org) {
                 return Ok(None);
             }
             let children = store::count_children(c, &id)?;
@@ -535,9 +608,8 @@ async fn delete_category(
         .await
         .map_err(storage)?;
     match outcome {
-        None => Err(errors::not_found()
-            .with_message("Category not found.")
-            .into()),
+        // The same answer as `Principal::scope` gives for a foreign or unknown id.
+        None => Err(Error::bound(faultline::Situation::ResourceNotFound)),
         Some(0) => Ok(StatusCode::NO_CONTENT),
         Some(_) => Err(errors::category_not_empty().into()),
     }

@@ -150,15 +150,12 @@ pub fn insert_chatbot(conn: &mut Connection, row: &ChatbotRow) -> Result<(), Sto
     Ok(())
 }
 
-/// A chatbot of `org_id` (deleted ones included), or `None` — also when it belongs to another org.
-pub fn get_chatbot(
-    conn: &mut Connection,
-    org_id: &str,
-    id: &str,
-) -> Result<Option<ChatbotRow>, StoreError> {
+/// The chatbot with this id, of any organisation (deleted ones included); handlers pass it
+/// through `Principal::scope`.
+pub fn get_chatbot(conn: &mut Connection, id: &str) -> Result<Option<ChatbotRow>, StoreError> {
     conn.query_row(
-        &format!("SELECT {CHATBOT_COLUMNS} FROM chatbots WHERE id = ?1 AND org_id = ?2"),
-        params![id, org_id],
+        &format!("SELECT {CHATBOT_COLUMNS} FROM chatbots WHERE id = ?1"),
+        params![id],
         chatbot,
     )
     .optional()
@@ -198,16 +195,21 @@ pub fn insert_category(conn: &mut Connection, row: &CategoryRow) -> Result<(), S
     Ok(())
 }
 
-/// A category of `org_id`.
-pub fn get_category(
-    conn: &mut Connection,
-    org_id: &str,
-    id: &str,
-) -> Result<Option<CategoryRow>, StoreError> {
+/// The category with this id, of any organisation; handlers pass it through
+/// `Principal::scope`.
+pub fn get_category(conn: &mut Connection, id: &str) -> Result<Option<CategoryRow>, StoreError> {
     conn.query_row(
-        "SELECT id, org_id, parent_id, name, created_at FROM categories WHERE id = ?1 AND org_id = ?2",
-        params![id, org_id],
-        |r| Ok(CategoryRow { id: r.get(0)?, org_id: r.get(1)?, parent_id: r.get(2)?, name: r.get(3)?, created_at: r.get(4)? }),
+        "SELECT id, org_id, parent_id, name, created_at FROM categories WHERE id = ?1",
+        params![id],
+        |r| {
+            Ok(CategoryRow {
+                id: r.get(0)?,
+                org_id: r.get(1)?,
+                parent_id: r.get(2)?,
+                name: r.get(3)?,
+                created_at: r.get(4)?,
+            })
+        },
     )
     .optional()
 }

@@ -1,0 +1,284 @@
+//! Where keys and organisations live: the [`KeyStore`] trait and an in-memory store.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::key::KeyDigest;
+
+/// The future a store method returns (boxed, so that stores can sit behind `dyn KeyStore`).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A storage failure. Its text goes to logs only; clients see the internal error.
+#[derive(Debug)]
+pub struct StoreError(Box<dyn std::error::Error + Send + Sync>);
+
+impl StoreError {
+    /// Wraps the cause.
+    pub fn new(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError(cause.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
+/// The state of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Temporarily refused; can be resumed.
+    Paused,
+    /// Refused for good.
+    Revoked,
+}
+
+impl KeyStatus {
+    /// The name used in storage and in API bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Paused => "paused",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+
+    /// Parses [`KeyStatus::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(KeyStatus::Active),
+            "paused" => Some(KeyStatus::Paused),
+            "revoked" => Some(KeyStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// A stored key: everything but the key itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Public id, e.g. `key_…`.
+    pub id: String,
+    /// The owning organisation.
+    pub org_id: String,
+    /// A name for people.
+    pub name: String,
+    /// The first characters of the key, for listings.
+    pub display_prefix: String,
+    /// SHA-256 of the key.
+    pub digest: KeyDigest,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+    /// Lifecycle state.
+    pub status: KeyStatus,
+    /// Unix seconds after which the key is refused.
+    pub expires_at: Option<i64>,
+    /// Where events for this key are delivered, if anywhere.
+    pub webhook_url: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// An organisation (tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgRecord {
+    /// Public id, e.g. `org_…`.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Whether it may make calls.
+    pub active: bool,
+    /// Unix seconds of a soft delete.
+    pub deleted_at: Option<i64>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl OrgRecord {
+    /// Whether its keys may make calls: active and not deleted.
+    pub fn in_good_standing(&self) -> bool {
+        self.active && self.deleted_at.is_none()
+    }
+}
+
+/// What inserting a key came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The key was stored.
+    Stored,
+    /// The organisation already holds the maximum number of unrevoked keys.
+    LimitReached,
+}
+
+/// What a status change came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusChange {
+    /// The key now has the new status (or already had it).
+    Changed(KeyRecord),
+    /// No key with this id in this organisation.
+    NotFound,
+    /// The key's current status does not allow the change; the record is unchanged.
+    Refused(KeyRecord),
+}
+
+/// Storage of keys and organisations.
+///
+/// Implementations must make [`KeyStore::insert_key`] and [`KeyStore::set_key_status`]
+/// atomic: the cap check and the insert, the status check and the update, happen as one.
+pub trait KeyStore: Send + Sync + 'static {
+    /// The key with this digest and its organisation.
+    fn find_by_digest(&self, digest: KeyDigest) -> StoreFuture<'_, Option<(KeyRecord, OrgRecord)>>;
+
+    /// Stores `key` unless its organisation already holds `max_per_org` unrevoked keys.
+    fn insert_key(&self, key: KeyRecord, max_per_org: usize) -> StoreFuture<'_, Inserted>;
+
+    /// The keys of an organisation, oldest first.
+    fn list_keys(&self, org_id: &str) -> StoreFuture<'_, Vec<KeyRecord>>;
+
+    /// Moves a key of `org_id` to `to` when its status is one of `from` (or already `to`).
+    fn set_key_status(
+        &self,
+        org_id: &str,
+        key_id: &str,
+        from: &[KeyStatus],
+        to: KeyStatus,
+    ) -> StoreFuture<'_, StatusChange>;
+
+    /// Stores an organisation.
+    fn insert_org(&self, org: OrgRecord) -> StoreFuture<'_, ()>;
+
+    /// The organisation with this name.
+    fn org_by_name(&self, name: &str) -> StoreFuture<'_, Option<OrgRecord>>;
+
+    /// Activates or deactivates an organisation; `false` when there is none with this id.
+    fn set_org_active(&self, org_id: &str, active: bool) -> StoreFuture<'_, bool>;
+
+    /// How many organisations exist.
+    fn count_orgs(&self) -> StoreFuture<'_, u64>;
+}
+
+/// A store in memory, for tests and single-process demos.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryKeyStore {
+    inner: Arc<Mutex<Tables>>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    keys: Vec<KeyRecord>,
+    by_digest: HashMap<KeyDigest, usize>,
+    orgs: Vec<OrgRecord>,
+}
+
+impl MemoryKeyStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Tables) -> T) -> T {
+        // A panic while holding the lock cannot leave the tables half-written: every write
+        // below is a single push or field assignment.
+        let mut tables = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut tables)
+    }
+}
+
+fn ready<T: Send + 'static>(value: T) -> StoreFuture<'static, T> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl KeyStore for MemoryKeyStore {
+    fn find_by_digest(&self, digest: KeyDigest) -> StoreFuture<'_, Option<(KeyRecord, OrgRecord)>> {
+        ready(self.with(|t| {
+            let key = t.keys.get(*t.by_digest.get(&digest)?)?.clone();
+            let org = t.orgs.iter().find(|o| o.id == key.org_id)?.clone();
+            Some((key, org))
+        }))
+    }
+
+    fn insert_key(&self, key: KeyRecord, max_per_org: usize) -> StoreFuture<'_, Inserted> {
+        ready(self.with(|t| {
+            let held = t
+                .keys
+                .iter()
+                .filter(|k| k.org_id == key.org_id && k.status != KeyStatus::Revoked)
+                .count();
+            if held >= max_per_org {
+                return Inserted::LimitReached;
+            }
+            t.by_digest.insert(key.digest, t.keys.len());
+            t.keys.push(key);
+            Inserted::Stored
+        }))
+    }
+
+    fn list_keys(&self, org_id: &str) -> StoreFuture<'_, Vec<KeyRecord>> {
+        ready(self.with(|t| {
+            t.keys
+                .iter()
+                .filter(|k| k.org_id == org_id)
+                .cloned()
+                .collect()
+        }))
+    }
+
+    fn set_key_status(
+        &self,
+        org_id: &str,
+        key_id: &str,
+        from: &[KeyStatus],
+        to: KeyStatus,
+    ) -> StoreFuture<'_, StatusChange> {
+        ready(self.with(|t| {
+            let Some(key) = t
+                .keys
+                .iter_mut()
+                .find(|k| k.org_id == org_id && k.id == key_id)
+            else {
+                return StatusChange::NotFound;
+            };
+            if key.status == to || from.contains(&key.status) {
+                key.status = to;
+                StatusChange::Changed(key.clone())
+            } else {
+                StatusChange::Refused(key.clone())
+            }
+        }))
+    }
+
+    fn insert_org(&self, org: OrgRecord) -> StoreFuture<'_, ()> {
+        self.with(|t| t.orgs.push(org));
+        ready(())
+    }
+
+    fn org_by_name(&self, name: &str) -> StoreFuture<'_, Option<OrgRecord>> {
+        ready(self.with(|t| t.orgs.iter().find(|o| o.name == name).cloned()))
+    }
+
+    fn set_org_active(&self, org_id: &str, active: bool) -> StoreFuture<'_, bool> {
+        ready(self.with(|t| {
+            t.orgs
+                .iter_mut()
+                .find(|o| o.id == org_id)
+                .map(|o| o.active = active)
+                .is_some()
+        }))
+    }
+
+    fn count_orgs(&self) -> StoreFuture<'_, u64> {
+        ready(self.with(|t| t.orgs.len() as u64))
+    }
+}
