@@ -3,7 +3,10 @@
 //! [`Json`] checks the content type and the size, tells malformed JSON from JSON that fails the
 //! schema, and collects **every** problem of the body, not only the first. The schema comes from
 //! `schemars::JsonSchema` (derive it next to `Deserialize`); rules beyond types (`length`,
-//! `range`) are read from the same schema, so they land in the same details.
+//! `range`, `email`, `url`, `pattern`, whether written as `#[schemars(...)]` or as
+//! `#[garde(...)]`, which schemars also reads) are checked from the same schema, so they land
+//! in the same details. [`ValidJson`] (feature `garde`) then runs garde's own rules, custom
+//! ones included, and reports them in the same shape.
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -373,7 +376,16 @@ fn check(root: &Value, schema: &Value, value: &Value, pointer: &str, problems: &
             .iter()
             .any(|t| *t == actual || (*t == "number" && actual == "integer"))
     {
-        add(format!("Expected {}, received {actual}", types.join(" | ")));
+        // Like zod, a client is told it sent a number, whatever its kind.
+        let received = if actual == "integer" {
+            "number"
+        } else {
+            actual
+        };
+        add(format!(
+            "Expected {}, received {received}",
+            types.join(" | ")
+        ));
         return;
     }
 

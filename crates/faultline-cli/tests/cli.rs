@@ -213,3 +213,120 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+#[test]
+fn keys_create_prints_the_key_once_and_stores_only_its_digest() {
+    let dir = tempdir("keys");
+    let db = dir.join("keys.db");
+    let db = db.to_str().expect("utf-8 path");
+    let out = faultline(&[
+        "keys",
+        "create",
+        "--db",
+        db,
+        "--org",
+        "acme",
+        "--scopes",
+        "chatbots:read,chatbots:write",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key = text(&out.stdout).trim().to_owned();
+    let format = faultline_cli::reference::key_format();
+    assert_eq!(
+        format.check(&key),
+        Ok(()),
+        "stdout is exactly the key: {key:?}"
+    );
+    assert!(
+        !text(&out.stderr).contains(&key),
+        "the key is printed once, on stdout"
+    );
+
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("dir") {
+        bytes.extend(std::fs::read(entry.expect("entry").path()).expect("file"));
+    }
+    assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()));
+
+    let unknown = faultline(&[
+        "keys", "create", "--db", db, "--org", "acme", "--scopes", "root",
+    ]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("unknown scope `root`"));
+
+    let off = faultline(&["orgs", "deactivate", "acme", "--db", db]);
+    assert!(off.status.success(), "{}", text(&off.stderr));
+    assert_eq!(text(&off.stdout).trim(), "acme is now inactive");
+    let missing = faultline(&["orgs", "activate", "nobody", "--db", db]);
+    assert_eq!(missing.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Sends one HTTP/1.1 request and returns the whole answer as text.
+fn http(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+}
+
+#[test]
+fn serve_on_an_empty_database_prints_a_working_demo_key() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempdir("serve");
+    let db = dir.join("serve.db");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args([
+            "serve",
+            "--addr",
+            &addr,
+            "--db",
+            db.to_str().expect("utf-8"),
+        ])
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut key = None;
+    let mut curl = None;
+    for line in lines.by_ref().take(6) {
+        let line = line.expect("a line");
+        let trimmed = line.trim();
+        if trimmed.starts_with("cb_live_") {
+            key = Some(trimmed.to_owned());
+        }
+        if trimmed.starts_with("try: curl") {
+            curl = Some(trimmed.to_owned());
+            break;
+        }
+    }
+    let key = key.expect("serve printed a key");
+    assert!(curl.expect("and a curl line").contains(&key));
+
+    let with_key = http(
+        &addr,
+        &format!(
+            "GET /v1/chatbots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    let without = http(
+        &addr,
+        "GET /v1/chatbots HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    child.kill().expect("stop serve");
+    let _ = child.wait();
+    assert!(with_key.starts_with("HTTP/1.1 200"), "{with_key}");
+    assert!(without.starts_with("HTTP/1.1 401"), "{without}");
+    assert!(without.contains("\"missing_api_key\""));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

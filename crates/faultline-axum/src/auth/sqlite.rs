@@ -186,7 +186,7 @@ impl KeyStore for SqliteKeyStore {
         self.call(move |conn| {
             let mut statement = conn.prepare(&format!(
                 "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org_id = ?1 \
-                 ORDER BY k.created_at, k.id"
+                 ORDER BY k.created_at, k.rowid"
             ))?;
             let rows = statement.query_map(params![org_id], key_from_row)?;
             rows.collect()
