@@ -50,9 +50,9 @@ enum Command {
         /// SQLite database file, created on first start.
         #[arg(long, default_value = "faultline.db")]
         db: PathBuf,
-        /// The catalog to serve.
-        #[arg(long, default_value = "examples/catalogs/chatbots.toml")]
-        catalog: PathBuf,
+        /// The catalog to serve [default: the built-in copy of examples/catalogs/chatbots.toml].
+        #[arg(long)]
+        catalog: Option<PathBuf>,
         /// Serve the catalog in this envelope profile instead of its own.
         #[arg(long, value_enum)]
         profile: Option<ProfileArg>,
@@ -180,7 +180,7 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             db,
             catalog,
             profile,
-        } => serve(addr, &db, &catalog, profile),
+        } => serve(addr, &db, catalog.as_deref(), profile),
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -306,7 +306,7 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
 fn serve(
     addr: std::net::SocketAddr,
     db: &Path,
-    catalog: &Path,
+    catalog: Option<&Path>,
     profile: Option<ProfileArg>,
 ) -> Result<ExitCode, UsageError> {
     tracing_subscriber::fmt()
@@ -315,7 +315,12 @@ fn serve(
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let parsed = load(catalog)?;
+    let parsed = match catalog {
+        Some(path) => load(path)?,
+        // The binary carries the catalog it was built with, so it serves from any directory.
+        None => Catalog::from_toml_str(reference::errors::SOURCE)
+            .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
+    };
     let auth = Arc::new(reference::authenticator_on_file(db).map_err(|e| UsageError(e.0))?);
     let app = reference::app_on_file(parsed, profile.map(Profile::from), db, Arc::clone(&auth))
         .map_err(|e| UsageError(e.to_string()))?;
