@@ -206,7 +206,7 @@ impl KeyStore for SqliteKeyStore {
             let Some(mut key) = get_key(&tx, &org_id, &key_id)? else {
                 return Ok(StatusChange::NotFound);
             };
-            if key.status != to && !from.contains(&key.status) {
+            if !key.status.may_become(&from, to) {
                 return Ok(StatusChange::Refused(key));
             }
             tx.execute(

@@ -55,6 +55,12 @@ impl KeyStatus {
         }
     }
 
+    /// Whether a key in this status may move to `to` in a change allowed from `from`: a key
+    /// already in `to` stays (the change is idempotent).
+    pub fn may_become(self, from: &[KeyStatus], to: KeyStatus) -> bool {
+        self == to || from.contains(&self)
+    }
+
     /// Parses [`KeyStatus::as_str`].
     pub fn parse(text: &str) -> Option<Self> {
         match text {
@@ -250,7 +256,7 @@ impl KeyStore for MemoryKeyStore {
             else {
                 return StatusChange::NotFound;
             };
-            if key.status == to || from.contains(&key.status) {
+            if key.status.may_become(from, to) {
                 key.status = to;
                 StatusChange::Changed(key.clone())
             } else {

@@ -201,61 +201,38 @@ pub async fn list(
     }))
 }
 
-async fn change(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-    action: KeyAction,
+/// `POST /v1/api_keys/{id}/{action}`, where the action is `revoke`, `pause` or `resume`.
+pub async fn change(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((id, action)): Path<(String, String)>,
 ) -> Result<axum::Json<ApiKeyView>, Error> {
-    match state.auth.change_key(&principal.org_id, id, action).await? {
+    let (action, requested) = match action.as_str() {
+        "revoke" => (KeyAction::Revoke, "revoked"),
+        "pause" => (KeyAction::Pause, "paused"),
+        "resume" => (KeyAction::Resume, "active"),
+        // Any other action is a route that does not exist.
+        _ => return Err(Error::bound(Situation::RouteNotFound)),
+    };
+    match state
+        .auth
+        .change_key(&principal.org_id, &id, action)
+        .await?
+    {
         StatusChange::Changed(key) => Ok(axum::Json(key.into())),
         // A key of another organisation is not found, like any other resource.
         StatusChange::NotFound => Err(Error::bound(Situation::ResourceNotFound)),
-        StatusChange::Refused(key) => {
-            let requested = match action {
-                KeyAction::Revoke => "revoked",
-                KeyAction::Pause => "paused",
-                KeyAction::Resume => "active",
-            };
-            Err(errors::conflict(errors::ConflictDetails {
-                current: Some(key.status.as_str().to_owned()),
-                requested: Some(requested.to_owned()),
-                reason: Some(format!(
-                    "A {} key cannot become {requested}.",
-                    key.status.as_str()
-                )),
-            })
-            .with_message("This status change is not allowed.")
-            .into())
-        }
+        StatusChange::Refused(key) => Err(errors::conflict(errors::ConflictDetails {
+            current: Some(key.status.as_str().to_owned()),
+            requested: Some(requested.to_owned()),
+            reason: Some(format!(
+                "A {} key cannot become {requested}.",
+                key.status.as_str()
+            )),
+        })
+        .with_message("This status change is not allowed.")
+        .into()),
     }
-}
-
-/// `POST /v1/api_keys/{id}/revoke`.
-pub async fn revoke(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<axum::Json<ApiKeyView>, Error> {
-    change(&state, &principal, &id, KeyAction::Revoke).await
-}
-
-/// `POST /v1/api_keys/{id}/pause`.
-pub async fn pause(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<axum::Json<ApiKeyView>, Error> {
-    change(&state, &principal, &id, KeyAction::Pause).await
-}
-
-/// `POST /v1/api_keys/{id}/resume`.
-pub async fn resume(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<axum::Json<ApiKeyView>, Error> {
-    change(&state, &principal, &id, KeyAction::Resume).await
 }
 
 #[cfg(test)]

@@ -160,16 +160,8 @@ pub fn app(settings: Settings) -> Result<Router, StartError> {
                 .merge(guard(get(keys::list), "api_keys:read")),
         )
         .route(
-            "/v1/api_keys/{id}/revoke",
-            guard(post(keys::revoke), "api_keys:write"),
-        )
-        .route(
-            "/v1/api_keys/{id}/pause",
-            guard(post(keys::pause), "api_keys:write"),
-        )
-        .route(
-            "/v1/api_keys/{id}/resume",
-            guard(post(keys::resume), "api_keys:write"),
+            "/v1/api_keys/{id}/{action}",
+            guard(post(keys::change), "api_keys:write"),
         )
         .route("/docs", get(docs))
         .route("/health", get(health))
