@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use axum::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use faultline::details::{DetailsShape, FieldErrors, FieldViolations, IntoDetails};
 use faultline::{ApiError, Catalog, Profile, RenderContext, Situation};
@@ -106,6 +106,20 @@ impl Contract {
     ///
     /// Every refusal of every layer and extractor reaches the client through this function.
     pub fn render(&self, error: &ApiError, request_id: &RequestId, path: &str) -> Response {
+        let (status, headers, body) = self.render_parts(error, request_id, path);
+        let mut response = (status, body).into_response();
+        response.headers_mut().extend(headers);
+        response
+    }
+
+    /// The status, headers and body of [`Contract::render`], for a writer below the HTTP
+    /// stack (see [`crate::listener`]). The same bytes either way.
+    pub fn render_parts(
+        &self,
+        error: &ApiError,
+        request_id: &RequestId,
+        path: &str,
+    ) -> (StatusCode, HeaderMap, Vec<u8>) {
         // Only RFC 9457 bodies carry a type URI; other profiles skip building it.
         let type_uri = match self.profile {
             Profile::Problem => self.catalog.docs_url_for(error.code()),
@@ -120,8 +134,7 @@ impl Contract {
         let body = self.profile.render(error, &ctx);
         let status =
             StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, body).into_response();
-        let headers = response.headers_mut();
+        let mut headers = HeaderMap::with_capacity(4);
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static(self.profile.content_type()),
@@ -134,7 +147,7 @@ impl Contract {
             }
         }
         headers.insert(self.request_id_header.clone(), request_id.header_value());
-        response
+        (status, headers, body)
     }
 
     /// Resolves an [`Error`] to the catalog error it stands for.

@@ -7,14 +7,19 @@
 //!   body limits, timeouts and panics all become catalog errors;
 //! - [`Json`], [`Query`] and [`Path`] are drop-in extractors whose rejections are catalog
 //!   errors, with every field problem collected;
+//! - [`ValidJson`] (feature `garde`) adds garde's rules, reported in the same details;
 //! - handlers return `Result<_, faultline_axum::Error>`; an [`faultline::ApiError`] from a
-//!   generated constructor converts with `?`.
+//!   generated constructor converts with `?`;
+//! - [`ContractListener`] makes hyper's own refusals (unreadable requests, oversized headers)
+//!   catalog errors too;
+//! - [`auth`] (feature `auth`, on by default): API keys, scopes and tenancy.
 
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod contract;
 pub mod extract;
 pub mod layer;
+pub mod listener;
 pub mod request_id;
 
 pub use contract::{Contract, Error, MissingBindings, Problems};
@@ -22,4 +27,5 @@ pub use contract::{Contract, Error, MissingBindings, Problems};
 pub use extract::ValidJson;
 pub use extract::{Json, Path, Query};
 pub use layer::{BodyLimit, Faultline, FaultlineLayer};
+pub use listener::{ContractIo, ContractListener};
 pub use request_id::RequestId;

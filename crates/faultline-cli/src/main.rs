@@ -322,8 +322,9 @@ fn serve(
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
     let auth = Arc::new(reference::authenticator_on_file(db).map_err(|e| UsageError(e.0))?);
-    let app = reference::app_on_file(parsed, profile.map(Profile::from), db, Arc::clone(&auth))
-        .map_err(|e| UsageError(e.to_string()))?;
+    let (app, contract) =
+        reference::app_on_file(parsed, profile.map(Profile::from), db, Arc::clone(&auth))
+            .map_err(|e| UsageError(e.to_string()))?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
@@ -350,6 +351,8 @@ fn serve(
         } else {
             println!("create a key with: faultline keys create --db {} --org demo --scopes all", db.display());
         }
+        // Requests hyper cannot parse get the catalog's answer too.
+        let listener = faultline_axum::ContractListener::new(listener, contract);
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -80,6 +80,10 @@ situations! {
     IdempotencyConflict => "idempotency_conflict", "409";
     /// A request with the same idempotency key is still running.
     IdempotencyInProgress => "idempotency_in_progress", "409";
+    /// The bytes received are not an HTTP request (bad method, header, URI or version).
+    MalformedRequest => "malformed_request", "400";
+    /// The request's headers are too many or too large to read.
+    RequestHeadersTooLarge => "request_headers_too_large", "431";
 }
 
 impl Situation {

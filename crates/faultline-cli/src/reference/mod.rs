@@ -91,6 +91,11 @@ impl std::error::Error for StartError {}
 
 /// Builds the reference app.
 pub fn app(settings: Settings) -> Result<Router, StartError> {
+    build(settings).map(|(router, _)| router)
+}
+
+/// Builds the reference app, and gives the contract it serves (for [`faultline_axum::ContractListener`]).
+pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> {
     // The handlers raise codes of the compiled-in chatbots catalog; a catalog given at run time
     // must hold them with the same status, or the docs would not match what is served.
     for def in errors::defs::ALL {
@@ -166,10 +171,11 @@ pub fn app(settings: Settings) -> Result<Router, StartError> {
         .route("/docs", get(docs))
         .route("/health", get(health))
         .with_state(state);
-    Ok(Faultline::new(contract)
+    let faultline = Faultline::new(contract)
         .body_limit(settings.body_limit)
-        .timeout(settings.timeout)
-        .install(router))
+        .timeout(settings.timeout);
+    let contract = Arc::clone(faultline.contract());
+    Ok((faultline.install(router), contract))
 }
 
 /// The authenticator of the reference API on a SQLite file.
@@ -179,16 +185,16 @@ pub fn authenticator_on_file(db: &FsPath) -> Result<Authenticator, StartError> {
     Ok(Authenticator::new(key_format(), Arc::new(keys)))
 }
 
-/// Builds the app on a SQLite file; chatbots and keys share the database.
+/// Builds the app on a SQLite file (chatbots and keys share the database), with its contract.
 pub fn app_on_file(
     catalog: Catalog,
     profile: Option<faultline::Profile>,
     db: &FsPath,
     auth: Arc<Authenticator>,
-) -> Result<Router, StartError> {
+) -> Result<(Router, Arc<Contract>), StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
-    app(Settings {
+    build(Settings {
         catalog,
         profile,
         store,
