@@ -106,20 +106,22 @@ impl Contract {
     ///
     /// Every refusal of every layer and extractor reaches the client through this function.
     pub fn render(&self, error: &ApiError, request_id: &RequestId, path: &str) -> Response {
-        let (status, headers, body) = self.render_parts(error, request_id, path);
-        let mut response = (status, body).into_response();
-        response.headers_mut().extend(headers);
+        let mut response = Response::new(axum::body::Body::empty());
+        let (status, body) = self.render_into(error, request_id, path, response.headers_mut());
+        *response.status_mut() = status;
+        *response.body_mut() = axum::body::Body::from(body);
         response
     }
 
-    /// The status, headers and body of [`Contract::render`], for a writer below the HTTP
-    /// stack (see [`crate::listener`]). The same bytes either way.
-    pub fn render_parts(
+    /// The status and body of [`Contract::render`], its headers written into `headers`: for a
+    /// writer below the HTTP stack (see [`crate::listener`]). The same bytes either way.
+    pub fn render_into(
         &self,
         error: &ApiError,
         request_id: &RequestId,
         path: &str,
-    ) -> (StatusCode, HeaderMap, Vec<u8>) {
+        headers: &mut HeaderMap,
+    ) -> (StatusCode, Vec<u8>) {
         // Only RFC 9457 bodies carry a type URI; other profiles skip building it.
         let type_uri = match self.profile {
             Profile::Problem => self.catalog.docs_url_for(error.code()),
@@ -134,7 +136,6 @@ impl Contract {
         let body = self.profile.render(error, &ctx);
         let status =
             StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut headers = HeaderMap::with_capacity(4);
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static(self.profile.content_type()),
@@ -147,7 +148,7 @@ impl Contract {
             }
         }
         headers.insert(self.request_id_header.clone(), request_id.header_value());
-        (status, headers, body)
+        (status, body)
     }
 
     /// Resolves an [`Error`] to the catalog error it stands for.

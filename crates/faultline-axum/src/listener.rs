@@ -90,7 +90,8 @@ impl<I> ContractIo<I> {
         self.contract.catalog().bound(situation)?;
         let error = self.contract.bound(situation);
         let id = RequestId::generate(&self.contract.catalog().api.request_id_prefix);
-        let (status, headers, body) = self.contract.render_parts(&error, &id, "/");
+        let mut headers = axum::http::HeaderMap::new();
+        let (status, body) = self.contract.render_into(&error, &id, "/", &mut headers);
         let mut out = format!(
             "HTTP/1.1 {} {}\r\n",
             status.as_str(),
@@ -116,19 +117,26 @@ impl<I> ContractIo<I> {
 }
 
 /// The status of an HTTP/1 response head in `buf` that is an error and lacks `id_header`.
+/// Allocates nothing: it runs on every response the connection writes.
 fn hyper_refusal_status(buf: &[u8], id_header: &str) -> Option<u16> {
     let rest = buf.strip_prefix(b"HTTP/1.")?;
-    let status: u16 = std::str::from_utf8(rest.get(2..5)?).ok()?.parse().ok()?;
-    if status < 400 {
+    let digits = rest.get(2..5)?;
+    if !digits.iter().all(u8::is_ascii_digit) || digits[0] < b'4' {
         return None;
     }
+    let status = digits
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
     let head_end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or(buf.len());
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let marker = format!("\r\n{id_header}:");
-    (!head.contains(&marker)).then_some(status)
+    let carries_id = buf[..head_end].split(|&b| b == b'\n').skip(1).any(|line| {
+        line.len() > id_header.len()
+            && line[..id_header.len()].eq_ignore_ascii_case(id_header.as_bytes())
+            && line[id_header.len()] == b':'
+    });
+    (!carries_id).then_some(status)
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for ContractIo<I> {
@@ -138,6 +146,28 @@ impl<I: AsyncRead + Unpin> AsyncRead for ContractIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> ContractIo<I> {
+    /// Writes the replacement out, then reports the `claimed` bytes of hyper's answer as
+    /// written: hyper keeps offering the same buffers until told they all went.
+    fn write_replacement(
+        &mut self,
+        cx: &mut Context<'_>,
+        claimed: usize,
+    ) -> Poll<io::Result<usize>> {
+        if let Some((bytes, written)) = &mut self.replacement {
+            while *written < bytes.len() {
+                let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                *written += n;
+            }
+        }
+        self.replacement = None;
+        Poll::Ready(Ok(claimed))
     }
 }
 
@@ -153,20 +183,27 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ContractIo<I> {
                 None => return Pin::new(&mut self.inner).poll_write(cx, buf),
             }
         }
-        // Write the replacement out; hyper keeps offering the same buffer until it is told
-        // the whole of it went.
-        let this = &mut *self;
-        if let Some((bytes, written)) = &mut this.replacement {
-            while *written < bytes.len() {
-                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &bytes[*written..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                *written += n;
+        self.write_replacement(cx, buf.len())
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // hyper queues a response head as the first slice; its own refusals have no body.
+        if self.replacement.is_none() {
+            match bufs.first().and_then(|head| self.replacement_for(head)) {
+                Some(bytes) => self.replacement = Some((bytes, 0)),
+                None => return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
             }
         }
-        this.replacement = None;
-        Poll::Ready(Ok(buf.len()))
+        let claimed = bufs.iter().map(|b| b.len()).sum();
+        self.write_replacement(cx, claimed)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -175,11 +212,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ContractIo<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    /// `false`, so that hyper hands each response head over as one buffer that can be read.
-    fn is_write_vectored(&self) -> bool {
-        false
     }
 }
 
