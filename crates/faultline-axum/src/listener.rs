@@ -121,12 +121,13 @@ impl<I> ContractIo<I> {
 fn hyper_refusal_status(buf: &[u8], id_header: &str) -> Option<u16> {
     let rest = buf.strip_prefix(b"HTTP/1.")?;
     let digits = rest.get(2..5)?;
-    if !digits.iter().all(u8::is_ascii_digit) || digits[0] < b'4' {
-        return None;
-    }
-    let status = digits
-        .iter()
-        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    // hyper answers by itself with these three statuses only; any other head is ours.
+    let status = match digits {
+        b"400" => 400,
+        b"414" => 414,
+        b"431" => 431,
+        _ => return None,
+    };
     let head_end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -225,6 +226,8 @@ mod tests {
         assert_eq!(hyper_refusal_status(hyper, "x-request-id"), Some(431));
         let ours = b"HTTP/1.1 404 Not Found\r\nX-Request-Id: req_1\r\ncontent-length: 2\r\n\r\n{}";
         assert_eq!(hyper_refusal_status(ours, "x-request-id"), None);
+        let not_hyper = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(hyper_refusal_status(not_hyper, "x-request-id"), None);
         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(hyper_refusal_status(ok, "x-request-id"), None);
         assert_eq!(
