@@ -451,3 +451,94 @@ async fn the_layers_answer_with_catalog_errors() {
     // Routes without the layer stay open.
     assert_eq!(call(&app, "/open", None).await.0, 200);
 }
+
+/// A store that counts digest lookups.
+struct Counting {
+    inner: MemoryKeyStore,
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+impl KeyStore for Counting {
+    fn find_by_digest(
+        &self,
+        digest: faultline_axum::auth::KeyDigest,
+    ) -> faultline_axum::auth::StoreFuture<'_, Option<(KeyRecord, OrgRecord)>> {
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.find_by_digest(digest)
+    }
+    fn insert_key(
+        &self,
+        key: KeyRecord,
+        max: usize,
+    ) -> faultline_axum::auth::StoreFuture<'_, faultline_axum::auth::Inserted> {
+        self.inner.insert_key(key, max)
+    }
+    fn list_keys(&self, org_id: &str) -> faultline_axum::auth::StoreFuture<'_, Vec<KeyRecord>> {
+        self.inner.list_keys(org_id)
+    }
+    fn set_key_status(
+        &self,
+        org_id: &str,
+        key_id: &str,
+        from: &[KeyStatus],
+        to: KeyStatus,
+    ) -> faultline_axum::auth::StoreFuture<'_, StatusChange> {
+        self.inner.set_key_status(org_id, key_id, from, to)
+    }
+    fn insert_org(&self, org: OrgRecord) -> faultline_axum::auth::StoreFuture<'_, ()> {
+        self.inner.insert_org(org)
+    }
+    fn org_by_name(&self, name: &str) -> faultline_axum::auth::StoreFuture<'_, Option<OrgRecord>> {
+        self.inner.org_by_name(name)
+    }
+    fn set_org_active(
+        &self,
+        org_id: &str,
+        active: bool,
+    ) -> faultline_axum::auth::StoreFuture<'_, bool> {
+        self.inner.set_org_active(org_id, active)
+    }
+    fn count_orgs(&self) -> faultline_axum::auth::StoreFuture<'_, u64> {
+        self.inner.count_orgs()
+    }
+}
+
+#[tokio::test]
+async fn made_up_keys_cost_one_lookup_per_time_to_live() {
+    let store = Arc::new(Counting {
+        inner: MemoryKeyStore::new(),
+        lookups: 0.into(),
+    });
+    let f = fixture(store.clone()).await;
+    let lookups = || store.lookups.load(std::sync::atomic::Ordering::SeqCst);
+    let made_up = format().generate();
+    for _ in 0..100 {
+        assert_eq!(
+            refused(f.auth.verify(made_up.expose()).await),
+            Situation::InvalidApiKey
+        );
+    }
+    assert_eq!(lookups(), 1);
+    // Malformed keys never reach the store at all.
+    assert_eq!(
+        refused(f.auth.verify("cb_live_nope").await),
+        Situation::MalformedApiKey
+    );
+    assert_eq!(lookups(), 1);
+    f.clock.advance(DEFAULT_TTL);
+    assert_eq!(
+        refused(f.auth.verify(made_up.expose()).await),
+        Situation::InvalidApiKey
+    );
+    assert_eq!(lookups(), 2, "asked again once the entry is stale");
+
+    // A real key is looked up once, then served from the cache.
+    let (_, key) = f.auth.create_key(&f.org.id, new_key(&["a"])).await.unwrap();
+    for _ in 0..10 {
+        assert!(f.auth.verify(key.expose()).await.is_ok());
+    }
+    assert_eq!(lookups(), 3);
+}
+
+const DEFAULT_TTL: i64 = faultline_axum::auth::DEFAULT_CACHE_TTL_SECS;

@@ -194,7 +194,8 @@ impl KeyAction {
 /// # Cost
 ///
 /// A verified key is cached in process for [`DEFAULT_CACHE_TTL_SECS`]: a cache hit costs a
-/// SHA-256 of the key and a map lookup. Revoking or pausing a key through this authenticator,
+/// SHA-256 of the key and a map lookup. A well-formed key the store does not know is
+/// remembered as unknown for as long, so made-up keys cannot hammer the store. Revoking or pausing a key through this authenticator,
 /// or changing its organisation's standing, updates the cache at once; a change made by
 /// another process is seen when the entry's time to live runs out.
 pub struct Authenticator {
@@ -202,6 +203,9 @@ pub struct Authenticator {
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
     cache: RwLock<HashMap<KeyDigest, Arc<Cached>>>,
+    /// Well-formed keys the store did not know, and when it said so: a flood of made-up keys
+    /// with valid checksums (the checksum is public) costs one lookup each per time to live.
+    unknown: RwLock<HashMap<KeyDigest, i64>>,
     cache_ttl: i64,
     max_keys_per_org: usize,
 }
@@ -224,6 +228,7 @@ impl Authenticator {
             store,
             clock: Arc::new(SystemClock),
             cache: RwLock::new(HashMap::new()),
+            unknown: RwLock::new(HashMap::new()),
             cache_ttl: DEFAULT_CACHE_TTL_SECS,
             max_keys_per_org: DEFAULT_MAX_KEYS_PER_ORG,
         }
@@ -313,12 +318,16 @@ impl Authenticator {
         if let Some(cached) = self.cached(digest) {
             return self.judge(&cached);
         }
+        if self.known_unknown(digest) {
+            return Err(AuthFailure::Refused(Situation::InvalidApiKey));
+        }
         let Some((key, org)) = self
             .store
             .find_by_digest(digest)
             .await
             .map_err(AuthFailure::Store)?
         else {
+            self.remember_unknown(digest);
             return Err(AuthFailure::Refused(Situation::InvalidApiKey));
         };
         // The store found the row by digest; comparing again in constant time keeps the
@@ -337,7 +346,33 @@ impl Authenticator {
             Ok(digest) => digest,
             Err(failure) => return Some(Err(failure)),
         };
-        self.cached(digest).map(|cached| self.judge(&cached))
+        if let Some(cached) = self.cached(digest) {
+            return Some(self.judge(&cached));
+        }
+        self.known_unknown(digest)
+            .then_some(Err(AuthFailure::Refused(Situation::InvalidApiKey)))
+    }
+
+    fn known_unknown(&self, digest: KeyDigest) -> bool {
+        let unknown = self.unknown.read().unwrap_or_else(PoisonError::into_inner);
+        unknown
+            .get(&digest)
+            .is_some_and(|&at| self.clock.now() - at < self.cache_ttl)
+    }
+
+    fn remember_unknown(&self, digest: KeyDigest) {
+        if self.cache_ttl <= 0 {
+            return;
+        }
+        let now = self.clock.now();
+        let mut unknown = self.unknown.write().unwrap_or_else(PoisonError::into_inner);
+        if unknown.len() >= CACHE_CAPACITY {
+            unknown.retain(|_, &mut at| now - at < self.cache_ttl);
+            if unknown.len() >= CACHE_CAPACITY {
+                unknown.clear();
+            }
+        }
+        unknown.insert(digest, now);
     }
 
     fn precheck(&self, token: &str) -> Result<KeyDigest, AuthFailure> {
@@ -425,7 +460,15 @@ impl Authenticator {
             .await
             .map_err(CreateKeyError::Store)?
         {
-            Inserted::Stored => Ok((record, secret)),
+            Inserted::Stored => {
+                // 178 random bits never collide with a key tried before; this keeps the
+                // negative cache honest even so.
+                self.unknown
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&record.digest);
+                Ok((record, secret))
+            }
             Inserted::LimitReached => Err(CreateKeyError::LimitReached {
                 max: self.max_keys_per_org,
             }),
