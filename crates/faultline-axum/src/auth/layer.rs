@@ -109,19 +109,24 @@ where
                 response: Some(Error::from(failure).into_response()),
             })
         };
-        let token = match Authenticator::credential(request.headers().get(AUTHORIZATION)) {
-            Ok(token) => token.to_owned(),
-            Err(situation) => return refused(AuthFailure::Refused(situation)),
+        // The token is borrowed from the request while the cache decides; it is copied only
+        // when the store has to be asked.
+        let verdict = match Authenticator::credential(request.headers().get(AUTHORIZATION)) {
+            Ok(token) => self
+                .auth
+                .verify_cached(token)
+                .ok_or_else(|| token.to_owned()),
+            Err(situation) => Ok(Err(AuthFailure::Refused(situation))),
         };
-        match self.auth.verify_cached(&token) {
-            Some(Ok(principal)) => {
+        match verdict {
+            Ok(Ok(principal)) => {
                 request.extensions_mut().insert::<Principal>(principal);
                 AuthFuture::from(State::Inner {
                     future: self.inner.call(request),
                 })
             }
-            Some(Err(failure)) => refused(failure),
-            None => {
+            Ok(Err(failure)) => refused(failure),
+            Err(token) => {
                 // The service that was polled ready is the one that must be called.
                 let ready = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, ready);
