@@ -1,5 +1,6 @@
 //! The contract a server keeps: a catalog, the profile it is served in, and the one renderer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
@@ -32,6 +33,18 @@ pub struct Contract {
     catalog: Catalog,
     profile: Profile,
     request_id_header: HeaderName,
+    /// Bound errors without details, rendered once by [`Contract::render_into`] around a
+    /// placeholder request id; see [`Contract::render_bound`].
+    prerendered: HashMap<Situation, Prerendered>,
+}
+
+/// One bound error rendered ahead: the bytes before and after the request id.
+#[derive(Debug)]
+struct Prerendered {
+    status: StatusCode,
+    headers: HeaderMap,
+    before: Vec<u8>,
+    after: Vec<u8>,
 }
 
 /// The catalog lacks bindings the server needs.
@@ -59,18 +72,59 @@ impl Contract {
         }
         let request_id_header = HeaderName::try_from(catalog.api.request_id_header.as_str())
             .unwrap_or(HeaderName::from_static("x-request-id"));
-        Ok(Contract {
+        let mut contract = Contract {
             profile: catalog.api.profile,
             catalog,
             request_id_header,
-        })
+            prerendered: HashMap::new(),
+        };
+        contract.prerender();
+        Ok(contract)
     }
 
     /// Serves the same catalog in another envelope profile.
     #[must_use]
     pub fn with_profile(mut self, profile: Profile) -> Self {
         self.profile = profile;
+        self.prerender();
         self
+    }
+
+    /// Renders every bound situation once, through [`Contract::render_into`], with
+    /// placeholders for the request id and the path; keeps those whose bytes hold the id once
+    /// and the path nowhere (a problem+json `instance` holds the path, so those are skipped).
+    fn prerender(&mut self) {
+        const ID: &str = "req_0faultline0placeholder0id0";
+        const PATH: &str = "/0faultline0placeholder0path0";
+        let id = RequestId::accept(ID).expect("the placeholder is a valid id");
+        let mut prerendered = HashMap::new();
+        for &situation in Situation::ALL {
+            let Some(spec) = self.catalog.bound(situation) else {
+                continue;
+            };
+            let mut headers = HeaderMap::new();
+            let (status, body) = self.render_into(&spec.to_error(), &id, PATH, &mut headers);
+            let at: Vec<usize> = body
+                .windows(ID.len())
+                .enumerate()
+                .filter(|(_, w)| *w == ID.as_bytes())
+                .map(|(i, _)| i)
+                .collect();
+            let holds_path = body.windows(PATH.len()).any(|w| w == PATH.as_bytes());
+            if let ([at], false) = (at.as_slice(), holds_path) {
+                headers.remove(&self.request_id_header);
+                prerendered.insert(
+                    situation,
+                    Prerendered {
+                        status,
+                        headers,
+                        before: body[..*at].to_vec(),
+                        after: body[at + ID.len()..].to_vec(),
+                    },
+                );
+            }
+        }
+        self.prerendered = prerendered;
     }
 
     /// The catalog.
@@ -98,6 +152,37 @@ impl Contract {
             .or_else(|| self.catalog.bound(Situation::Internal))
             .map(faultline::ErrorSpec::to_error)
             .expect("Contract::new checked the internal binding")
+    }
+
+    /// Whether [`Contract::render_bound`] serves `situation` from its copy rendered ahead
+    /// (false for unbound situations and for bodies that hold the path, as problem+json does).
+    pub fn is_prerendered(&self, situation: Situation) -> bool {
+        self.prerendered.contains_key(&situation)
+    }
+
+    /// The response for the code bound to `situation`, with the catalog's message and no
+    /// details: the same bytes as [`Contract::render`] gives for [`Contract::bound`], from the
+    /// copy rendered ahead, so the commonest refusals (unknown routes above all) cost a copy.
+    pub fn render_bound(
+        &self,
+        situation: Situation,
+        request_id: &RequestId,
+        path: &str,
+    ) -> Response {
+        let Some(ready) = self.prerendered.get(&situation) else {
+            return self.render(&self.bound(situation), request_id, path);
+        };
+        let id = request_id.as_str().as_bytes();
+        let mut body = Vec::with_capacity(ready.before.len() + id.len() + ready.after.len());
+        body.extend_from_slice(&ready.before);
+        body.extend_from_slice(id);
+        body.extend_from_slice(&ready.after);
+        let mut response = Response::new(axum::body::Body::from(body));
+        *response.status_mut() = ready.status;
+        let headers = response.headers_mut();
+        headers.clone_from(&ready.headers);
+        headers.insert(self.request_id_header.clone(), request_id.header_value());
+        response
     }
 
     /// Renders `error` as a response: status, content type, headers, request id, body.
@@ -306,6 +391,20 @@ impl Error {
             Repr::Api(_) | Repr::Internal(_) => {}
         }
         self
+    }
+
+    /// The situation, when this is a bound situation with nothing added to it (no problems,
+    /// details or headers): such an error renders from [`Contract::render_bound`].
+    pub(crate) fn plain_situation(&self) -> Option<Situation> {
+        match &*self.0 {
+            Repr::Bound {
+                situation,
+                problems: None,
+                details: None,
+                headers,
+            } if headers.is_empty() => Some(*situation),
+            _ => None,
+        }
     }
 
     /// The cause kept for logs, if any.

@@ -246,6 +246,9 @@ fn finish(
     body_limit: usize,
 ) -> Response {
     if let Some(Pending(error)) = response.extensions_mut().remove::<Pending>() {
+        if let Some(situation) = error.plain_situation() {
+            return contract.render_bound(situation, id, path);
+        }
         let api = contract.resolve(&error);
         if let Some(cause) = error.source() {
             tracing::error!(request_id = %id, code = api.code(), cause = %Chain(cause), "request failed");
@@ -271,6 +274,12 @@ fn finish(
             400 | 422 => Situation::ValidationFailed,
             _ => Situation::Internal,
         };
+        if !matches!(
+            situation,
+            Situation::MethodNotAllowed | Situation::PayloadTooLarge
+        ) {
+            return contract.render_bound(situation, id, path);
+        }
         let mut api = contract.bound(situation);
         if let Some(allow) = response
             .headers()
