@@ -42,7 +42,7 @@ pub struct Contract {
 #[derive(Debug)]
 struct Prerendered {
     status: StatusCode,
-    headers: HeaderMap,
+    headers: Vec<(HeaderName, HeaderValue)>,
     before: Vec<u8>,
     after: Vec<u8>,
 }
@@ -113,6 +113,10 @@ impl Contract {
             let holds_path = body.windows(PATH.len()).any(|w| w == PATH.as_bytes());
             if let ([at], false) = (at.as_slice(), holds_path) {
                 headers.remove(&self.request_id_header);
+                let headers = headers
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect();
                 prerendered.insert(
                     situation,
                     Prerendered {
@@ -180,7 +184,10 @@ impl Contract {
         let mut response = Response::new(axum::body::Body::from(body));
         *response.status_mut() = ready.status;
         let headers = response.headers_mut();
-        headers.clone_from(&ready.headers);
+        headers.reserve(ready.headers.len() + 1);
+        for (name, value) in &ready.headers {
+            headers.append(name.clone(), value.clone());
+        }
         headers.insert(self.request_id_header.clone(), request_id.header_value());
         response
     }

@@ -156,7 +156,10 @@ where
             &contract.catalog().api.request_id_prefix,
         );
         request.extensions_mut().insert(id.clone());
-        request.extensions_mut().insert(BodyLimit(self.body_limit));
+        // Extractors fall back to the default limit, so the common case saves an insert.
+        if self.body_limit != DEFAULT_BODY_LIMIT {
+            request.extensions_mut().insert(BodyLimit(self.body_limit));
+        }
         let declared_length = request
             .headers()
             .get(CONTENT_LENGTH)

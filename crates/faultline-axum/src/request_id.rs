@@ -35,19 +35,29 @@ impl RequestId {
     /// A fresh id: `prefix` followed by 24 random base62 characters.
     pub fn generate(prefix: &str) -> Self {
         let mut rng = rand::rng();
-        let mut id = String::with_capacity(prefix.len() + RANDOM_LEN);
-        id.push_str(prefix);
+        let mut random = [0u8; RANDOM_LEN];
         let mut filled = 0;
         let mut bytes = [0u8; 32];
         while filled < RANDOM_LEN {
             rng.fill_bytes(&mut bytes);
             // Bytes below 248 (4 × 62) map to base62 without bias; the rest are dropped.
             for &byte in bytes.iter().filter(|&&b| b < 248).take(RANDOM_LEN - filled) {
-                id.push(char::from(BASE62[usize::from(byte % 62)]));
+                random[filled] = BASE62[usize::from(byte % 62)];
                 filled += 1;
             }
         }
-        RequestId(id.into())
+        // One allocation: the id is assembled on the stack and copied into the shared string.
+        let mut buf = [0u8; 64];
+        let len = prefix.len() + RANDOM_LEN;
+        let id: Arc<str> = if len <= buf.len() {
+            buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
+            buf[prefix.len()..len].copy_from_slice(&random);
+            Arc::from(std::str::from_utf8(&buf[..len]).expect("a str and ASCII"))
+        } else {
+            let random = std::str::from_utf8(&random).expect("base62 is ASCII");
+            Arc::from([prefix, random].concat())
+        };
+        RequestId(id)
     }
 
     /// Accepts a client's id if it is 1–64 characters of `[A-Za-z0-9._-]`.
