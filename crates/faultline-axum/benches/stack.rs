@@ -75,13 +75,13 @@ fn stack(c: &mut Criterion) {
         assert!(response.status().as_u16() < 500);
     };
     group.bench_function("404/bare_axum", |b| {
-        b.iter(|| call(&bare, "/v1/nope", None))
+        b.iter(|| call(&bare, "/v1/nope", None));
     });
     group.bench_function("404/faultline", |b| {
-        b.iter(|| call(&full, "/v1/nope", None))
+        b.iter(|| call(&full, "/v1/nope", None));
     });
     group.bench_function("200/faultline_open", |b| {
-        b.iter(|| call(&full, "/open", None))
+        b.iter(|| call(&full, "/open", None));
     });
     group.bench_function("200/faultline_with_key", |b| {
         b.iter(|| call(&full, "/bots", Some(&bearer)));
