@@ -1,11 +1,10 @@
 //! The faultline layer: request ids in, every failure rendered from the catalog on the way out.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::Uri;
@@ -228,82 +227,68 @@ where
 }
 
 impl Finish {
-    fn run(self, response: Response) -> Response {
-        finish(
-            &self.contract,
-            response,
-            &self.id,
-            self.uri.path(),
-            self.declared_length,
-            self.body_limit,
-        )
-    }
-}
-
-fn finish(
-    contract: &Contract,
-    mut response: Response,
-    id: &RequestId,
-    path: &str,
-    declared_length: Option<u64>,
-    body_limit: usize,
-) -> Response {
-    if let Some(Pending(error)) = response.extensions_mut().remove::<Pending>() {
-        if let Some(situation) = error.plain_situation() {
-            return contract.render_bound(situation, id, path);
+    /// Renders a pending or bare framework failure; stamps the request id on the rest.
+    fn run(self, mut response: Response) -> Response {
+        let Finish {
+            contract,
+            id,
+            uri,
+            declared_length,
+            body_limit,
+        } = self;
+        let (contract, id, path) = (&*contract, &id, uri.path());
+        if let Some(Pending(error)) = response.extensions_mut().remove::<Pending>() {
+            if let Some(situation) = error.plain_situation() {
+                return contract.render_bound(situation, id, path);
+            }
+            let api = contract.resolve(&error);
+            if let Some(cause) = error.source() {
+                tracing::error!(request_id = %id, code = api.code(), cause = %Chain(cause), "request failed");
+            }
+            return contract.render(&api, id, path);
         }
-        let api = contract.resolve(&error);
-        if let Some(cause) = error.source() {
-            tracing::error!(request_id = %id, code = api.code(), cause = %Chain(cause), "request failed");
-        }
-        return contract.render(&api, id, path);
-    }
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.starts_with("application/json") || ct.starts_with("application/problem+json")
-        });
-    if status.as_u16() >= 400 && !is_json {
-        // A framework answer (router, limit, timeout) or a bare status from a handler.
-        let situation = match status.as_u16() {
-            404 => Situation::RouteNotFound,
-            405 => Situation::MethodNotAllowed,
-            408 => Situation::Timeout,
-            413 => Situation::PayloadTooLarge,
-            415 => Situation::UnsupportedMediaType,
-            400 | 422 => Situation::ValidationFailed,
-            _ => Situation::Internal,
-        };
-        if !matches!(
-            situation,
-            Situation::MethodNotAllowed | Situation::PayloadTooLarge
-        ) {
-            return contract.render_bound(situation, id, path);
-        }
-        let mut api = contract.bound(situation);
-        if let Some(allow) = response
+        let status = response.status();
+        let is_json = response
             .headers()
-            .get(ALLOW)
+            .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .filter(|_| situation == Situation::MethodNotAllowed)
-        {
-            api = api.with_header("Allow", allow);
-        }
-        if situation == Situation::PayloadTooLarge {
-            api = api.with_details(Size {
-                size_bytes: declared_length,
-                max_bytes: body_limit as u64,
+            .is_some_and(|ct| {
+                ct.starts_with("application/json") || ct.starts_with("application/problem+json")
             });
+        if status.as_u16() >= 400 && !is_json {
+            // A framework answer (router, limit, timeout) or a bare status from a handler.
+            let situation = match status.as_u16() {
+                404 => Situation::RouteNotFound,
+                405 => Situation::MethodNotAllowed,
+                408 => Situation::Timeout,
+                413 => Situation::PayloadTooLarge,
+                415 => Situation::UnsupportedMediaType,
+                400 | 422 => Situation::ValidationFailed,
+                _ => Situation::Internal,
+            };
+            // Two answers carry what only this response knows; the rest are rendered ahead.
+            let api = match situation {
+                Situation::MethodNotAllowed => {
+                    let allow = response.headers().get(ALLOW).and_then(|v| v.to_str().ok());
+                    let api = contract.bound(situation);
+                    match allow {
+                        Some(allow) => api.with_header("Allow", allow),
+                        None => api,
+                    }
+                }
+                Situation::PayloadTooLarge => contract.bound(situation).with_details(Size {
+                    size_bytes: declared_length,
+                    max_bytes: body_limit as u64,
+                }),
+                _ => return contract.render_bound(situation, id, path),
+            };
+            return contract.render(&api, id, path);
         }
-        return contract.render(&api, id, path);
+        response
+            .headers_mut()
+            .insert(contract.request_id_header().clone(), id.header_value());
+        response
     }
-    response
-        .headers_mut()
-        .insert(contract.request_id_header().clone(), id.header_value());
-    response
 }
 
 /// Displays an error and its sources, for the log line of an internal error.

@@ -24,8 +24,26 @@ use rand::RngCore;
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RequestId(Arc<str>);
 
-/// The alphabet of generated ids (base62).
-const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// The alphabet of generated ids and API keys (base62).
+pub(crate) const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Fills `out` with uniformly random base62 characters (ASCII).
+pub(crate) fn fill_base62(out: &mut [u8]) {
+    let mut rng = rand::rng();
+    let mut bytes = [0u8; 32];
+    let mut filled = 0;
+    while filled < out.len() {
+        rng.fill_bytes(&mut bytes);
+        // Bytes below 248 (4 × 62) map to base62 without bias; the rest are dropped.
+        for &byte in bytes.iter().filter(|&&b| b < 248) {
+            let Some(slot) = out.get_mut(filled) else {
+                break;
+            };
+            *slot = BASE62[usize::from(byte % 62)];
+            filled += 1;
+        }
+    }
+}
 /// Random characters in a generated id: 24 base62 characters are about 143 bits.
 const RANDOM_LEN: usize = 24;
 /// The longest id accepted from a client.
@@ -34,18 +52,8 @@ pub const MAX_LEN: usize = 64;
 impl RequestId {
     /// A fresh id: `prefix` followed by 24 random base62 characters.
     pub fn generate(prefix: &str) -> Self {
-        let mut rng = rand::rng();
         let mut random = [0u8; RANDOM_LEN];
-        let mut filled = 0;
-        let mut bytes = [0u8; 32];
-        while filled < RANDOM_LEN {
-            rng.fill_bytes(&mut bytes);
-            // Bytes below 248 (4 × 62) map to base62 without bias; the rest are dropped.
-            for &byte in bytes.iter().filter(|&&b| b < 248).take(RANDOM_LEN - filled) {
-                random[filled] = BASE62[usize::from(byte % 62)];
-                filled += 1;
-            }
-        }
+        fill_base62(&mut random);
         // One allocation: the id is assembled on the stack and copied into the shared string.
         let mut buf = [0u8; 64];
         let len = prefix.len() + RANDOM_LEN;

@@ -193,7 +193,7 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
         } => {
             let auth = reference::authenticator_on_file(&db).map_err(|e| UsageError(e.0))?;
             let scopes = if scopes.iter().any(|s| s == "all") {
-                reference::SCOPES.iter().map(|s| (*s).to_owned()).collect()
+                reference::all_scopes()
             } else {
                 scopes
             };
@@ -224,10 +224,9 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
                 CreateKeyError::Store(e) => UsageError(format!("cannot store the key: {e}")),
             })?;
             eprintln!(
-                "created {} ({}) for {org_name}; it is shown once:",
+                "created {} ({}) for {org}; it is shown once:",
                 record.id,
-                record.scopes.join(" "),
-                org_name = record.org_id
+                record.scopes.join(" ")
             );
             println!("{}", key.expose());
             Ok(ExitCode::SUCCESS)
@@ -338,7 +337,7 @@ fn serve(
             let org = auth.ensure_org("demo").await.map_err(store_error)?;
             let new = NewKey {
                 name: "demo".into(),
-                scopes: reference::SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+                scopes: reference::all_scopes(),
                 ..NewKey::default()
             };
             let (_, key) = auth

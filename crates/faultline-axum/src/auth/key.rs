@@ -6,11 +6,11 @@
 
 use std::fmt;
 
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+use crate::request_id::{BASE62, fill_base62};
+
 /// Random base62 characters in a key: about 178 bits.
 pub const RANDOM_LEN: usize = 30;
 /// Base62 characters of the checksum (62^6 > 2^32).
@@ -82,19 +82,11 @@ impl KeyFormat {
 
     /// A fresh random key.
     pub fn generate(&self) -> ApiKeySecret {
-        let mut rng = rand::rng();
+        let mut random = [0u8; RANDOM_LEN];
+        fill_base62(&mut random);
         let mut key = String::with_capacity(self.lead.len() + RANDOM_LEN + CHECKSUM_LEN);
         key.push_str(&self.lead);
-        let mut bytes = [0u8; 48];
-        let mut filled = 0;
-        while filled < RANDOM_LEN {
-            rng.fill_bytes(&mut bytes);
-            // Bytes below 248 (4 × 62) map to base62 without bias.
-            for &byte in bytes.iter().filter(|&&b| b < 248).take(RANDOM_LEN - filled) {
-                key.push(char::from(BASE62[usize::from(byte % 62)]));
-                filled += 1;
-            }
-        }
+        key.extend(random.iter().map(|&b| char::from(b)));
         let checksum = encode_checksum(crc32fast::hash(key.as_bytes()));
         key.push_str(&checksum);
         ApiKeySecret(key)

@@ -92,8 +92,14 @@ impl Principal {
     /// ```
     pub fn scope<T: OrgScoped>(&self, found: Option<T>) -> Result<T, Error> {
         found
-            .filter(|resource| resource.org_id() == &*self.org_id)
+            .filter(|resource| self.owns(resource))
             .ok_or_else(|| Error::bound(Situation::ResourceNotFound))
+    }
+
+    /// Whether `resource` belongs to this principal's organisation. Prefer
+    /// [`Principal::scope`], which also gives the not-found answer.
+    pub fn owns<T: OrgScoped>(&self, resource: &T) -> bool {
+        resource.org_id() == &*self.org_id
     }
 }
 
@@ -140,7 +146,14 @@ struct Cached {
     key: KeyRecord,
     org_in_good_standing: bool,
     principal: Principal,
+}
+
+/// What the store said of a digest, and when.
+#[derive(Debug, Clone)]
+struct Slot {
     fetched_at: i64,
+    /// `None`: the store knows no key with this digest.
+    key: Option<Arc<Cached>>,
 }
 
 /// The settings of a key to create.
@@ -195,17 +208,15 @@ impl KeyAction {
 ///
 /// A verified key is cached in process for [`DEFAULT_CACHE_TTL_SECS`]: a cache hit costs a
 /// SHA-256 of the key and a map lookup. A well-formed key the store does not know is
-/// remembered as unknown for as long, so made-up keys cannot hammer the store. Revoking or pausing a key through this authenticator,
-/// or changing its organisation's standing, updates the cache at once; a change made by
-/// another process is seen when the entry's time to live runs out.
+/// remembered as unknown for as long: the checksum is public, so a flood of made-up keys costs
+/// one store lookup each per time to live. Revoking or pausing a key through this
+/// authenticator, or changing its organisation's standing, updates the cache at once; a change
+/// made by another process is seen when the entry's time to live runs out.
 pub struct Authenticator {
     format: KeyFormat,
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
-    cache: RwLock<HashMap<KeyDigest, Arc<Cached>>>,
-    /// Well-formed keys the store did not know, and when it said so: a flood of made-up keys
-    /// with valid checksums (the checksum is public) costs one lookup each per time to live.
-    unknown: RwLock<HashMap<KeyDigest, i64>>,
+    cache: RwLock<HashMap<KeyDigest, Slot>>,
     cache_ttl: i64,
     max_keys_per_org: usize,
 }
@@ -228,7 +239,6 @@ impl Authenticator {
             store,
             clock: Arc::new(SystemClock),
             cache: RwLock::new(HashMap::new()),
-            unknown: RwLock::new(HashMap::new()),
             cache_ttl: DEFAULT_CACHE_TTL_SECS,
             max_keys_per_org: DEFAULT_MAX_KEYS_PER_ORG,
         }
@@ -303,40 +313,22 @@ impl Authenticator {
         Ok(token)
     }
 
-    /// Verifies the `Authorization` header of a request.
-    pub async fn verify_header(
-        &self,
-        header: Option<&HeaderValue>,
-    ) -> Result<Principal, AuthFailure> {
-        let token = Self::credential(header).map_err(AuthFailure::Refused)?;
-        self.verify(token).await
-    }
-
     /// Verifies a raw key.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthFailure> {
         let digest = self.precheck(token)?;
-        if let Some(cached) = self.cached(digest) {
-            return self.judge(&cached);
+        if let Some(slot) = self.cached(digest) {
+            return self.judge(slot.key.as_deref());
         }
-        if self.known_unknown(digest) {
-            return Err(AuthFailure::Refused(Situation::InvalidApiKey));
-        }
-        let Some((key, org)) = self
+        let found = self
             .store
             .find_by_digest(digest)
             .await
             .map_err(AuthFailure::Store)?
-        else {
-            self.remember_unknown(digest);
-            return Err(AuthFailure::Refused(Situation::InvalidApiKey));
-        };
-        // The store found the row by digest; comparing again in constant time keeps the
-        // guarantee for stores whose lookup is not exact (a prefix index, say).
-        if key.digest != digest {
-            return Err(AuthFailure::Refused(Situation::InvalidApiKey));
-        }
-        let cached = self.remember(key, &org);
-        self.judge(&cached)
+            // The store found the row by digest; comparing again in constant time keeps the
+            // guarantee for stores whose lookup is not exact (a prefix index, say).
+            .filter(|(key, _)| key.digest == digest);
+        let slot = self.remember(digest, found);
+        self.judge(slot.key.as_deref())
     }
 
     /// Verifies a key from the cache alone: `None` when the store would have to be asked.
@@ -346,33 +338,8 @@ impl Authenticator {
             Ok(digest) => digest,
             Err(failure) => return Some(Err(failure)),
         };
-        if let Some(cached) = self.cached(digest) {
-            return Some(self.judge(&cached));
-        }
-        self.known_unknown(digest)
-            .then_some(Err(AuthFailure::Refused(Situation::InvalidApiKey)))
-    }
-
-    fn known_unknown(&self, digest: KeyDigest) -> bool {
-        let unknown = self.unknown.read().unwrap_or_else(PoisonError::into_inner);
-        unknown
-            .get(&digest)
-            .is_some_and(|&at| self.clock.now() - at < self.cache_ttl)
-    }
-
-    fn remember_unknown(&self, digest: KeyDigest) {
-        if self.cache_ttl <= 0 {
-            return;
-        }
-        let now = self.clock.now();
-        let mut unknown = self.unknown.write().unwrap_or_else(PoisonError::into_inner);
-        if unknown.len() >= CACHE_CAPACITY {
-            unknown.retain(|_, &mut at| now - at < self.cache_ttl);
-            if unknown.len() >= CACHE_CAPACITY {
-                unknown.clear();
-            }
-        }
-        unknown.insert(digest, now);
+        self.cached(digest)
+            .map(|slot| self.judge(slot.key.as_deref()))
     }
 
     fn precheck(&self, token: &str) -> Result<KeyDigest, AuthFailure> {
@@ -382,41 +349,49 @@ impl Authenticator {
         Ok(KeyDigest::of(token))
     }
 
-    fn cached(&self, digest: KeyDigest) -> Option<Arc<Cached>> {
+    /// The store's last answer for `digest`, while it is fresh.
+    fn cached(&self, digest: KeyDigest) -> Option<Slot> {
         let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
-        let entry = cache.get(&digest)?;
-        (self.clock.now() - entry.fetched_at < self.cache_ttl).then(|| Arc::clone(entry))
+        let slot = cache.get(&digest)?;
+        (self.clock.now() - slot.fetched_at < self.cache_ttl).then(|| slot.clone())
     }
 
-    fn remember(&self, key: KeyRecord, org: &OrgRecord) -> Arc<Cached> {
-        let principal = Principal {
-            org_id: key.org_id.as_str().into(),
-            key_id: key.id.as_str().into(),
-            scopes: key.scopes.clone().into(),
+    /// Keeps the store's answer for `digest` (a key and its organisation, or nothing).
+    fn remember(&self, digest: KeyDigest, found: Option<(KeyRecord, OrgRecord)>) -> Slot {
+        let now = self.clock.now();
+        let slot = Slot {
+            fetched_at: now,
+            key: found.map(|(key, org)| {
+                Arc::new(Cached {
+                    principal: Principal {
+                        org_id: key.org_id.as_str().into(),
+                        key_id: key.id.as_str().into(),
+                        scopes: key.scopes.clone().into(),
+                    },
+                    org_in_good_standing: org.in_good_standing(),
+                    key,
+                })
+            }),
         };
-        let entry = Arc::new(Cached {
-            org_in_good_standing: org.in_good_standing(),
-            principal,
-            fetched_at: self.clock.now(),
-            key,
-        });
         if self.cache_ttl > 0 {
             let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
             if cache.len() >= CACHE_CAPACITY {
-                let now = self.clock.now();
-                cache.retain(|_, e| now - e.fetched_at < self.cache_ttl);
+                cache.retain(|_, s| now - s.fetched_at < self.cache_ttl);
                 if cache.len() >= CACHE_CAPACITY {
                     cache.clear();
                 }
             }
-            cache.insert(entry.key.digest, Arc::clone(&entry));
+            cache.insert(digest, slot.clone());
         }
-        entry
+        slot
     }
 
     /// The verdict on a key as stored: the key's own state first, then its organisation's.
-    fn judge(&self, cached: &Cached) -> Result<Principal, AuthFailure> {
+    fn judge(&self, cached: Option<&Cached>) -> Result<Principal, AuthFailure> {
         let refuse = |s| Err(AuthFailure::Refused(s));
+        let Some(cached) = cached else {
+            return refuse(Situation::InvalidApiKey);
+        };
         match cached.key.status {
             KeyStatus::Revoked => return refuse(Situation::ApiKeyRevoked),
             KeyStatus::Paused => return refuse(Situation::ApiKeyPaused),
@@ -461,12 +436,9 @@ impl Authenticator {
             .map_err(CreateKeyError::Store)?
         {
             Inserted::Stored => {
-                // 178 random bits never collide with a key tried before; this keeps the
-                // negative cache honest even so.
-                self.unknown
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&record.digest);
+                // 178 random bits never collide with a key tried before; forgetting an
+                // "unknown" answer for this digest keeps the cache honest even so.
+                self.forget(|digest, _| *digest == record.digest);
                 Ok((record, secret))
             }
             Inserted::LimitReached => Err(CreateKeyError::LimitReached {
@@ -485,7 +457,7 @@ impl Authenticator {
         let (from, to) = action.transition();
         let change = self.store.set_key_status(org_id, key_id, from, to).await?;
         if let StatusChange::Changed(key) = &change {
-            self.forget(|entry| entry.key.digest == key.digest);
+            self.forget(|digest, _| *digest == key.digest);
         }
         Ok(change)
     }
@@ -514,12 +486,12 @@ impl Authenticator {
     /// Activates or deactivates an organisation; its keys follow at once in this process.
     pub async fn set_org_active(&self, org_id: &str, active: bool) -> Result<bool, StoreError> {
         let found = self.store.set_org_active(org_id, active).await?;
-        self.forget(|entry| &*entry.principal.org_id == org_id);
+        self.forget(|_, cached| cached.is_some_and(|c| &*c.principal.org_id == org_id));
         Ok(found)
     }
 
-    fn forget(&self, matches: impl Fn(&Cached) -> bool) {
+    fn forget(&self, matches: impl Fn(&KeyDigest, Option<&Cached>) -> bool) {
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-        cache.retain(|_, entry| !matches(entry));
+        cache.retain(|digest, slot| !matches(digest, slot.key.as_deref()));
     }
 }

@@ -14,7 +14,7 @@ use faultline_axum::{Error, Json, Path, Problems};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{AppState, SCOPES, errors};
+use super::{AppState, SCOPES, errors, not_blank};
 
 /// The longest webhook URL accepted.
 const MAX_WEBHOOK_URL: usize = 2048;
@@ -123,10 +123,11 @@ pub async fn create(
     Json(input): Json<CreateApiKey>,
 ) -> Result<(StatusCode, axum::Json<CreatedApiKey>), Error> {
     let mut problems = Problems::default();
-    let name = input.name.trim().to_owned();
-    if name.is_empty() {
-        problems.field("name", "/name", "Must not be blank.");
+    // The chatbots' garde rule, called here so that its problem joins the expiry's.
+    if let Err(blank) = not_blank(&input.name, &()) {
+        problems.field("name", "/name", blank.message());
     }
+    let name = input.name.trim().to_owned();
     let now = state.auth.clock().now();
     let expires_at = match input.expires_at.as_deref() {
         None => None,

@@ -42,6 +42,11 @@ pub const SCOPES: [&str; 6] = [
     "api_keys:write",
 ];
 
+/// Every scope, as a key's scope list (the demo key's, and `keys create --scopes all`).
+pub fn all_scopes() -> Vec<String> {
+    SCOPES.iter().map(|s| (*s).to_owned()).collect()
+}
+
 /// The product part of the reference API's keys (`cb_live_…`).
 pub const KEY_PREFIX: &str = "cb";
 /// The environment part of the reference API's keys.
@@ -588,27 +593,25 @@ async fn delete_category(
     let id = id.to_string();
     let cascade = query.cascade.unwrap_or(false);
     // The store's lock is held for the whole closure, so the check and the delete are atomic.
-    let org = principal.org_id.to_string();
-    let outcome = state
+    let owner = principal.clone();
+    let deleted = state
         .store
         .call(move |c| {
-            let found = store::get_category(c, &id)?;
-            if found.is_none_or(|row| row.org_id != org) {
+            let Some(row) = store::get_category(c, &id)?.filter(|row| owner.owns(row)) else {
                 return Ok(None);
+            };
+            if !cascade && store::count_children(c, &row.id)? > 0 {
+                return Ok(Some(false));
             }
-            let children = store::count_children(c, &id)?;
-            if children > 0 && !cascade {
-                return Ok(Some(children));
-            }
-            store::delete_category(c, &org, &id)?;
-            Ok(Some(0))
+            store::delete_category(c, &row.org_id, &row.id)?;
+            Ok(Some(true))
         })
         .await
         .map_err(storage)?;
-    match outcome {
-        // The same answer as `Principal::scope` gives for a foreign or unknown id.
+    match deleted {
+        // What `Principal::scope` answers for a foreign or unknown id.
         None => Err(Error::bound(faultline::Situation::ResourceNotFound)),
-        Some(0) => Ok(StatusCode::NO_CONTENT),
-        Some(_) => Err(errors::category_not_empty().into()),
+        Some(true) => Ok(StatusCode::NO_CONTENT),
+        Some(false) => Err(errors::category_not_empty().into()),
     }
 }
