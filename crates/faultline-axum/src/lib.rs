@@ -21,6 +21,7 @@ pub mod extract;
 pub mod layer;
 pub mod listener;
 pub mod request_id;
+pub mod store;
 
 pub use contract::{Contract, Error, MissingBindings, Problems};
 #[cfg(feature = "garde")]
@@ -29,3 +30,4 @@ pub use extract::{Json, Path, Query};
 pub use layer::{BodyLimit, Faultline, FaultlineLayer};
 pub use listener::{ContractIo, ContractListener};
 pub use request_id::RequestId;
+pub use store::StoreError;

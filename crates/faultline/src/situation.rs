@@ -84,6 +84,12 @@ situations! {
     MalformedRequest => "malformed_request", "400";
     /// The request's headers are too many or too large to read.
     RequestHeadersTooLarge => "request_headers_too_large", "431";
+    /// The caller may not do this (a bare 403 from a handler or a tower layer).
+    Forbidden => "forbidden", "403";
+    /// The request conflicts with the current state (a bare 409).
+    Conflict => "conflict", "409";
+    /// A backing store or dependency is unreachable or busy: retry after `Retry-After`.
+    ServiceUnavailable => "service_unavailable", "503";
 }
 
 impl Situation {

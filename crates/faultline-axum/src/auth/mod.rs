@@ -129,14 +129,8 @@ impl From<AuthFailure> for Error {
     fn from(failure: AuthFailure) -> Self {
         match failure {
             AuthFailure::Refused(situation) => Error::bound(situation),
-            AuthFailure::Store(e) => Error::internal(e),
+            AuthFailure::Store(e) => Error::from(e),
         }
-    }
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        Error::internal(e)
     }
 }
 

@@ -4,6 +4,7 @@
 //! every resource belongs to the key's organisation, and another organisation's resource is
 //! answered exactly like one that does not exist.
 
+pub mod cursor;
 pub mod keys;
 pub mod store;
 
@@ -15,17 +16,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Html;
 use axum::routing::{MethodRouter, delete, get, patch, post};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use faultline::Catalog;
 use faultline_axum::auth::{
     AuthLayer, Authenticator, KeyFormat, OrgScoped, Principal, RequireScopeLayer, SqliteKeyStore,
 };
 use faultline_axum::{Contract, Error, Faultline, Json, Path, Query, ValidJson};
-use hmac::{Hmac, Mac};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use uuid::Uuid;
 
 use store::{CategoryRow, ChatbotRow, Store};
@@ -331,8 +328,8 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
-fn storage(e: store::StoreError) -> Error {
-    Error::internal(e)
+fn storage(e: faultline_axum::StoreError) -> Error {
+    e.into()
 }
 
 async fn create_chatbot(
@@ -449,30 +446,6 @@ struct Page {
     next_cursor: Option<String>,
 }
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// An opaque cursor: base64url of the position, a dot, base64url of its HMAC-SHA256.
-fn sign_cursor(key: &[u8], created_at: &str, id: &str) -> String {
-    let payload = URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}"));
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(payload.as_bytes());
-    format!(
-        "{payload}.{}",
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-    )
-}
-
-fn open_cursor(key: &[u8], cursor: &str) -> Option<(String, String)> {
-    let (payload, signature) = cursor.split_once('.')?;
-    let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
-    let mut mac = HmacSha256::new_from_slice(key).ok()?;
-    mac.update(payload.as_bytes());
-    mac.verify_slice(&signature).ok()?; // constant-time comparison
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-    let (created_at, id) = text.split_once('|')?;
-    Some((created_at.to_owned(), id.to_owned()))
-}
-
 async fn list_chatbots(
     State(state): State<AppState>,
     principal: Principal,
@@ -482,19 +455,36 @@ async fn list_chatbots(
     let after = match &query.cursor {
         None => None,
         Some(cursor) => {
-            Some(open_cursor(&state.cursor_key, cursor).ok_or_else(errors::invalid_cursor)?)
+            let position = cursor::open(
+                &state.cursor_key,
+                &principal.org_id,
+                cursor,
+                state.auth.clock().now(),
+                2,
+            )
+            .ok_or_else(errors::invalid_cursor)?;
+            let [created_at, id]: [String; 2] =
+                position.try_into().map_err(|_| errors::invalid_cursor())?;
+            Some((created_at, id))
         }
     };
     // One extra row tells whether another page follows.
+    let org_id = Arc::clone(&principal.org_id);
     let mut rows = state
         .store
-        .call(move |c| store::list_chatbots(c, &principal.org_id, after, limit + 1))
+        .call(move |c| store::list_chatbots(c, &org_id, after, limit + 1))
         .await
         .map_err(storage)?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
-        rows.last()
-            .map(|last| sign_cursor(&state.cursor_key, &last.created_at, &last.id))
+        rows.last().map(|last| {
+            cursor::sign(
+                &state.cursor_key,
+                &principal.org_id,
+                &[&last.created_at, &last.id],
+                state.auth.clock().now(),
+            )
+        })
     } else {
         None
     };

@@ -48,6 +48,18 @@ pub struct Store {
 /// A storage failure; its text goes to logs only.
 pub type StoreError = rusqlite::Error;
 
+/// A SQLite failure as the one store error of faultline: a busy or locked database, or one
+/// that cannot be opened, is unavailable (503 with `Retry-After`); anything else is internal.
+pub fn store_error(e: rusqlite::Error) -> faultline_axum::StoreError {
+    use rusqlite::ErrorCode::{CannotOpen, DatabaseBusy, DatabaseLocked};
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked | CannotOpen) => {
+            faultline_axum::StoreError::unavailable(e)
+        }
+        _ => faultline_axum::StoreError::new(e),
+    }
+}
+
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA foreign_keys = ON;
@@ -90,7 +102,7 @@ impl Store {
     }
 
     /// Runs `f` with the connection on the blocking pool.
-    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub async fn call<T, F>(&self, f: F) -> Result<T, faultline_axum::StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -101,7 +113,8 @@ impl Store {
             f(&mut guard)
         })
         .await
-        .unwrap_or_else(|_| Err(rusqlite::Error::InvalidQuery))
+        .map_err(faultline_axum::StoreError::new)?
+        .map_err(store_error)
     }
 
     /// The secret that signs cursors, created on first use and kept in the database so cursors
