@@ -1,0 +1,14 @@
+//! # faultline-sqlite
+//!
+//! The embedded default of faultline: SQLite behind the store traits of `faultline-axum`.
+//! A user who stores nothing in SQLite does not depend on this crate, and so does not compile
+//! SQLite's C code.
+//!
+//! - [`Pool`]: one database file in WAL mode, a writer connection and a few reader connections,
+//!   so readers never wait for a writer; every call runs on tokio's blocking pool; a busy or
+//!   locked database is answered as unavailable (the catalog's 503 with `Retry-After`), never
+//!   as an internal error.
+
+mod pool;
+
+pub use pool::{Pool, PoolOptions, store_error};
