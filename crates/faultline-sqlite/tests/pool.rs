@@ -1,4 +1,5 @@
 //! The pool's guarantees, on real database files.
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
