@@ -10,8 +10,9 @@
 //! - [`ValidJson`] (feature `garde`) adds garde's rules, reported in the same details;
 //! - handlers return `Result<_, faultline_axum::Error>`; an [`faultline::ApiError`] from a
 //!   generated constructor converts with `?`;
-//! - [`ContractListener`] makes hyper's own refusals (unreadable requests, oversized headers)
-//!   catalog errors too;
+//! - [`serve`] with a [`ContractListener`] makes hyper's own refusals (unreadable requests,
+//!   oversized headers) catalog errors too, without ever touching a byte the application wrote,
+//!   and closes slow, idle and excess connections;
 //! - [`auth`] (feature `auth`, on by default): API keys, scopes and tenancy.
 
 #[cfg(feature = "auth")]
@@ -28,6 +29,6 @@ pub use contract::{Contract, Error, MissingBindings, Problems};
 pub use extract::ValidJson;
 pub use extract::{Json, Path, Query};
 pub use layer::{BodyLimit, Faultline, FaultlineLayer};
-pub use listener::{ContractIo, ContractListener};
+pub use listener::{ContractIo, ContractListener, serve};
 pub use request_id::RequestId;
 pub use store::StoreError;

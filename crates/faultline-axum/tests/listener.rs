@@ -25,7 +25,7 @@ async fn start(contract: Contract) -> std::net::SocketAddr {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(ContractListener::new(tcp, contract), app)
+        faultline_axum::serve(ContractListener::new(tcp, contract), app)
             .await
             .unwrap();
     });

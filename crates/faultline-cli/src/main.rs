@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use faultline::{Catalog, Profile};
@@ -56,6 +57,8 @@ enum Command {
         /// Serve the catalog in this envelope profile instead of its own.
         #[arg(long, value_enum)]
         profile: Option<ProfileArg>,
+        #[command(flatten)]
+        connections: ConnectionArgs,
     },
     /// Manage the reference API's keys in its database.
     Keys {
@@ -67,6 +70,20 @@ enum Command {
         #[command(subcommand)]
         command: OrgsCommand,
     },
+}
+
+/// Limits on client connections.
+#[derive(Debug, clap::Args)]
+struct ConnectionArgs {
+    /// Seconds a client may take to send a request's head.
+    #[arg(long, default_value_t = 10)]
+    header_read_timeout: u64,
+    /// Seconds a kept-alive connection may wait for its next request.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
+    /// Connections served at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = faultline_axum::listener::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,7 +197,8 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             db,
             catalog,
             profile,
-        } => serve(addr, &db, catalog.as_deref(), profile),
+            connections,
+        } => serve(addr, &db, catalog.as_deref(), profile, &connections),
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -307,6 +325,7 @@ fn serve(
     db: &Path,
     catalog: Option<&Path>,
     profile: Option<ProfileArg>,
+    connections: &ConnectionArgs,
 ) -> Result<ExitCode, UsageError> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -344,15 +363,19 @@ fn serve(
                 .create_key(&org.id, new)
                 .await
                 .map_err(|_| UsageError("cannot create the demo key".into()))?;
+            // The key is printed once, on a line of its own; the hint refers to it by name.
             println!("created organisation `demo` and a key with every scope (shown once):");
-            println!("  {}", key.expose());
-            println!("try: curl -i -X POST http://{addr}/v1/chatbots -H 'authorization: Bearer {}' -H 'content-type: application/json' -d '{{\"status\":\"live\"}}'", key.expose());
+            println!("export KEY={}", key.expose());
+            println!("try: curl -i -X POST http://{addr}/v1/chatbots -H \"authorization: Bearer $KEY\" -H 'content-type: application/json' -d '{{\"status\":\"live\"}}'");
         } else {
             println!("create a key with: faultline keys create --db {} --org demo --scopes all", db.display());
         }
         // Requests hyper cannot parse get the catalog's answer too.
-        let listener = faultline_axum::ContractListener::new(listener, contract);
-        axum::serve(listener, app)
+        let listener = faultline_axum::ContractListener::new(listener, contract)
+            .header_read_timeout(Duration::from_secs(connections.header_read_timeout))
+            .idle_timeout(Duration::from_secs(connections.idle_timeout))
+            .max_connections(connections.max_connections);
+        faultline_axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })

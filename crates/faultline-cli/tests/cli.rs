@@ -299,19 +299,24 @@ fn serve_on_an_empty_database_prints_a_working_demo_key() {
     let mut lines = BufReader::new(stdout).lines();
     let mut key = None;
     let mut curl = None;
+    let mut printed = Vec::new();
     for line in lines.by_ref().take(6) {
         let line = line.expect("a line");
         let trimmed = line.trim();
-        if trimmed.starts_with("cb_live_") {
-            key = Some(trimmed.to_owned());
+        if let Some(value) = trimmed.strip_prefix("export KEY=") {
+            key = Some(value.to_owned());
         }
+        printed.push(trimmed.to_owned());
         if trimmed.starts_with("try: curl") {
             curl = Some(trimmed.to_owned());
             break;
         }
     }
     let key = key.expect("serve printed a key");
-    assert!(curl.expect("and a curl line").contains(&key));
+    assert!(key.starts_with("cb_live_"), "{key}");
+    assert!(curl.expect("and a curl line").contains("Bearer $KEY"));
+    // The secret appears once in what serve printed.
+    assert_eq!(printed.join("\n").matches(&key).count(), 1, "{printed:?}");
 
     let with_key = http(
         &addr,
