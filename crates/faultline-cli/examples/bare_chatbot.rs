@@ -1,0 +1,63 @@
+//! The load benchmark's baseline for a read: bare axum serving `GET /v1/chatbots/{id}` from the
+//! same SQLite file and the same pool as the reference API, with no faultline layer, no key and
+//! no error contract (an unknown id is a bare 404).
+//!
+//! Usage: `bare_chatbot ADDR DB_FILE`.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use faultline_sqlite::{Pool, PoolOptions};
+use rusqlite::OptionalExtension;
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Chatbot {
+    id: String,
+    name: String,
+    status: String,
+    created_at: String,
+    updated_at: String,
+}
+
+async fn chatbot(
+    State(pool): State<Pool>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Chatbot>, StatusCode> {
+    let found = pool
+        .read(move |conn| {
+            conn.query_row(
+                "SELECT id, name, status, created_at, updated_at FROM chatbots \
+                 WHERE id = ?1 AND deleted_at IS NULL",
+                [&id],
+                |row| {
+                    Ok(Chatbot {
+                        id: row.get(0)?,
+                        name: row.get(1)?,
+                        status: row.get(2)?,
+                        created_at: row.get(3)?,
+                        updated_at: row.get(4)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    found.map(axum::Json).ok_or(StatusCode::NOT_FOUND)
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:8094".to_owned());
+    let db = args.next().unwrap_or_else(|| "faultline.db".to_owned());
+    let pool = Pool::open(std::path::Path::new(&db), PoolOptions::default())
+        .map_err(std::io::Error::other)?;
+    let app = Router::new()
+        .route("/v1/chatbots/{id}", get(chatbot))
+        .with_state(pool);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}
