@@ -1,0 +1,1189 @@
+//! The JSON-schema checker behind [`super::Json`] and [`super::Query`].
+//!
+//! A schema is generated once per type, then audited: every keyword is either one this module
+//! checks, or an annotation that validates nothing. Anything else makes the schema
+//! unsupported, so no rule is ever skipped in silence. Patterns are compiled during the audit
+//! and kept with the schema.
+
+use std::any::TypeId;
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use regex::Regex;
+use schemars::JsonSchema;
+use serde_json::{Map, Number, Value};
+
+use crate::contract::Problems;
+
+/// How many characters of the client's own input a message may repeat.
+const ECHO_CHARS: usize = 40;
+/// How many unknown keys a message names before it only counts the rest.
+const UNKNOWN_KEYS_NAMED: usize = 5;
+
+/// Keywords that describe a schema without constraining a value.
+const ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "$id",
+    "$comment",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "example",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+];
+
+/// The string formats this module checks; see [`string_format_holds`].
+const STRING_FORMATS: &[&str] = &[
+    "uuid",
+    "email",
+    "uri",
+    "date-time",
+    "date",
+    "ipv4",
+    "ipv6",
+    "ip",
+];
+
+/// A schema uses a keyword (or a keyword value) the checker does not implement.
+///
+/// Call [`ensure_supported`] when building a router to find out at start-up; at request time
+/// an extractor for such a type answers the internal error instead of trusting the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedSchema {
+    keyword: String,
+    pointer: String,
+    reason: &'static str,
+}
+
+impl UnsupportedSchema {
+    /// The keyword that cannot be checked, e.g. `if` or `format`.
+    pub fn keyword(&self) -> &str {
+        &self.keyword
+    }
+
+    /// The JSON pointer of that keyword in the generated schema, e.g.
+    /// `/properties/code/pattern`.
+    pub fn pointer(&self) -> &str {
+        &self.pointer
+    }
+}
+
+impl std::fmt::Display for UnsupportedSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the JSON schema cannot be checked: keyword `{}` at `{}` {}",
+            self.keyword, self.pointer, self.reason
+        )
+    }
+}
+
+impl std::error::Error for UnsupportedSchema {}
+
+/// Whether every rule in `T`'s JSON schema is one the extractors check.
+///
+/// # Unsupported schemas are found before the first request
+///
+/// Call it for each request type while building the router: an `Err` names the first keyword
+/// that would otherwise be refused at request time (the extractors fail closed on it).
+///
+/// ```
+/// use schemars::JsonSchema;
+///
+/// #[derive(JsonSchema)]
+/// struct Signup {
+///     #[schemars(length(min = 1, max = 50), regex(pattern = r"^[a-z]+$"))]
+///     name: String,
+///     #[schemars(email)]
+///     email: String,
+/// }
+///
+/// #[derive(JsonSchema)]
+/// struct Lookahead {
+///     // The regex crate has no look-around, so this rule cannot be checked.
+///     #[schemars(regex(pattern = r"^(?!admin).*$"))]
+///     name: String,
+/// }
+///
+/// assert!(faultline_axum::ensure_supported::<Signup>().is_ok());
+/// let refused = faultline_axum::ensure_supported::<Lookahead>().unwrap_err();
+/// assert_eq!(refused.keyword(), "pattern");
+/// assert_eq!(refused.pointer(), "/properties/name/pattern");
+/// ```
+pub fn ensure_supported<T: JsonSchema + 'static>() -> Result<(), UnsupportedSchema> {
+    schema_for::<T>().supported().map_err(Clone::clone)
+}
+
+/// A generated schema, audited, with its patterns compiled.
+#[derive(Debug)]
+pub(crate) struct CompiledSchema {
+    root: Value,
+    patterns: HashMap<String, Regex>,
+    supported: Result<(), UnsupportedSchema>,
+    /// Whether the refusal was logged already: once per type is enough.
+    reported: AtomicBool,
+}
+
+/// The compiled schema of `T`, built once per type.
+pub(crate) fn schema_for<T: JsonSchema + 'static>() -> Arc<CompiledSchema> {
+    static CACHE: OnceLock<RwLock<HashMap<TypeId, Arc<CompiledSchema>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let id = TypeId::of::<T>();
+    if let Some(schema) = cache.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        return Arc::clone(schema);
+    }
+    let schema = Arc::new(CompiledSchema::new(schemars::schema_for!(T).to_value()));
+    cache
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(id)
+        .or_insert(schema)
+        .clone()
+}
+
+impl CompiledSchema {
+    /// Audits `root` and compiles its patterns.
+    pub(crate) fn new(root: Value) -> Self {
+        let mut audit = Audit {
+            root: &root,
+            patterns: HashMap::new(),
+            visited: HashSet::new(),
+            pending: Vec::new(),
+        };
+        let supported = audit.run();
+        let patterns = audit.patterns;
+        CompiledSchema {
+            root,
+            patterns,
+            supported,
+            reported: AtomicBool::new(false),
+        }
+    }
+
+    /// `Ok` when every keyword can be checked.
+    pub(crate) fn supported(&self) -> Result<(), &UnsupportedSchema> {
+        self.supported.as_ref().map(|_| ())
+    }
+
+    /// True the first time it is called: the caller logs the refusal then.
+    pub(crate) fn first_refusal(&self) -> bool {
+        !self.reported.swap(true, AtomicOrdering::Relaxed)
+    }
+
+    /// Every problem of `value` (up to the cap of [`Problems`]).
+    pub(crate) fn check(&self, value: &Value) -> Problems {
+        let mut problems = Problems::default();
+        let mut at = String::new();
+        self.check_at(&self.root, value, &mut at, &mut problems);
+        problems
+    }
+
+    /// The JSON types the schema allows for top-level property `key` (for query strings).
+    pub(crate) fn property_types(&self, key: &str) -> Vec<&str> {
+        let root = self.resolve(&self.root);
+        match root.get("properties").and_then(|p| p.get(key)) {
+            Some(schema) => self.type_names(schema),
+            None => Vec::new(),
+        }
+    }
+
+    /// Follows a local `$ref`; the audit made sure each one resolves.
+    fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value {
+        match schema.get("$ref").and_then(Value::as_str) {
+            Some(reference) => lookup(&self.root, reference).unwrap_or(&FALSE),
+            None => schema,
+        }
+    }
+
+    fn type_names<'a>(&'a self, schema: &'a Value) -> Vec<&'a str> {
+        let schema = self.resolve(schema);
+        let mut out: Vec<&str> = match schema.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        if !out.is_empty() && schema.get("nullable") == Some(&Value::Bool(true)) {
+            out.push("null");
+        }
+        for key in ["anyOf", "oneOf"] {
+            for branch in schema
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                out.extend(self.type_names(branch));
+            }
+        }
+        out
+    }
+
+    /// Checks `value` against `schema`, recording every problem under the pointer `at`.
+    fn check_at(&self, schema: &Value, value: &Value, at: &mut String, problems: &mut Problems) {
+        let schema = match schema {
+            Value::Bool(true) => return,
+            Value::Object(schema) => schema,
+            _ => {
+                add(problems, at, || "This value is not allowed".to_owned());
+                return;
+            }
+        };
+        if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+            let target = lookup(&self.root, reference).unwrap_or(&FALSE);
+            self.check_at(target, value, at, problems);
+        }
+        if !self.check_combinators(schema, value, at, problems) {
+            return;
+        }
+        if let Some(options) = schema.get("enum").and_then(Value::as_array)
+            && !options.iter().any(|option| json_equal(option, value))
+        {
+            add(problems, at, || {
+                let expected: Vec<String> = options.iter().map(quote_schema).collect();
+                format!(
+                    "Invalid enum value. Expected {}, got {}.",
+                    expected.join(" | "),
+                    quote_input(value)
+                )
+            });
+            return;
+        }
+        if let Some(constant) = schema.get("const")
+            && !json_equal(constant, value)
+        {
+            add(problems, at, || {
+                format!("Invalid literal value, expected {}", quote_schema(constant))
+            });
+            return;
+        }
+        if !self.check_type(schema, value, at, problems) {
+            return;
+        }
+        match value {
+            Value::String(text) => self.check_string(schema, text, at, problems),
+            Value::Number(number) => check_number(schema, number, at, problems),
+            Value::Array(items) => self.check_array(schema, items, at, problems),
+            Value::Object(map) => self.check_object(schema, map, at, problems),
+            Value::Null | Value::Bool(_) => {}
+        }
+    }
+
+    /// `anyOf`, `oneOf`, `allOf` and `not`; false when the value fails one of them (the
+    /// problems are recorded, and the caller stops there).
+    fn check_combinators(
+        &self,
+        schema: &Map<String, Value>,
+        value: &Value,
+        at: &mut String,
+        problems: &mut Problems,
+    ) -> bool {
+        for key in ["anyOf", "oneOf"] {
+            let Some(branches) = schema.get(key).and_then(Value::as_array) else {
+                continue;
+            };
+            let mut first_failure = None;
+            let mut passed = 0;
+            for branch in branches {
+                let mut local = Problems::default();
+                self.check_at(branch, value, at, &mut local);
+                if local.is_empty() {
+                    passed += 1;
+                    if key == "anyOf" {
+                        break;
+                    }
+                } else if first_failure.is_none()
+                    && !(value.is_null() || self.type_names(branch) == ["null"])
+                {
+                    first_failure = Some(local);
+                }
+            }
+            match (passed, first_failure) {
+                (1, _) => {}
+                (0, Some(local)) => {
+                    problems.absorb(local);
+                    return false;
+                }
+                (0, None) => {
+                    add(problems, at, || {
+                        format!(
+                            "Expected {}, received {}",
+                            self.expected_types(schema),
+                            json_type(value)
+                        )
+                    });
+                    return false;
+                }
+                _ if key == "anyOf" => {}
+                _ => {
+                    add(problems, at, || {
+                        "Input matches more than one of the allowed shapes".to_owned()
+                    });
+                    return false;
+                }
+            }
+        }
+        if let Some(branches) = schema.get("allOf").and_then(Value::as_array) {
+            let before = problems.found();
+            for branch in branches {
+                self.check_at(branch, value, at, problems);
+            }
+            if problems.found() != before {
+                return false;
+            }
+        }
+        if let Some(excluded) = schema.get("not") {
+            let mut local = Problems::default();
+            self.check_at(excluded, value, at, &mut local);
+            if local.is_empty() {
+                add(problems, at, || "This value is not allowed".to_owned());
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `type` (and OpenAPI's `nullable`); false on a mismatch.
+    fn check_type(
+        &self,
+        schema: &Map<String, Value>,
+        value: &Value,
+        at: &mut String,
+        problems: &mut Problems,
+    ) -> bool {
+        let mut types: Vec<&str> = match schema.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => return true,
+        };
+        if schema.get("nullable") == Some(&Value::Bool(true)) {
+            types.push("null");
+        }
+        let actual = json_type(value);
+        if types
+            .iter()
+            .any(|t| *t == actual || (*t == "number" && actual == "integer"))
+        {
+            return true;
+        }
+        // Like zod, a client is told it sent a number, whatever its kind.
+        let received = if actual == "integer" {
+            "number"
+        } else {
+            actual
+        };
+        add(problems, at, || {
+            format!("Expected {}, received {received}", types.join(" | "))
+        });
+        false
+    }
+
+    fn check_string(
+        &self,
+        schema: &Map<String, Value>,
+        text: &str,
+        at: &mut String,
+        problems: &mut Problems,
+    ) {
+        let chars = text.chars().count() as u64;
+        if let Some(min) = schema
+            .get("minLength")
+            .and_then(Value::as_u64)
+            .filter(|m| chars < *m)
+        {
+            add(problems, at, || {
+                format!("String must contain at least {min} character(s)")
+            });
+        }
+        if let Some(max) = schema
+            .get("maxLength")
+            .and_then(Value::as_u64)
+            .filter(|m| chars > *m)
+        {
+            add(problems, at, || {
+                format!("String must contain at most {max} character(s)")
+            });
+        }
+        if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+            // The audit compiled every pattern; a missing one fails rather than passes.
+            let holds = self
+                .patterns
+                .get(pattern)
+                .is_some_and(|regex| regex.is_match(text));
+            if !holds {
+                add(problems, at, || "Invalid string: must match pattern".to_owned());
+            }
+        }
+        if let Some(format) = schema.get("format").and_then(Value::as_str)
+            && STRING_FORMATS.contains(&format)
+            && !string_format_holds(format, text)
+        {
+            add(problems, at, || {
+                match format {
+                    "uri" => "Invalid url",
+                    "date-time" => "Invalid datetime",
+                    "ipv4" | "ipv6" | "ip" => "Invalid ip",
+                    _ => return format!("Invalid {format}"),
+                }
+                .to_owned()
+            });
+        }
+    }
+
+    fn check_array(
+        &self,
+        schema: &Map<String, Value>,
+        items: &[Value],
+        at: &mut String,
+        problems: &mut Problems,
+    ) {
+        let count = items.len() as u64;
+        if let Some(min) = schema
+            .get("minItems")
+            .and_then(Value::as_u64)
+            .filter(|m| count < *m)
+        {
+            add(problems, at, || {
+                format!("Array must contain at least {min} element(s)")
+            });
+        }
+        let max_items = schema.get("maxItems").and_then(Value::as_u64);
+        if let Some(max) = max_items.filter(|m| count > *m) {
+            add(problems, at, || {
+                format!("Array must contain at most {max} element(s)")
+            });
+        }
+        if schema.get("uniqueItems") == Some(&Value::Bool(true))
+            && let Some((first, repeat)) = first_duplicate(items)
+        {
+            add(problems, at, || {
+                format!("Array items must be unique: item {repeat} repeats item {first}")
+            });
+        }
+        let prefix = schema
+            .get("prefixItems")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
+        let rest = schema.get("items");
+        if rest == Some(&Value::Bool(false)) && items.len() > prefix.len() {
+            // A closed tuple: one problem for the extra items, unless maxItems said it.
+            if max_items.is_none_or(|max| max > prefix.len() as u64) {
+                add(problems, at, || {
+                    format!("Array must contain at most {} element(s)", prefix.len())
+                });
+            }
+        }
+        for (i, item) in items.iter().enumerate() {
+            let item_schema = match prefix.get(i) {
+                Some(schema) => schema,
+                None => match rest {
+                    Some(Value::Bool(false)) | None => continue,
+                    Some(schema) => schema,
+                },
+            };
+            let len = at.len();
+            push_index(at, i);
+            self.check_at(item_schema, item, at, problems);
+            at.truncate(len);
+        }
+    }
+
+    fn check_object(
+        &self,
+        schema: &Map<String, Value>,
+        map: &Map<String, Value>,
+        at: &mut String,
+        problems: &mut Problems,
+    ) {
+        let count = map.len() as u64;
+        if let Some(min) = schema
+            .get("minProperties")
+            .and_then(Value::as_u64)
+            .filter(|m| count < *m)
+        {
+            add(problems, at, || {
+                format!("Object must contain at least {min} key(s)")
+            });
+        }
+        if let Some(max) = schema
+            .get("maxProperties")
+            .and_then(Value::as_u64)
+            .filter(|m| count > *m)
+        {
+            add(problems, at, || {
+                format!("Object must contain at most {max} key(s)")
+            });
+        }
+        for name in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|name| !map.contains_key(*name))
+        {
+            let len = at.len();
+            push_key(at, name, false);
+            add(problems, at, || "Required".to_owned());
+            at.truncate(len);
+        }
+        let properties = schema.get("properties").and_then(Value::as_object);
+        let pattern_properties = schema.get("patternProperties").and_then(Value::as_object);
+        let additional = schema.get("additionalProperties");
+        let mut unknown_named: Vec<String> = Vec::new();
+        let mut unknown_count = 0usize;
+        for (key, child) in map {
+            let len = at.len();
+            if let Some(child_schema) = properties.and_then(|p| p.get(key)) {
+                push_key(at, key, false);
+                self.check_at(child_schema, child, at, problems);
+                at.truncate(len);
+                continue;
+            }
+            let mut matched = false;
+            for (pattern, child_schema) in pattern_properties.into_iter().flatten() {
+                if self
+                    .patterns
+                    .get(pattern)
+                    .is_some_and(|regex| regex.is_match(key))
+                {
+                    matched = true;
+                    push_key(at, key, true);
+                    self.check_at(child_schema, child, at, problems);
+                    at.truncate(len);
+                }
+            }
+            match additional {
+                _ if matched => {}
+                None | Some(Value::Bool(true)) => {}
+                Some(Value::Bool(false)) => {
+                    unknown_count += 1;
+                    if unknown_named.len() < UNKNOWN_KEYS_NAMED {
+                        unknown_named.push(format!("'{}'", bounded(key)));
+                    }
+                }
+                Some(child_schema) => {
+                    push_key(at, key, true);
+                    self.check_at(child_schema, child, at, problems);
+                    at.truncate(len);
+                }
+            }
+        }
+        if unknown_count > 0 {
+            add(problems, at, || {
+                let mut message =
+                    format!("Unrecognized key(s) in object: {}", unknown_named.join(", "));
+                let rest = unknown_count - unknown_named.len();
+                if rest > 0 {
+                    message.push_str(&format!(" and {rest} more"));
+                }
+                message
+            });
+        }
+    }
+
+    fn expected_types(&self, schema: &Map<String, Value>) -> String {
+        let mut names = Vec::new();
+        for key in ["anyOf", "oneOf"] {
+            for branch in schema
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                names.extend(self.type_names(branch));
+            }
+        }
+        if names.is_empty() {
+            "a valid value".to_owned()
+        } else {
+            names.join(" | ")
+        }
+    }
+}
+
+static FALSE: Value = Value::Bool(false);
+
+/// Records a problem at `at`; the message is only built while the lists have room.
+fn add(problems: &mut Problems, at: &str, message: impl FnOnce() -> String) {
+    if problems.is_full() {
+        problems.count_omitted();
+    } else if at.is_empty() {
+        problems.form_problem(message());
+    } else {
+        problems.field(&field_name(at), at, message());
+    }
+}
+
+/// `/items/0/name` as `items.0.name`.
+pub(super) fn field_name(pointer: &str) -> String {
+    pointer.trim_start_matches('/').replace('/', ".")
+}
+
+fn push_index(at: &mut String, index: usize) {
+    use std::fmt::Write as _;
+    let _ = write!(at, "/{index}");
+}
+
+/// Appends `/key`, escaped; a key that came from the client (`from_input`) is cut to a short
+/// prefix so that a huge key cannot be repeated in every pointer below it.
+fn push_key(at: &mut String, key: &str, from_input: bool) {
+    at.push('/');
+    let key = if from_input { bounded(key) } else { key.into() };
+    for c in key.chars() {
+        match c {
+            '~' => at.push_str("~0"),
+            '/' => at.push_str("~1"),
+            c => at.push(c),
+        }
+    }
+}
+
+/// At most [`ECHO_CHARS`] characters of `text`, with `…` when cut.
+pub(super) fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(ECHO_CHARS) {
+        None => text.into(),
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+    }
+}
+
+/// A value of the schema, quoted for a message.
+fn quote_schema(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("'{s}'"),
+        other => other.to_string(),
+    }
+}
+
+/// A value the client sent, quoted for a message and cut to a short prefix; a large value is
+/// never written out whole.
+fn quote_input(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("'{}'", bounded(s)),
+        other => {
+            let mut capped = Capped(String::new());
+            // Stops (with an error) once the text is long enough.
+            let _ = serde_json::to_writer(&mut capped, other);
+            bounded(&capped.0).into_owned()
+        }
+    }
+}
+
+/// A writer that takes a few bytes more than [`ECHO_CHARS`] characters can need, then
+/// refuses.
+struct Capped(String);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() > ECHO_CHARS * 4 {
+            return Err(std::io::Error::other("long enough"));
+        }
+        self.0.push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A whole number as `i128`, when it is one.
+fn integer(number: &Number) -> Option<i128> {
+    number
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| number.as_u64().map(i128::from))
+}
+
+/// Compares numbers exactly when both are integers (no rounding through `f64`).
+fn compare(a: &Number, b: &Number) -> Option<Ordering> {
+    match (integer(a), integer(b)) {
+        (Some(a), Some(b)) => Some(a.cmp(&b)),
+        _ => a.as_f64()?.partial_cmp(&b.as_f64()?),
+    }
+}
+
+/// JSON equality: numbers by value (`1` equals `1.0`), objects whatever their key order.
+fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(a), Value::Number(b)) => compare(a, b) == Some(Ordering::Equal),
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| json_equal(a, b))
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(key, a)| b.get(key).is_some_and(|b| json_equal(a, b)))
+        }
+        (a, b) => a == b,
+    }
+}
+
+/// A hash that agrees with [`json_equal`].
+fn json_hash(value: &Value, state: &mut impl Hasher) {
+    match value {
+        Value::Null => 0u8.hash(state),
+        Value::Bool(b) => (1u8, b).hash(state),
+        Value::Number(n) => {
+            2u8.hash(state);
+            match integer(n) {
+                Some(i) => i.hash(state),
+                // A float that is a whole number hashes as that integer.
+                None => match n.as_f64() {
+                    Some(x) if x.fract() == 0.0 && x.abs() < 1e38 => (x as i128).hash(state),
+                    Some(x) => x.to_bits().hash(state),
+                    None => {}
+                },
+            }
+        }
+        Value::String(s) => (3u8, s).hash(state),
+        Value::Array(items) => {
+            (4u8, items.len()).hash(state);
+            for item in items {
+                json_hash(item, state);
+            }
+        }
+        Value::Object(map) => {
+            // Key order does not matter: combine the entries' hashes with a sum.
+            let mut sum = 0u64;
+            for (key, value) in map {
+                let mut entry = DefaultHasher::new();
+                key.hash(&mut entry);
+                json_hash(value, &mut entry);
+                sum = sum.wrapping_add(entry.finish());
+            }
+            (5u8, map.len(), sum).hash(state);
+        }
+    }
+}
+
+/// The first item that repeats an earlier one, as `(earlier, repeat)` indexes: hashed, so a
+/// long array costs linear time.
+fn first_duplicate(items: &[Value]) -> Option<(usize, usize)> {
+    let mut seen: HashMap<u64, Vec<usize>> = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let mut hasher = DefaultHasher::new();
+        json_hash(item, &mut hasher);
+        let same = seen.entry(hasher.finish()).or_default();
+        if let Some(&earlier) = same.iter().find(|&&j| json_equal(&items[j], item)) {
+            return Some((earlier, i));
+        }
+        same.push(i);
+    }
+    None
+}
+
+fn check_number(
+    schema: &Map<String, Value>,
+    number: &Number,
+    at: &mut String,
+    problems: &mut Problems,
+) {
+    let bound = |key: &str| match schema.get(key) {
+        Some(Value::Number(bound)) => Some(bound),
+        _ => None,
+    };
+    let below = |bound: &Number| compare(number, bound) == Some(Ordering::Less);
+    let above = |bound: &Number| compare(number, bound) == Some(Ordering::Greater);
+    if let Some(min) = bound("minimum").filter(|m| below(m)) {
+        add(problems, at, || {
+            format!("Number must be greater than or equal to {min}")
+        });
+    }
+    if let Some(max) = bound("maximum").filter(|m| above(m)) {
+        add(problems, at, || {
+            format!("Number must be less than or equal to {max}")
+        });
+    }
+    if let Some(min) = bound("exclusiveMinimum").filter(|m| !above(m)) {
+        add(problems, at, || format!("Number must be greater than {min}"));
+    }
+    if let Some(max) = bound("exclusiveMaximum").filter(|m| !below(m)) {
+        add(problems, at, || format!("Number must be less than {max}"));
+    }
+    if let Some(step) = bound("multipleOf").filter(|step| !is_multiple(number, step)) {
+        add(problems, at, || format!("Number must be a multiple of {step}"));
+    }
+    if let Some(format) = schema.get("format").and_then(Value::as_str) {
+        if let Some((min, max)) = integer_format_range(format) {
+            match integer(number) {
+                None => add(problems, at, || {
+                    "Expected integer, received number".to_owned()
+                }),
+                Some(n) if n < min => add(problems, at, || {
+                    format!("Number must be greater than or equal to {min}")
+                }),
+                Some(n) if n > max => add(problems, at, || {
+                    format!("Number must be less than or equal to {max}")
+                }),
+                Some(_) => {}
+            }
+        } else if format == "float"
+            && number
+                .as_f64()
+                .is_some_and(|x| x.abs() > f64::from(f32::MAX))
+        {
+            add(problems, at, || {
+                format!("Number must be less than or equal to {}", f32::MAX)
+            });
+        }
+    }
+}
+
+fn is_multiple(number: &Number, step: &Number) -> bool {
+    if let (Some(n), Some(step)) = (integer(number), integer(step)) {
+        return step != 0 && n % step == 0;
+    }
+    match (number.as_f64(), step.as_f64()) {
+        (Some(x), Some(step)) if step > 0.0 => {
+            let quotient = x / step;
+            (quotient - quotient.round()).abs() <= 1e-9 * quotient.abs().max(1.0)
+        }
+        _ => false,
+    }
+}
+
+/// The range of an integer `format` that schemars emits for Rust's integer types.
+fn integer_format_range(format: &str) -> Option<(i128, i128)> {
+    Some(match format {
+        "int8" => (i8::MIN.into(), i8::MAX.into()),
+        "int16" => (i16::MIN.into(), i16::MAX.into()),
+        "int32" => (i32::MIN.into(), i32::MAX.into()),
+        "int64" | "int" => (i64::MIN.into(), i64::MAX.into()),
+        "int128" => (i128::MIN, i128::MAX),
+        "uint8" => (0, u8::MAX.into()),
+        "uint16" => (0, u16::MAX.into()),
+        "uint32" => (0, u32::MAX.into()),
+        "uint64" | "uint" => (0, u64::MAX.into()),
+        "uint128" => (0, i128::MAX),
+        _ => return None,
+    })
+}
+
+/// Whether `text` is in string format `format` (one of [`STRING_FORMATS`]).
+fn string_format_holds(format: &str, text: &str) -> bool {
+    match format {
+        "uuid" => is_uuid(text),
+        "email" => is_email(text),
+        "uri" => is_absolute_uri(text),
+        "date-time" => is_date_time(text),
+        "date" => is_full_date(text),
+        "ipv4" => text.parse::<Ipv4Addr>().is_ok(),
+        "ipv6" => text.parse::<Ipv6Addr>().is_ok(),
+        "ip" => text.parse::<IpAddr>().is_ok(),
+        _ => false,
+    }
+}
+
+/// `8-4-4-4-12` hexadecimal digits (RFC 9562's string form).
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A practical subset of RFC 5322 addresses: a dot-atom local part of at most 64 characters,
+/// one `@`, a domain of at least two LDH labels of at most 63 characters each (none starting
+/// or ending with a hyphen), at most 254 characters in all. Quoted local parts, comments and
+/// address literals are refused.
+fn is_email(s: &str) -> bool {
+    const ATEXT_SYMBOLS: &[u8] = b"!#$%&'*+-/=?^_`{|}~";
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    let atom_char = |b: u8| b.is_ascii_alphanumeric() || ATEXT_SYMBOLS.contains(&b);
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    s.len() <= 254
+        && (1..=64).contains(&local.len())
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.bytes().all(atom_char))
+        && domain.contains('.')
+        && domain.split('.').all(label_ok)
+}
+
+/// An absolute URI (RFC 3986): a scheme, `:`, then only URI characters (no spaces), with
+/// every `%` starting a two-digit escape.
+fn is_absolute_uri(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    let scheme_ok = scheme.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    let bytes = rest.as_bytes();
+    let rest_ok = bytes.iter().enumerate().all(|(i, &b)| match b {
+        b'%' => bytes
+            .get(i + 1..i + 3)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)),
+        b if b.is_ascii_alphanumeric() => true,
+        b => b"-._~:/?#[]@!$&'()*+,;=".contains(&b),
+    });
+    scheme_ok && rest_ok
+}
+
+/// Parses `digits` ASCII digits at the start of `s`.
+fn digits(s: &str, count: usize) -> Option<(u32, &str)> {
+    let head = s.get(..count)?;
+    if !head.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((head.parse().ok()?, &s[count..]))
+}
+
+/// RFC 3339 `full-date`: `YYYY-MM-DD`, a real day of a real month.
+fn is_full_date(s: &str) -> bool {
+    parse_full_date(s).is_some_and(str::is_empty)
+}
+
+fn parse_full_date(s: &str) -> Option<&str> {
+    let (year, s) = digits(s, 4)?;
+    let s = s.strip_prefix('-')?;
+    let (month, s) = digits(s, 2)?;
+    let s = s.strip_prefix('-')?;
+    let (day, s) = digits(s, 2)?;
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    (1..=days).contains(&day).then_some(s)
+}
+
+/// RFC 3339 `date-time`: `full-date "T" HH:MM:SS[.frac]` then `Z` or `±HH:MM`.
+fn is_date_time(s: &str) -> bool {
+    let time = || -> Option<()> {
+        let s = parse_full_date(s)?;
+        let s = s.strip_prefix(['T', 't'])?;
+        let (hour, s) = digits(s, 2)?;
+        let (minute, s) = digits(s.strip_prefix(':')?, 2)?;
+        let (second, mut s) = digits(s.strip_prefix(':')?, 2)?;
+        if hour > 23 || minute > 59 || second > 60 {
+            return None;
+        }
+        if let Some(fraction) = s.strip_prefix('.') {
+            let end = fraction
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(fraction.len());
+            if end == 0 {
+                return None;
+            }
+            s = &fraction[end..];
+        }
+        if s == "Z" || s == "z" {
+            return Some(());
+        }
+        let s = s.strip_prefix(['+', '-'])?;
+        let (offset_hour, s) = digits(s, 2)?;
+        let (offset_minute, s) = digits(s.strip_prefix(':')?, 2)?;
+        (offset_hour <= 23 && offset_minute <= 59 && s.is_empty()).then_some(())
+    };
+    time().is_some()
+}
+
+/// Looks up a local reference (`#`, `#/$defs/Name`) in `root`.
+fn lookup<'a>(root: &'a Value, reference: &str) -> Option<&'a Value> {
+    let path = reference.strip_prefix('#')?;
+    if path.is_empty() {
+        return Some(root);
+    }
+    path.strip_prefix('/')?
+        .split('/')
+        .try_fold(root, |node, token| {
+            let token = token.replace("~1", "/").replace("~0", "~");
+            match node {
+                Value::Object(map) => map.get(&token),
+                Value::Array(items) => items.get(token.parse::<usize>().ok()?),
+                _ => None,
+            }
+        })
+}
+
+/// Walks a schema to make sure each keyword is checked or only annotates, compiling patterns.
+struct Audit<'a> {
+    root: &'a Value,
+    patterns: HashMap<String, Regex>,
+    /// Pointers of the subschemas audited already (a `$ref` target may be met again).
+    visited: HashSet<String>,
+    /// `$ref` targets still to audit.
+    pending: Vec<String>,
+}
+
+impl Audit<'_> {
+    fn run(&mut self) -> Result<(), UnsupportedSchema> {
+        self.schema(self.root, String::new())?;
+        while let Some(target) = self.pending.pop() {
+            if let Some(schema) = lookup(self.root, &format!("#{target}")) {
+                self.schema(schema, target)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn schema(&mut self, schema: &Value, at: String) -> Result<(), UnsupportedSchema> {
+        if !self.visited.insert(at.clone()) {
+            return Ok(());
+        }
+        let map = match schema {
+            Value::Bool(_) => return Ok(()),
+            Value::Object(map) => map,
+            _ => return Err(refuse("(schema)", &at, "is neither an object nor a boolean")),
+        };
+        for (keyword, value) in map {
+            let here = format!("{at}/{}", escape(keyword));
+            let bad = |reason| refuse(keyword, &here, reason);
+            match keyword.as_str() {
+                k if ANNOTATIONS.contains(&k) => {}
+                "$defs" | "definitions" | "properties" | "patternProperties" => {
+                    let Some(children) = value.as_object() else {
+                        return Err(bad("is not an object of schemas"));
+                    };
+                    for (name, child) in children {
+                        if keyword == "patternProperties" {
+                            self.compile(name).map_err(|()| {
+                                bad("holds a pattern the regex crate cannot compile")
+                            })?;
+                        }
+                        self.schema(child, format!("{here}/{}", escape(name)))?;
+                    }
+                }
+                "$ref" => {
+                    let target = value
+                        .as_str()
+                        .filter(|r| lookup(self.root, r).is_some())
+                        .ok_or_else(|| bad("is not a local reference that resolves"))?;
+                    self.pending.push(target[1..].to_owned());
+                }
+                "anyOf" | "oneOf" | "allOf" | "prefixItems" => {
+                    let branches = value
+                        .as_array()
+                        .filter(|b| !b.is_empty())
+                        .ok_or_else(|| bad("is not a list of schemas"))?;
+                    for (i, branch) in branches.iter().enumerate() {
+                        self.schema(branch, format!("{here}/{i}"))?;
+                    }
+                }
+                "not" | "items" | "additionalProperties" => {
+                    if !(value.is_object() || value.is_boolean()) {
+                        return Err(bad("is not a schema"));
+                    }
+                    self.schema(value, here)?;
+                }
+                "type" => {
+                    const TYPES: [&str; 7] = [
+                        "null", "boolean", "integer", "number", "string", "array", "object",
+                    ];
+                    let known = |t: &Value| t.as_str().is_some_and(|t| TYPES.contains(&t));
+                    let ok = match value {
+                        Value::Array(types) => types.iter().all(known),
+                        single => known(single),
+                    };
+                    if !ok {
+                        return Err(bad("names a type that does not exist"));
+                    }
+                }
+                "enum" if !value.is_array() => return Err(bad("is not a list")),
+                "enum" | "const" => {}
+                "required" => {
+                    let ok = value
+                        .as_array()
+                        .is_some_and(|names| names.iter().all(Value::is_string));
+                    if !ok {
+                        return Err(bad("is not a list of names"));
+                    }
+                }
+                "minLength" | "maxLength" | "minItems" | "maxItems" | "minProperties"
+                | "maxProperties" => {
+                    if !value.is_u64() {
+                        return Err(bad("is not a whole number"));
+                    }
+                }
+                "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" => {
+                    if !value.is_number() {
+                        return Err(bad("is not a number"));
+                    }
+                }
+                "multipleOf" => {
+                    if !value.as_f64().is_some_and(|step| step > 0.0) {
+                        return Err(bad("is not a positive number"));
+                    }
+                }
+                "uniqueItems" | "nullable" => {
+                    if !value.is_boolean() {
+                        return Err(bad("is not a boolean"));
+                    }
+                }
+                "pattern" => {
+                    let pattern = value.as_str().ok_or_else(|| bad("is not a string"))?;
+                    self.compile(pattern)
+                        .map_err(|()| bad("holds a pattern the regex crate cannot compile"))?;
+                }
+                "format" => {
+                    let known = value.as_str().is_some_and(|format| {
+                        STRING_FORMATS.contains(&format)
+                            || integer_format_range(format).is_some()
+                            || format == "float"
+                            || format == "double"
+                    });
+                    if !known {
+                        return Err(bad("names a format the checker does not know"));
+                    }
+                }
+                _ => return Err(bad("is not one the checker implements")),
+            }
+        }
+        Ok(())
+    }
+
+    fn compile(&mut self, pattern: &str) -> Result<(), ()> {
+        if !self.patterns.contains_key(pattern) {
+            let regex = Regex::new(pattern).map_err(|_| ())?;
+            self.patterns.insert(pattern.to_owned(), regex);
+        }
+        Ok(())
+    }
+}
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn refuse(keyword: &str, pointer: &str, reason: &'static str) -> UnsupportedSchema {
+    UnsupportedSchema {
+        keyword: keyword.to_owned(),
+        pointer: pointer.to_owned(),
+        reason,
+    }
+}
