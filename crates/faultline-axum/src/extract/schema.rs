@@ -1187,3 +1187,628 @@ fn refuse(keyword: &str, pointer: &str, reason: &'static str) -> UnsupportedSche
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// `(pointer, message)` for each problem; form problems have the empty pointer.
+    fn problems_of(schema: &Value, value: &Value) -> Vec<(String, String)> {
+        let compiled = CompiledSchema::new(schema.clone());
+        if let Err(unsupported) = compiled.supported() {
+            panic!("{schema} should be supported: {unsupported}");
+        }
+        let problems = compiled.check(value);
+        assert_eq!(problems.omitted(), 0, "{schema} {value}");
+        let form = problems.form.iter().map(|m| (String::new(), m.clone()));
+        let fields = problems.fields.iter().map(|(_, p, m)| (p.clone(), m.clone()));
+        form.chain(fields).collect()
+    }
+
+    /// One row per keyword and case: the schema, the value, the problems expected.
+    #[test]
+    fn each_keyword_reports_exactly_its_problems() {
+        let long = "x".repeat(100);
+        let rows: Vec<(&str, Value, Value, Vec<(&str, &str)>)> = vec![
+            // type
+            ("type ok", json!({"type": "string"}), json!("a"), vec![]),
+            (
+                "type mismatch",
+                json!({"type": "string"}),
+                json!(5),
+                vec![("", "Expected string, received number")],
+            ),
+            ("number takes an integer", json!({"type": "number"}), json!(5), vec![]),
+            (
+                "integer refuses a fraction",
+                json!({"type": "integer"}),
+                json!(1.5),
+                vec![("", "Expected integer, received number")],
+            ),
+            ("type list", json!({"type": ["string", "null"]}), json!(null), vec![]),
+            (
+                "type list mismatch",
+                json!({"type": ["string", "null"]}),
+                json!(true),
+                vec![("", "Expected string | null, received boolean")],
+            ),
+            ("nullable", json!({"type": "string", "nullable": true}), json!(null), vec![]),
+            (
+                "not nullable",
+                json!({"type": "string", "nullable": false}),
+                json!(null),
+                vec![("", "Expected string, received null")],
+            ),
+            // enum and const
+            ("enum ok", json!({"enum": ["a", "b"]}), json!("b"), vec![]),
+            ("enum compares numbers by value", json!({"enum": [1]}), json!(1.0), vec![]),
+            (
+                "enum mismatch",
+                json!({"enum": ["a", "b"]}),
+                json!("c"),
+                vec![("", "Invalid enum value. Expected 'a' | 'b', got 'c'.")],
+            ),
+            (
+                "enum echoes a short prefix of a long string",
+                json!({"enum": ["a"]}),
+                json!(long),
+                vec![(
+                    "",
+                    "Invalid enum value. Expected 'a', got 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…'.",
+                )],
+            ),
+            (
+                "enum echoes a short prefix of a large value",
+                json!({"enum": ["a"]}),
+                json!([long, long]),
+                vec![(
+                    "",
+                    "Invalid enum value. Expected 'a', got [\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx….",
+                )],
+            ),
+            ("const ok", json!({"const": "a"}), json!("a"), vec![]),
+            (
+                "const mismatch",
+                json!({"const": "a"}),
+                json!("b"),
+                vec![("", "Invalid literal value, expected 'a'")],
+            ),
+            // anyOf, oneOf, allOf, not
+            (
+                "anyOf passes on any branch",
+                json!({"anyOf": [{"type": "string"}, {"type": "null"}]}),
+                json!(null),
+                vec![],
+            ),
+            (
+                "anyOf reports the first non-null branch",
+                json!({"anyOf": [{"type": "string", "minLength": 2}, {"type": "null"}]}),
+                json!("a"),
+                vec![("", "String must contain at least 2 character(s)")],
+            ),
+            (
+                "anyOf with no branch that fits",
+                json!({"anyOf": [{"type": "null"}]}),
+                json!(1),
+                vec![("", "Expected null, received integer")],
+            ),
+            (
+                "anyOf siblings are checked too",
+                json!({"anyOf": [{"type": "string"}, {"type": "integer"}], "minLength": 3}),
+                json!("ab"),
+                vec![("", "String must contain at least 3 character(s)")],
+            ),
+            (
+                "oneOf with exactly one match",
+                json!({"oneOf": [{"type": "string"}, {"type": "integer"}]}),
+                json!(3),
+                vec![],
+            ),
+            (
+                "oneOf with two matches",
+                json!({"oneOf": [{"type": "number"}, {"type": "integer"}]}),
+                json!(3),
+                vec![("", "Input matches more than one of the allowed shapes")],
+            ),
+            (
+                "oneOf with none",
+                json!({"oneOf": [{"type": "string"}, {"type": "integer"}]}),
+                json!(true),
+                vec![("", "Expected string, received boolean")],
+            ),
+            (
+                "allOf checks every branch",
+                json!({"allOf": [{"minLength": 2}, {"maxLength": 1}]}),
+                json!("abc"),
+                vec![("", "String must contain at most 1 character(s)")],
+            ),
+            (
+                "allOf passes",
+                json!({"allOf": [{"type": "string"}, {"minLength": 1}]}),
+                json!("a"),
+                vec![],
+            ),
+            (
+                "not refuses what matches",
+                json!({"type": "integer", "not": {"const": 0}}),
+                json!(0),
+                vec![("", "This value is not allowed")],
+            ),
+            ("not lets the rest through", json!({"not": {"const": 0}}), json!(1), vec![]),
+            // boolean schemas
+            ("true schema", json!(true), json!({"any": 1}), vec![]),
+            ("false schema", json!(false), json!(1), vec![("", "This value is not allowed")]),
+            // $ref
+            (
+                "$ref is followed",
+                json!({"$ref": "#/$defs/Name", "$defs": {"Name": {"type": "string"}}}),
+                json!(1),
+                vec![("", "Expected string, received number")],
+            ),
+            (
+                "$ref siblings are checked",
+                json!({"$ref": "#/$defs/N", "minimum": 5, "$defs": {"N": {"type": "integer"}}}),
+                json!(3),
+                vec![("", "Number must be greater than or equal to 5")],
+            ),
+            // objects
+            (
+                "properties and required",
+                json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "b"]}),
+                json!({"a": 1}),
+                vec![("/b", "Required"), ("/a", "Expected string, received number")],
+            ),
+            (
+                "additionalProperties false",
+                json!({"type": "object", "properties": {"a": {}}, "additionalProperties": false}),
+                json!({"a": 1, "b": 2, "c": 3}),
+                vec![("", "Unrecognized key(s) in object: 'b', 'c'")],
+            ),
+            (
+                "additionalProperties false names five keys and a short prefix of each",
+                json!({"type": "object", "additionalProperties": false}),
+                json!({"a": 1, "b": 1, "c": 1, "d": 1, long.clone(): 1, "f": 1, "g": 1}),
+                vec![(
+                    "",
+                    "Unrecognized key(s) in object: 'a', 'b', 'c', 'd', \
+                     'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…' and 2 more",
+                )],
+            ),
+            (
+                "additionalProperties as a schema checks every value",
+                json!({"type": "object", "additionalProperties": {"type": "integer"}}),
+                json!({"a": 1, "b/c": "x"}),
+                vec![("/b~1c", "Expected integer, received string")],
+            ),
+            (
+                "a long map key is cut in the pointer",
+                json!({"type": "object", "additionalProperties": {"type": "integer"}}),
+                json!({long.clone(): "x"}),
+                vec![(
+                    "/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…",
+                    "Expected integer, received string",
+                )],
+            ),
+            (
+                "patternProperties",
+                json!({"type": "object", "patternProperties": {"^\\d+$": {"type": "string"}}, "additionalProperties": false}),
+                json!({"1": "a", "2": 2, "x": "a"}),
+                vec![
+                    ("", "Unrecognized key(s) in object: 'x'"),
+                    ("/2", "Expected string, received number"),
+                ],
+            ),
+            (
+                "minProperties",
+                json!({"type": "object", "minProperties": 2}),
+                json!({"a": 1}),
+                vec![("", "Object must contain at least 2 key(s)")],
+            ),
+            (
+                "maxProperties",
+                json!({"type": "object", "maxProperties": 1}),
+                json!({"a": 1, "b": 2}),
+                vec![("", "Object must contain at most 1 key(s)")],
+            ),
+            // arrays
+            (
+                "items",
+                json!({"type": "array", "items": {"type": "string"}}),
+                json!(["a", 1, "b", true]),
+                vec![
+                    ("/1", "Expected string, received number"),
+                    ("/3", "Expected string, received boolean"),
+                ],
+            ),
+            (
+                "prefixItems and closed items",
+                json!({"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "items": false}),
+                json!([1, 2, 3]),
+                vec![
+                    ("", "Array must contain at most 2 element(s)"),
+                    ("/0", "Expected string, received number"),
+                ],
+            ),
+            (
+                "closed items with maxItems says it once",
+                json!({"type": "array", "prefixItems": [{}], "items": false, "maxItems": 1}),
+                json!([1, 2]),
+                vec![("", "Array must contain at most 1 element(s)")],
+            ),
+            (
+                "minItems",
+                json!({"type": "array", "minItems": 1}),
+                json!([]),
+                vec![("", "Array must contain at least 1 element(s)")],
+            ),
+            (
+                "maxItems",
+                json!({"type": "array", "maxItems": 1}),
+                json!([1, 2]),
+                vec![("", "Array must contain at most 1 element(s)")],
+            ),
+            (
+                "uniqueItems",
+                json!({"type": "array", "uniqueItems": true}),
+                json!([{"a": 1, "b": 2}, 1, {"b": 2, "a": 1.0}]),
+                vec![("", "Array items must be unique: item 2 repeats item 0")],
+            ),
+            (
+                "uniqueItems ok",
+                json!({"type": "array", "uniqueItems": true}),
+                json!([1, "1", [1], {"a": 1}, {"a": 2}]),
+                vec![],
+            ),
+            // strings
+            (
+                "minLength counts characters",
+                json!({"type": "string", "minLength": 2}),
+                json!("é"),
+                vec![("", "String must contain at least 2 character(s)")],
+            ),
+            ("maxLength counts characters", json!({"maxLength": 2}), json!("éé"), vec![]),
+            (
+                "maxLength",
+                json!({"maxLength": 2}),
+                json!("abc"),
+                vec![("", "String must contain at most 2 character(s)")],
+            ),
+            ("pattern is unanchored", json!({"pattern": "b+"}), json!("abbc"), vec![]),
+            (
+                "pattern mismatch",
+                json!({"pattern": "^[a-z]+$"}),
+                json!("abc1"),
+                vec![("", "Invalid string: must match pattern")],
+            ),
+            // string formats
+            ("uuid", json!({"format": "uuid"}), json!("67e55044-10b1-426f-9247-bb680e5fe0c8"), vec![]),
+            ("bad uuid", json!({"format": "uuid"}), json!("67e55044"), vec![("", "Invalid uuid")]),
+            ("email", json!({"format": "email"}), json!("ada@example.com"), vec![]),
+            ("bad email", json!({"format": "email"}), json!("ada@"), vec![("", "Invalid email")]),
+            ("uri", json!({"format": "uri"}), json!("urn:isbn:0451450523"), vec![]),
+            ("bad uri", json!({"format": "uri"}), json!("/relative"), vec![("", "Invalid url")]),
+            ("date-time", json!({"format": "date-time"}), json!("2026-11-28T23:59:60.5+01:00"), vec![]),
+            (
+                "bad date-time",
+                json!({"format": "date-time"}),
+                json!("2026-11-28 23:59"),
+                vec![("", "Invalid datetime")],
+            ),
+            ("date", json!({"format": "date"}), json!("2024-02-29"), vec![]),
+            ("bad date", json!({"format": "date"}), json!("2023-02-29"), vec![("", "Invalid date")]),
+            ("ipv4", json!({"format": "ipv4"}), json!("192.0.2.1"), vec![]),
+            ("bad ipv4", json!({"format": "ipv4"}), json!("::1"), vec![("", "Invalid ip")]),
+            ("ipv6", json!({"format": "ipv6"}), json!("2001:db8::1"), vec![]),
+            ("bad ipv6", json!({"format": "ipv6"}), json!("192.0.2.1"), vec![("", "Invalid ip")]),
+            ("ip", json!({"format": "ip"}), json!("::1"), vec![]),
+            ("bad ip", json!({"format": "ip"}), json!("localhost"), vec![("", "Invalid ip")]),
+            ("a format applies to strings only", json!({"format": "email"}), json!(5), vec![]),
+            // numbers
+            (
+                "minimum",
+                json!({"minimum": 1}),
+                json!(0),
+                vec![("", "Number must be greater than or equal to 1")],
+            ),
+            (
+                "maximum",
+                json!({"maximum": 1.5}),
+                json!(2),
+                vec![("", "Number must be less than or equal to 1.5")],
+            ),
+            (
+                "maximum compares large integers exactly",
+                json!({"maximum": 9_007_199_254_740_992_u64}),
+                json!(9_007_199_254_740_993_u64),
+                vec![("", "Number must be less than or equal to 9007199254740992")],
+            ),
+            ("bounds included", json!({"minimum": 1, "maximum": 1}), json!(1), vec![]),
+            (
+                "exclusiveMinimum",
+                json!({"exclusiveMinimum": 1}),
+                json!(1),
+                vec![("", "Number must be greater than 1")],
+            ),
+            (
+                "exclusiveMaximum",
+                json!({"exclusiveMaximum": 1}),
+                json!(1.0),
+                vec![("", "Number must be less than 1")],
+            ),
+            ("multipleOf integer", json!({"multipleOf": 3}), json!(9), vec![]),
+            (
+                "not a multipleOf",
+                json!({"multipleOf": 3}),
+                json!(10),
+                vec![("", "Number must be a multiple of 3")],
+            ),
+            ("multipleOf fraction", json!({"multipleOf": 0.1}), json!(0.3), vec![]),
+            (
+                "not a multipleOf fraction",
+                json!({"multipleOf": 0.25}),
+                json!(0.3),
+                vec![("", "Number must be a multiple of 0.25")],
+            ),
+            // numeric formats
+            (
+                "uint8 range",
+                json!({"type": "integer", "format": "uint8"}),
+                json!(256),
+                vec![("", "Number must be less than or equal to 255")],
+            ),
+            (
+                "uint32 is not negative",
+                json!({"type": "integer", "format": "uint32"}),
+                json!(-1),
+                vec![("", "Number must be greater than or equal to 0")],
+            ),
+            (
+                "int32 range",
+                json!({"type": "integer", "format": "int32"}),
+                json!(2_147_483_648_i64),
+                vec![("", "Number must be less than or equal to 2147483647")],
+            ),
+            (
+                "an integer format refuses a fraction",
+                json!({"format": "int64"}),
+                json!(1.5),
+                vec![("", "Expected integer, received number")],
+            ),
+            (
+                "float range",
+                json!({"type": "number", "format": "float"}),
+                json!(1e39),
+                vec![("", "Number must be less than or equal to 340282350000000000000000000000000000000")],
+            ),
+            ("double takes any number", json!({"type": "number", "format": "double"}), json!(1e300), vec![]),
+        ];
+        for (name, schema, value, expected) in rows {
+            let expected: Vec<(String, String)> = expected
+                .into_iter()
+                .map(|(p, m)| (p.to_owned(), m.to_owned()))
+                .collect();
+            assert_eq!(problems_of(&schema, &value), expected, "row: {name}");
+        }
+    }
+
+    /// Keywords and keyword values the checker cannot honour, with where they are reported.
+    #[test]
+    fn a_rule_that_cannot_be_checked_makes_the_schema_unsupported() {
+        let rows: Vec<(Value, &str, &str)> = vec![
+            (json!({"if": {"type": "string"}}), "if", "/if"),
+            (json!({"properties": {"a": {"contains": {}}}}), "contains", "/properties/a/contains"),
+            (json!({"unevaluatedProperties": false}), "unevaluatedProperties", "/unevaluatedProperties"),
+            (json!({"propertyNames": {"maxLength": 3}}), "propertyNames", "/propertyNames"),
+            (json!({"format": "hostname"}), "format", "/format"),
+            (json!({"pattern": "^(?!admin)"}), "pattern", "/pattern"),
+            (json!({"patternProperties": {"(": {}}}), "patternProperties", "/patternProperties"),
+            (json!({"$ref": "https://example.com/schema"}), "$ref", "/$ref"),
+            (json!({"$ref": "#/$defs/Missing"}), "$ref", "/$ref"),
+            (json!({"items": [{}]}), "items", "/items"),
+            (json!({"exclusiveMinimum": true}), "exclusiveMinimum", "/exclusiveMinimum"),
+            (json!({"type": "text"}), "type", "/type"),
+            (json!({"minLength": -1}), "minLength", "/minLength"),
+            (json!({"multipleOf": 0}), "multipleOf", "/multipleOf"),
+            (json!({"anyOf": []}), "anyOf", "/anyOf"),
+            (json!({"$defs": {"a/b": {"x-custom": 1}}}), "x-custom", "/$defs/a~1b/x-custom"),
+            (
+                json!({"$ref": "#/$defs/A", "$defs": {"A": {"items": {"dependentRequired": {}}}}}),
+                "dependentRequired",
+                "/$defs/A/items/dependentRequired",
+            ),
+        ];
+        for (schema, keyword, pointer) in rows {
+            let compiled = CompiledSchema::new(schema.clone());
+            let Err(unsupported) = compiled.supported() else {
+                panic!("{schema} should be unsupported");
+            };
+            assert_eq!(
+                (unsupported.keyword(), unsupported.pointer()),
+                (keyword, pointer),
+                "{schema}"
+            );
+            assert!(unsupported.to_string().contains(keyword));
+        }
+    }
+
+    #[test]
+    fn annotations_validate_nothing() {
+        let schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "x", "$comment": "c", "title": "T", "description": "D", "default": 1,
+            "examples": [1], "example": 1, "deprecated": true, "readOnly": true,
+            "writeOnly": false, "definitions": {}, "$defs": {}
+        });
+        assert_eq!(problems_of(&schema, &json!({"anything": [1, "2"]})), vec![]);
+    }
+
+    #[test]
+    fn a_pattern_is_compiled_once_per_schema() {
+        let schema = json!({"properties": {
+            "a": {"pattern": "^x"}, "b": {"pattern": "^x"}, "c": {"pattern": "^y"}
+        }});
+        assert_eq!(CompiledSchema::new(schema).patterns.len(), 2);
+    }
+
+    #[test]
+    fn problems_past_the_cap_are_counted_not_built() {
+        let schema = json!({"type": "array", "items": {"type": "string"}});
+        let problems = CompiledSchema::new(schema).check(&json!(vec![0; 250]));
+        assert_eq!(problems.fields.len(), Problems::MAX_LISTED);
+        assert_eq!(problems.omitted(), 150);
+    }
+
+    #[test]
+    fn emails() {
+        let local64 = format!("{}@example.com", "a".repeat(64));
+        let label63 = format!("ada@{}.com", "a".repeat(63));
+        let total254 = format!("ada@{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(58));
+        assert_eq!(total254.len(), 254);
+        let valid = [
+            "ada@example.com",
+            "a.b.c@example.co.uk",
+            "first+tag@sub-domain.example",
+            "!#$%&'*+-/=?^_`{|}~@example.com",
+            "x@a.b",
+            "1@123.example",
+            local64.as_str(),
+            label63.as_str(),
+            total254.as_str(),
+        ];
+        for address in valid {
+            assert!(is_email(address), "{address} should be valid");
+        }
+        let local65 = format!("{}@example.com", "a".repeat(65));
+        let label64 = format!("ada@{}.com", "a".repeat(64));
+        let total255 = format!("{total254}d");
+        let invalid = [
+            "",
+            "plain",
+            "@example.com",
+            "ada@",
+            "ada@@example.com",
+            "ada@b@example.com",
+            "ada@localhost",
+            ".ada@example.com",
+            "ada.@example.com",
+            "a..da@example.com",
+            "ada@.example.com",
+            "ada@example.com.",
+            "ada@example..com",
+            "ada@-example.com",
+            "ada@example-.com",
+            "ada@exa_mple.com",
+            "a da@example.com",
+            "\"ada\"@example.com",
+            "ada(comment)@example.com",
+            "ada@[192.0.2.1]",
+            "adé@example.com",
+            "ada@exämple.com",
+            local65.as_str(),
+            label64.as_str(),
+            total255.as_str(),
+        ];
+        for address in invalid {
+            assert!(!is_email(address), "{address} should be invalid");
+        }
+    }
+
+    #[test]
+    fn uris() {
+        for uri in [
+            "https://example.com/a?b=c#d",
+            "mailto:ada@example.com",
+            "urn:isbn:0451450523",
+            "a+b-c.d:",
+            "http://example.com/%20x",
+            "http://[2001:db8::1]:80/",
+        ] {
+            assert!(is_absolute_uri(uri), "{uri} should be valid");
+        }
+        for uri in [
+            "",
+            "example.com",
+            "/path",
+            "//example.com",
+            "1http://example.com",
+            "ht tp://example.com",
+            "http://exa mple.com",
+            "http://example.com/%2",
+            "http://example.com/%zz",
+            "http://example.com/<x>",
+            "http://exämple.com",
+            ":no-scheme",
+        ] {
+            assert!(!is_absolute_uri(uri), "{uri} should be invalid");
+        }
+    }
+
+    #[test]
+    fn date_times() {
+        for text in [
+            "2026-11-28T23:55:00Z",
+            "2026-11-28t23:55:00z",
+            "2026-11-28T23:55:00.123456+05:30",
+            "2024-02-29T00:00:00-00:00",
+            "2016-12-31T23:59:60Z",
+        ] {
+            assert!(is_date_time(text), "{text} should be valid");
+        }
+        for text in [
+            "2026-11-28",
+            "2026-11-28T23:55:00",
+            "2026-11-28 23:55:00Z",
+            "2026-11-28T24:00:00Z",
+            "2026-11-28T23:60:00Z",
+            "2026-11-28T23:55:61Z",
+            "2026-13-01T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2026-11-28T23:55:00.Z",
+            "2026-11-28T23:55:00+0530",
+            "2026-11-28T23:55:00+24:00",
+            "26-11-28T23:55:00Z",
+            "2026-11-28T23:55:00Zjunk",
+        ] {
+            assert!(!is_date_time(text), "{text} should be invalid");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_real_date_time_is_accepted(
+            year in 0u32..10000, month in 1u32..13, day in 1u32..29,
+            hour in 0u32..24, minute in 0u32..60, second in 0u32..61,
+            fraction in proptest::option::of(0u32..1_000_000),
+            offset in proptest::option::of((proptest::bool::ANY, 0u32..24, 0u32..60)),
+        ) {
+            let mut text = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}");
+            if let Some(fraction) = fraction {
+                text.push_str(&format!(".{fraction}"));
+            }
+            match offset {
+                None => text.push('Z'),
+                Some((east, h, m)) => text.push_str(&format!("{}{h:02}:{m:02}", if east { '+' } else { '-' })),
+            }
+            proptest::prop_assert!(is_date_time(&text), "{}", text);
+        }
+
+        #[test]
+        fn the_format_checks_never_panic(text in "\\PC{0,80}") {
+            for format in STRING_FORMATS {
+                let _ = string_format_holds(format, &text);
+            }
+        }
+
+        #[test]
+        fn an_address_built_from_the_grammar_is_accepted(
+            local in "[a-z0-9!#$%&'*+/=?^_`{|}~-]{1,20}(\\.[a-z0-9_-]{1,10}){0,3}",
+            labels in proptest::collection::vec("[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", 2..5),
+        ) {
+            let address = format!("{local}@{}", labels.join("."));
+            proptest::prop_assert!(is_email(&address), "{}", address);
+        }
+    }
+}
