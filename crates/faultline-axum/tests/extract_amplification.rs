@@ -34,7 +34,10 @@ fn app(violations: bool) -> Router {
     );
     let mut text = std::fs::read_to_string(path).unwrap();
     if violations {
-        text = text.replace(r#"details = "field_errors""#, r#"details = "field_violations""#);
+        text = text.replace(
+            r#"details = "field_errors""#,
+            r#"details = "field_violations""#,
+        );
     }
     let catalog = faultline::Catalog::from_toml_str(&text).unwrap();
     let router = Router::new().route("/tags", post(|Json(_): Json<Tags>| async { "ok" }));
@@ -111,10 +114,8 @@ async fn a_megabyte_of_wrong_items_gets_a_small_answer_built_in_little_memory() 
         );
         let json: Value = serde_json::from_slice(&answer).unwrap();
         let listed = 100;
-        let rest = format!(
-            "…and {} more problems were not listed.",
-            group_thousands(items - listed)
-        );
+        assert_eq!(items, 524_282);
+        let rest = "…and 524,182 more problems were not listed.";
         let details = &json["details"];
         if !violations {
             assert_eq!(details["fieldErrors"].as_object().unwrap().len(), listed);
@@ -123,20 +124,8 @@ async fn a_megabyte_of_wrong_items_gets_a_small_answer_built_in_little_memory() 
             let violations = details["fields"].as_array().unwrap();
             assert_eq!(violations.len(), listed + 1);
             assert_eq!(violations[listed]["pointer"], "");
-            assert_eq!(violations[listed]["message"], rest.as_str());
+            assert_eq!(violations[listed]["message"], rest);
             assert_eq!(violations[0]["pointer"], "/tags/0");
         }
     }
-}
-
-fn group_thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

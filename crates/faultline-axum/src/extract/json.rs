@@ -9,9 +9,9 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::contract::Error;
 #[cfg(feature = "garde")]
 use crate::contract::Problems;
-use crate::contract::Error;
 use crate::layer::{BodyLimit, DEFAULT_BODY_LIMIT};
 
 use super::from_value;

@@ -52,9 +52,9 @@ mod path;
 mod query;
 mod schema;
 
+pub use json::Json;
 #[cfg(feature = "garde")]
 pub use json::ValidJson;
-pub use json::Json;
 pub use path::Path;
 pub use query::Query;
 pub use schema::{UnsupportedSchema, ensure_supported};

@@ -354,7 +354,7 @@ impl CompiledSchema {
         &self,
         schema: &Map<String, Value>,
         value: &Value,
-        at: &mut String,
+        at: &str,
         problems: &mut Problems,
     ) -> bool {
         let mut types: Vec<&str> = match schema.get("type") {
@@ -388,7 +388,7 @@ impl CompiledSchema {
         &self,
         schema: &Map<String, Value>,
         text: &str,
-        at: &mut String,
+        at: &str,
         problems: &mut Problems,
     ) {
         let chars = text.chars().count() as u64;
@@ -417,7 +417,9 @@ impl CompiledSchema {
                 .get(pattern)
                 .is_some_and(|regex| regex.is_match(text));
             if !holds {
-                add(problems, at, || "Invalid string: must match pattern".to_owned());
+                add(problems, at, || {
+                    "Invalid string: must match pattern".to_owned()
+                });
             }
         }
         if let Some(format) = schema.get("format").and_then(Value::as_str)
@@ -577,8 +579,10 @@ impl CompiledSchema {
         }
         if unknown_count > 0 {
             add(problems, at, || {
-                let mut message =
-                    format!("Unrecognized key(s) in object: {}", unknown_named.join(", "));
+                let mut message = format!(
+                    "Unrecognized key(s) in object: {}",
+                    unknown_named.join(", ")
+                );
                 let rest = unknown_count - unknown_named.len();
                 if rest > 0 {
                     message.push_str(&format!(" and {rest} more"));
@@ -791,12 +795,7 @@ fn first_duplicate(items: &[Value]) -> Option<(usize, usize)> {
     None
 }
 
-fn check_number(
-    schema: &Map<String, Value>,
-    number: &Number,
-    at: &mut String,
-    problems: &mut Problems,
-) {
+fn check_number(schema: &Map<String, Value>, number: &Number, at: &str, problems: &mut Problems) {
     let bound = |key: &str| match schema.get(key) {
         Some(Value::Number(bound)) => Some(bound),
         _ => None,
@@ -814,13 +813,17 @@ fn check_number(
         });
     }
     if let Some(min) = bound("exclusiveMinimum").filter(|m| !above(m)) {
-        add(problems, at, || format!("Number must be greater than {min}"));
+        add(problems, at, || {
+            format!("Number must be greater than {min}")
+        });
     }
     if let Some(max) = bound("exclusiveMaximum").filter(|m| !below(m)) {
         add(problems, at, || format!("Number must be less than {max}"));
     }
     if let Some(step) = bound("multipleOf").filter(|step| !is_multiple(number, step)) {
-        add(problems, at, || format!("Number must be a multiple of {step}"));
+        add(problems, at, || {
+            format!("Number must be a multiple of {step}")
+        });
     }
     if let Some(format) = schema.get("format").and_then(Value::as_str) {
         if let Some((min, max)) = integer_format_range(format) {
@@ -936,7 +939,10 @@ fn is_absolute_uri(s: &str) -> bool {
     let Some((scheme, rest)) = s.split_once(':') else {
         return false;
     };
-    let scheme_ok = scheme.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+    let scheme_ok = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
         && scheme
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
@@ -1043,23 +1049,25 @@ struct Audit<'a> {
 
 impl Audit<'_> {
     fn run(&mut self) -> Result<(), UnsupportedSchema> {
-        self.schema(self.root, String::new())?;
+        self.schema(self.root, "")?;
         while let Some(target) = self.pending.pop() {
             if let Some(schema) = lookup(self.root, &format!("#{target}")) {
-                self.schema(schema, target)?;
+                self.schema(schema, &target)?;
             }
         }
         Ok(())
     }
 
-    fn schema(&mut self, schema: &Value, at: String) -> Result<(), UnsupportedSchema> {
-        if !self.visited.insert(at.clone()) {
+    fn schema(&mut self, schema: &Value, at: &str) -> Result<(), UnsupportedSchema> {
+        if !self.visited.insert(at.to_owned()) {
             return Ok(());
         }
         let map = match schema {
             Value::Bool(_) => return Ok(()),
             Value::Object(map) => map,
-            _ => return Err(refuse("(schema)", &at, "is neither an object nor a boolean")),
+            _ => {
+                return Err(refuse("(schema)", at, "is neither an object nor a boolean"));
+            }
         };
         for (keyword, value) in map {
             let here = format!("{at}/{}", escape(keyword));
@@ -1076,7 +1084,7 @@ impl Audit<'_> {
                                 bad("holds a pattern the regex crate cannot compile")
                             })?;
                         }
-                        self.schema(child, format!("{here}/{}", escape(name)))?;
+                        self.schema(child, &format!("{here}/{}", escape(name)))?;
                     }
                 }
                 "$ref" => {
@@ -1092,14 +1100,14 @@ impl Audit<'_> {
                         .filter(|b| !b.is_empty())
                         .ok_or_else(|| bad("is not a list of schemas"))?;
                     for (i, branch) in branches.iter().enumerate() {
-                        self.schema(branch, format!("{here}/{i}"))?;
+                        self.schema(branch, &format!("{here}/{i}"))?;
                     }
                 }
                 "not" | "items" | "additionalProperties" => {
                     if !(value.is_object() || value.is_boolean()) {
                         return Err(bad("is not a schema"));
                     }
-                    self.schema(value, here)?;
+                    self.schema(value, &here)?;
                 }
                 "type" => {
                     const TYPES: [&str; 7] = [
@@ -1203,15 +1211,26 @@ mod tests {
         let problems = compiled.check(value);
         assert_eq!(problems.omitted(), 0, "{schema} {value}");
         let form = problems.form.iter().map(|m| (String::new(), m.clone()));
-        let fields = problems.fields.iter().map(|(_, p, m)| (p.clone(), m.clone()));
+        let fields = problems
+            .fields
+            .iter()
+            .map(|(_, p, m)| (p.clone(), m.clone()));
         form.chain(fields).collect()
     }
 
-    /// One row per keyword and case: the schema, the value, the problems expected.
+    /// A row: its name, the schema, the value, the `(pointer, message)` problems expected.
+    type Row = (
+        &'static str,
+        Value,
+        Value,
+        Vec<(&'static str, &'static str)>,
+    );
+
+    /// One row per keyword and case.
     #[test]
     fn each_keyword_reports_exactly_its_problems() {
         let long = "x".repeat(100);
-        let rows: Vec<(&str, Value, Value, Vec<(&str, &str)>)> = vec![
+        let rows: Vec<Row> = vec![
             // type
             ("type ok", json!({"type": "string"}), json!("a"), vec![]),
             (
@@ -1220,21 +1239,36 @@ mod tests {
                 json!(5),
                 vec![("", "Expected string, received number")],
             ),
-            ("number takes an integer", json!({"type": "number"}), json!(5), vec![]),
+            (
+                "number takes an integer",
+                json!({"type": "number"}),
+                json!(5),
+                vec![],
+            ),
             (
                 "integer refuses a fraction",
                 json!({"type": "integer"}),
                 json!(1.5),
                 vec![("", "Expected integer, received number")],
             ),
-            ("type list", json!({"type": ["string", "null"]}), json!(null), vec![]),
+            (
+                "type list",
+                json!({"type": ["string", "null"]}),
+                json!(null),
+                vec![],
+            ),
             (
                 "type list mismatch",
                 json!({"type": ["string", "null"]}),
                 json!(true),
                 vec![("", "Expected string | null, received boolean")],
             ),
-            ("nullable", json!({"type": "string", "nullable": true}), json!(null), vec![]),
+            (
+                "nullable",
+                json!({"type": "string", "nullable": true}),
+                json!(null),
+                vec![],
+            ),
             (
                 "not nullable",
                 json!({"type": "string", "nullable": false}),
@@ -1243,7 +1277,12 @@ mod tests {
             ),
             // enum and const
             ("enum ok", json!({"enum": ["a", "b"]}), json!("b"), vec![]),
-            ("enum compares numbers by value", json!({"enum": [1]}), json!(1.0), vec![]),
+            (
+                "enum compares numbers by value",
+                json!({"enum": [1]}),
+                json!(1.0),
+                vec![],
+            ),
             (
                 "enum mismatch",
                 json!({"enum": ["a", "b"]}),
@@ -1336,10 +1375,20 @@ mod tests {
                 json!(0),
                 vec![("", "This value is not allowed")],
             ),
-            ("not lets the rest through", json!({"not": {"const": 0}}), json!(1), vec![]),
+            (
+                "not lets the rest through",
+                json!({"not": {"const": 0}}),
+                json!(1),
+                vec![],
+            ),
             // boolean schemas
             ("true schema", json!(true), json!({"any": 1}), vec![]),
-            ("false schema", json!(false), json!(1), vec![("", "This value is not allowed")]),
+            (
+                "false schema",
+                json!(false),
+                json!(1),
+                vec![("", "This value is not allowed")],
+            ),
             // $ref
             (
                 "$ref is followed",
@@ -1358,7 +1407,10 @@ mod tests {
                 "properties and required",
                 json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "b"]}),
                 json!({"a": 1}),
-                vec![("/b", "Required"), ("/a", "Expected string, received number")],
+                vec![
+                    ("/b", "Required"),
+                    ("/a", "Expected string, received number"),
+                ],
             ),
             (
                 "additionalProperties false",
@@ -1385,7 +1437,7 @@ mod tests {
             (
                 "a long map key is cut in the pointer",
                 json!({"type": "object", "additionalProperties": {"type": "integer"}}),
-                json!({long.clone(): "x"}),
+                json!({long: "x"}),
                 vec![(
                     "/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…",
                     "Expected integer, received string",
@@ -1468,14 +1520,24 @@ mod tests {
                 json!("é"),
                 vec![("", "String must contain at least 2 character(s)")],
             ),
-            ("maxLength counts characters", json!({"maxLength": 2}), json!("éé"), vec![]),
+            (
+                "maxLength counts characters",
+                json!({"maxLength": 2}),
+                json!("éé"),
+                vec![],
+            ),
             (
                 "maxLength",
                 json!({"maxLength": 2}),
                 json!("abc"),
                 vec![("", "String must contain at most 2 character(s)")],
             ),
-            ("pattern is unanchored", json!({"pattern": "b+"}), json!("abbc"), vec![]),
+            (
+                "pattern is unanchored",
+                json!({"pattern": "b+"}),
+                json!("abbc"),
+                vec![],
+            ),
             (
                 "pattern mismatch",
                 json!({"pattern": "^[a-z]+$"}),
@@ -1483,28 +1545,103 @@ mod tests {
                 vec![("", "Invalid string: must match pattern")],
             ),
             // string formats
-            ("uuid", json!({"format": "uuid"}), json!("67e55044-10b1-426f-9247-bb680e5fe0c8"), vec![]),
-            ("bad uuid", json!({"format": "uuid"}), json!("67e55044"), vec![("", "Invalid uuid")]),
-            ("email", json!({"format": "email"}), json!("ada@example.com"), vec![]),
-            ("bad email", json!({"format": "email"}), json!("ada@"), vec![("", "Invalid email")]),
-            ("uri", json!({"format": "uri"}), json!("urn:isbn:0451450523"), vec![]),
-            ("bad uri", json!({"format": "uri"}), json!("/relative"), vec![("", "Invalid url")]),
-            ("date-time", json!({"format": "date-time"}), json!("2026-11-28T23:59:60.5+01:00"), vec![]),
+            (
+                "uuid",
+                json!({"format": "uuid"}),
+                json!("67e55044-10b1-426f-9247-bb680e5fe0c8"),
+                vec![],
+            ),
+            (
+                "bad uuid",
+                json!({"format": "uuid"}),
+                json!("67e55044"),
+                vec![("", "Invalid uuid")],
+            ),
+            (
+                "email",
+                json!({"format": "email"}),
+                json!("ada@example.com"),
+                vec![],
+            ),
+            (
+                "bad email",
+                json!({"format": "email"}),
+                json!("ada@"),
+                vec![("", "Invalid email")],
+            ),
+            (
+                "uri",
+                json!({"format": "uri"}),
+                json!("urn:isbn:0451450523"),
+                vec![],
+            ),
+            (
+                "bad uri",
+                json!({"format": "uri"}),
+                json!("/relative"),
+                vec![("", "Invalid url")],
+            ),
+            (
+                "date-time",
+                json!({"format": "date-time"}),
+                json!("2026-11-28T23:59:60.5+01:00"),
+                vec![],
+            ),
             (
                 "bad date-time",
                 json!({"format": "date-time"}),
                 json!("2026-11-28 23:59"),
                 vec![("", "Invalid datetime")],
             ),
-            ("date", json!({"format": "date"}), json!("2024-02-29"), vec![]),
-            ("bad date", json!({"format": "date"}), json!("2023-02-29"), vec![("", "Invalid date")]),
-            ("ipv4", json!({"format": "ipv4"}), json!("192.0.2.1"), vec![]),
-            ("bad ipv4", json!({"format": "ipv4"}), json!("::1"), vec![("", "Invalid ip")]),
-            ("ipv6", json!({"format": "ipv6"}), json!("2001:db8::1"), vec![]),
-            ("bad ipv6", json!({"format": "ipv6"}), json!("192.0.2.1"), vec![("", "Invalid ip")]),
+            (
+                "date",
+                json!({"format": "date"}),
+                json!("2024-02-29"),
+                vec![],
+            ),
+            (
+                "bad date",
+                json!({"format": "date"}),
+                json!("2023-02-29"),
+                vec![("", "Invalid date")],
+            ),
+            (
+                "ipv4",
+                json!({"format": "ipv4"}),
+                json!("192.0.2.1"),
+                vec![],
+            ),
+            (
+                "bad ipv4",
+                json!({"format": "ipv4"}),
+                json!("::1"),
+                vec![("", "Invalid ip")],
+            ),
+            (
+                "ipv6",
+                json!({"format": "ipv6"}),
+                json!("2001:db8::1"),
+                vec![],
+            ),
+            (
+                "bad ipv6",
+                json!({"format": "ipv6"}),
+                json!("192.0.2.1"),
+                vec![("", "Invalid ip")],
+            ),
             ("ip", json!({"format": "ip"}), json!("::1"), vec![]),
-            ("bad ip", json!({"format": "ip"}), json!("localhost"), vec![("", "Invalid ip")]),
-            ("a format applies to strings only", json!({"format": "email"}), json!(5), vec![]),
+            (
+                "bad ip",
+                json!({"format": "ip"}),
+                json!("localhost"),
+                vec![("", "Invalid ip")],
+            ),
+            (
+                "a format applies to strings only",
+                json!({"format": "email"}),
+                json!(5),
+                vec![],
+            ),
             // numbers
             (
                 "minimum",
@@ -1524,7 +1661,12 @@ mod tests {
                 json!(9_007_199_254_740_993_u64),
                 vec![("", "Number must be less than or equal to 9007199254740992")],
             ),
-            ("bounds included", json!({"minimum": 1, "maximum": 1}), json!(1), vec![]),
+            (
+                "bounds included",
+                json!({"minimum": 1, "maximum": 1}),
+                json!(1),
+                vec![],
+            ),
             (
                 "exclusiveMinimum",
                 json!({"exclusiveMinimum": 1}),
@@ -1537,14 +1679,24 @@ mod tests {
                 json!(1.0),
                 vec![("", "Number must be less than 1")],
             ),
-            ("multipleOf integer", json!({"multipleOf": 3}), json!(9), vec![]),
+            (
+                "multipleOf integer",
+                json!({"multipleOf": 3}),
+                json!(9),
+                vec![],
+            ),
             (
                 "not a multipleOf",
                 json!({"multipleOf": 3}),
                 json!(10),
                 vec![("", "Number must be a multiple of 3")],
             ),
-            ("multipleOf fraction", json!({"multipleOf": 0.1}), json!(0.3), vec![]),
+            (
+                "multipleOf fraction",
+                json!({"multipleOf": 0.1}),
+                json!(0.3),
+                vec![],
+            ),
             (
                 "not a multipleOf fraction",
                 json!({"multipleOf": 0.25}),
@@ -1580,9 +1732,17 @@ mod tests {
                 "float range",
                 json!({"type": "number", "format": "float"}),
                 json!(1e39),
-                vec![("", "Number must be less than or equal to 340282350000000000000000000000000000000")],
+                vec![(
+                    "",
+                    "Number must be less than or equal to 340282350000000000000000000000000000000",
+                )],
             ),
-            ("double takes any number", json!({"type": "number", "format": "double"}), json!(1e300), vec![]),
+            (
+                "double takes any number",
+                json!({"type": "number", "format": "double"}),
+                json!(1e300),
+                vec![],
+            ),
         ];
         for (name, schema, value, expected) in rows {
             let expected: Vec<(String, String)> = expected
@@ -1598,21 +1758,49 @@ mod tests {
     fn a_rule_that_cannot_be_checked_makes_the_schema_unsupported() {
         let rows: Vec<(Value, &str, &str)> = vec![
             (json!({"if": {"type": "string"}}), "if", "/if"),
-            (json!({"properties": {"a": {"contains": {}}}}), "contains", "/properties/a/contains"),
-            (json!({"unevaluatedProperties": false}), "unevaluatedProperties", "/unevaluatedProperties"),
-            (json!({"propertyNames": {"maxLength": 3}}), "propertyNames", "/propertyNames"),
+            (
+                json!({"properties": {"a": {"contains": {}}}}),
+                "contains",
+                "/properties/a/contains",
+            ),
+            (
+                json!({"unevaluatedProperties": false}),
+                "unevaluatedProperties",
+                "/unevaluatedProperties",
+            ),
+            (
+                json!({"propertyNames": {"maxLength": 3}}),
+                "propertyNames",
+                "/propertyNames",
+            ),
             (json!({"format": "hostname"}), "format", "/format"),
             (json!({"pattern": "^(?!admin)"}), "pattern", "/pattern"),
-            (json!({"patternProperties": {"(": {}}}), "patternProperties", "/patternProperties"),
-            (json!({"$ref": "https://example.com/schema"}), "$ref", "/$ref"),
+            (
+                json!({"patternProperties": {"(": {}}}),
+                "patternProperties",
+                "/patternProperties",
+            ),
+            (
+                json!({"$ref": "https://example.com/schema"}),
+                "$ref",
+                "/$ref",
+            ),
             (json!({"$ref": "#/$defs/Missing"}), "$ref", "/$ref"),
             (json!({"items": [{}]}), "items", "/items"),
-            (json!({"exclusiveMinimum": true}), "exclusiveMinimum", "/exclusiveMinimum"),
+            (
+                json!({"exclusiveMinimum": true}),
+                "exclusiveMinimum",
+                "/exclusiveMinimum",
+            ),
             (json!({"type": "text"}), "type", "/type"),
             (json!({"minLength": -1}), "minLength", "/minLength"),
             (json!({"multipleOf": 0}), "multipleOf", "/multipleOf"),
             (json!({"anyOf": []}), "anyOf", "/anyOf"),
-            (json!({"$defs": {"a/b": {"x-custom": 1}}}), "x-custom", "/$defs/a~1b/x-custom"),
+            (
+                json!({"$defs": {"a/b": {"x-custom": 1}}}),
+                "x-custom",
+                "/$defs/a~1b/x-custom",
+            ),
             (
                 json!({"$ref": "#/$defs/A", "$defs": {"A": {"items": {"dependentRequired": {}}}}}),
                 "dependentRequired",
@@ -1664,7 +1852,13 @@ mod tests {
     fn emails() {
         let local64 = format!("{}@example.com", "a".repeat(64));
         let label63 = format!("ada@{}.com", "a".repeat(63));
-        let total254 = format!("ada@{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(58));
+        let total254 = format!(
+            "ada@{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(58)
+        );
         assert_eq!(total254.len(), 254);
         let valid = [
             "ada@example.com",
