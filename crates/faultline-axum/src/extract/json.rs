@@ -135,3 +135,19 @@ async fn read_json(request: Request) -> Result<Value, Error> {
     };
     serde_json::from_slice(&bytes).map_err(|_| Error::bound(Situation::MalformedJson))
 }
+
+#[cfg(all(test, feature = "garde"))]
+mod tests {
+    use super::garde_pointer;
+
+    #[test]
+    fn garde_paths_become_pointers_with_long_keys_cut() {
+        assert_eq!(garde_pointer("items[0].name"), "/items/0/name");
+        assert_eq!(garde_pointer("a/b.c~d"), "/a~1b/c~0d");
+        let long = "k".repeat(100);
+        assert_eq!(
+            garde_pointer(&format!("map[{long}]")),
+            format!("/map/{}…", "k".repeat(40))
+        );
+    }
+}

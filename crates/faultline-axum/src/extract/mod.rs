@@ -24,8 +24,9 @@
 //!   most 64 characters; a domain of two or more letter-digit-hyphen labels of at most 63
 //!   characters that neither start nor end with a hyphen; at most 254 characters), `uri` (an
 //!   absolute URI: a scheme, `:`, URI characters only, no spaces), `date-time` and `date`
-//!   (RFC 3339), `ipv4`, `ipv6`, `ip`; and the integer formats schemars emits (`int8` …
-//!   `uint64`, `int`, `uint`), whose ranges are checked, `float` and `double`;
+//!   (RFC 3339), `ipv4`, `ipv6`, `ip`; the integer formats schemars emits (`int8` …
+//!   `int128`, `uint8` … `uint128`, `int`, `uint`: a whole number in the type's range),
+//!   `float` (within `f32`'s range) and `double` (any number);
 //! - annotations, which validate nothing: `$schema`, `$id`, `$comment`, `title`,
 //!   `description`, `default`, `examples`, `example`, `deprecated`, `readOnly`, `writeOnly`,
 //!   and the definitions under `$defs` or `definitions`.

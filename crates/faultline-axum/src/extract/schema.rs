@@ -1910,6 +1910,30 @@ mod tests {
     }
 
     #[test]
+    fn uuids() {
+        for text in [
+            "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "67E55044-10B1-426F-9247-BB680E5FE0C8",
+            "00000000-0000-0000-0000-000000000000",
+        ] {
+            assert!(is_uuid(text), "{text} should be valid");
+        }
+        for text in [
+            "",
+            "67e5504410b1426f9247bb680e5fe0c8",
+            "{67e55044-10b1-426f-9247-bb680e5fe0c8}",
+            "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "67e55044-10b1-426f-9247-bb680e5fe0c",
+            "67e55044-10b1-426f-9247-bb680e5fe0c8a",
+            "67e5504-410b1-426f-9247-bb680e5fe0c8",
+            "g7e55044-10b1-426f-9247-bb680e5fe0c8",
+            "67e55044-10b1-426f-9247-bb68-0e5fe0c8",
+        ] {
+            assert!(!is_uuid(text), "{text} should be invalid");
+        }
+    }
+
+    #[test]
     fn uris() {
         for uri in [
             "https://example.com/a?b=c#d",
