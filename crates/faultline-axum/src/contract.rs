@@ -6,10 +6,11 @@ use std::sync::Arc;
 use axum::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use faultline::details::{DetailsShape, FieldErrors, FieldViolations, IntoDetails};
+use faultline::details::IntoDetails;
 use faultline::{ApiError, Catalog, Profile, RenderContext, Situation};
 use serde_json::Value;
 
+pub use crate::problems::Problems;
 use crate::request_id::RequestId;
 
 /// The situations the server layers raise themselves: a catalog served by faultline-axum must
@@ -290,53 +291,6 @@ fn clone_error(api: &ApiError) -> ApiError {
         copy = copy.with_header(name.to_owned(), value);
     }
     copy
-}
-
-/// Validation problems found by an extractor, before they take the bound code's details shape.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Problems {
-    /// Problems about the whole input.
-    pub form: Vec<String>,
-    /// `(field, json pointer, message)` for each field problem, in the order found.
-    pub fields: Vec<(String, String, String)>,
-}
-
-impl Problems {
-    /// Adds a field problem.
-    pub fn field(&mut self, field: &str, pointer: &str, message: impl Into<String>) {
-        self.fields
-            .push((field.to_owned(), pointer.to_owned(), message.into()));
-    }
-
-    /// Whether nothing was found.
-    pub fn is_empty(&self) -> bool {
-        self.form.is_empty() && self.fields.is_empty()
-    }
-
-    /// The problems in `shape`, if the shape is a validation shape.
-    fn to_details(&self, shape: &DetailsShape) -> Option<Value> {
-        match shape {
-            DetailsShape::FieldErrors => {
-                let mut details = FieldErrors::new();
-                details.form_errors.clone_from(&self.form);
-                for (field, _, message) in &self.fields {
-                    details.push_field(field.clone(), message.clone());
-                }
-                Some(details.into_details())
-            }
-            DetailsShape::FieldViolations => {
-                let mut details = FieldViolations::default();
-                for message in &self.form {
-                    details = details.violation("", message.clone());
-                }
-                for (_, pointer, message) in &self.fields {
-                    details = details.violation(pointer.clone(), message.clone());
-                }
-                Some(details.into_details())
-            }
-            _ => None,
-        }
-    }
 }
 
 /// What a handler, layer or extractor returns to refuse a request.

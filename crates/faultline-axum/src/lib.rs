@@ -21,13 +21,14 @@ pub mod contract;
 pub mod extract;
 pub mod layer;
 pub mod listener;
+mod problems;
 pub mod request_id;
 pub mod store;
 
 pub use contract::{Contract, Error, MissingBindings, Problems};
 #[cfg(feature = "garde")]
 pub use extract::ValidJson;
-pub use extract::{Json, Path, Query};
+pub use extract::{Json, Path, Query, UnsupportedSchema, ensure_supported};
 pub use layer::{BodyLimit, Faultline, FaultlineLayer};
 pub use listener::{ContractIo, ContractListener, serve};
 pub use request_id::RequestId;

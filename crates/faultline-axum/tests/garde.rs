@@ -32,6 +32,13 @@ fn not_blank(value: &str, _context: &()) -> garde::Result {
     }
 }
 
+/// Rules schemars does not read, so that only garde finds these problems.
+#[derive(Debug, Deserialize, JsonSchema, garde::Validate)]
+struct Names {
+    #[garde(inner(custom(not_blank)))]
+    names: Vec<String>,
+}
+
 async fn post_json(body: Value) -> (u16, Value) {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -94,4 +101,42 @@ async fn a_valid_body_passes_both_stages() {
     let (status, _) =
         post_json(json!({"name": "Ada", "email": "ada@example.com", "tags": ["x"]})).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn garde_problems_past_the_cap_are_counted() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/catalogs/chatbots.toml"
+    );
+    let catalog =
+        faultline::Catalog::from_toml_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let router = Router::new().route(
+        "/names",
+        post(|ValidJson(_): ValidJson<Names>| async { "ok" }),
+    );
+    let app = Faultline::new(Contract::new(catalog).unwrap()).install(router);
+    let body = json!({"names": vec![" "; 150]});
+    let response = app
+        .oneshot(
+            Request::post("/names")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    let details = &answer["details"];
+    assert_eq!(details["fieldErrors"].as_object().unwrap().len(), 100);
+    assert_eq!(
+        details["fieldErrors"]["names.99"],
+        json!(["Must not be blank."])
+    );
+    assert_eq!(
+        details["formErrors"],
+        json!(["…and 50 more problems were not listed."])
+    );
 }
