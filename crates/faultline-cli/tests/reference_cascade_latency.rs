@@ -104,9 +104,21 @@ async fn other_org_reads_during_an_8000_node_cascade() {
         tx.commit().unwrap();
     }
 
+    // Each reader pauses between requests (BENCH_PAUSE_MS, default 1 ms), so that the readers
+    // model traffic rather than take every core from the delete.
+    let pause = Duration::from_millis(
+        std::env::var("BENCH_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+    );
+    let readers_count: usize = std::env::var("BENCH_READERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let done = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..readers_count {
         let (app, bearer, done) = (app.clone(), bearer_b.clone(), Arc::clone(&done));
         let path = format!("/v1/categories/{theirs}");
         readers.push(tokio::spawn(async move {
@@ -115,6 +127,7 @@ async fn other_org_reads_during_an_8000_node_cascade() {
                 let started = Instant::now();
                 assert_eq!(call(&app, "GET", &path, &bearer).await, 200);
                 latencies.push(started.elapsed());
+                tokio::time::sleep(pause).await;
             }
             latencies
         }));
@@ -137,6 +150,10 @@ async fn other_org_reads_during_an_8000_node_cascade() {
         latencies.extend(reader.await.unwrap());
     }
     latencies.sort();
+    if latencies.is_empty() {
+        println!("cascade of 8,001 nodes: status {status} in {cascade:?}, no readers");
+        return;
+    }
     println!(
         "cascade of 8,001 nodes: status {status} in {cascade:?}; other-org GETs: {} requests, \
          p50 {:?}, p99 {:?}, max {:?}",
