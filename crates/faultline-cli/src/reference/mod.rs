@@ -181,7 +181,13 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
 }
 
 /// The authenticator of the reference API on a SQLite file.
+///
+/// # The file is created owner-only
+///
+/// The database is opened through the reference store first, so a file that does not exist
+/// yet is created readable by its owner only (and in WAL mode) before the key store opens it.
 pub fn authenticator_on_file(db: &FsPath) -> Result<Authenticator, StartError> {
+    Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
     let keys = SqliteKeyStore::open(db)
         .map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
     Ok(Authenticator::new(key_format(), Arc::new(keys)))
