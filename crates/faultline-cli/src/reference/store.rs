@@ -304,7 +304,36 @@ fn chatbot(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatbotRow> {
     })
 }
 
-const CHATBOT_COLUMNS: &str = "id, org_id, name, status, created_at, updated_at, deleted_at";
+const GET_CHATBOT: &str = "SELECT id, org_id, name, status, created_at, updated_at, deleted_at \
+     FROM chatbots WHERE id = ?1";
+
+const LIST_CHATBOTS: &str = "SELECT id, org_id, name, status, created_at, updated_at, deleted_at \
+     FROM chatbots WHERE org_id = ?1 AND deleted_at IS NULL AND (created_at, id) > (?2, ?3) \
+     ORDER BY created_at, id LIMIT ?4";
+
+const GET_CATEGORY: &str =
+    "SELECT id, org_id, parent_id, name, created_at FROM categories WHERE id = ?1";
+
+const HAS_CHILDREN: &str = "SELECT 1 FROM categories WHERE parent_id = ?1 LIMIT 1";
+
+/// The level of category ?1, counting at most ?2 + 1 levels.
+const LEVEL: &str = "WITH RECURSIVE up(parent_id, level) AS ( \
+         SELECT parent_id, 1 FROM categories WHERE id = ?1 \
+         UNION ALL \
+         SELECT c.parent_id, up.level + 1 FROM categories c JOIN up ON c.id = up.parent_id \
+         WHERE up.level <= ?2 \
+     ) SELECT COALESCE(MAX(level), 0) FROM up";
+
+// `+c.org_id` keeps the planner on the `parent_id` index: the organisation's index would visit
+// every category of the organisation for each category of the tree.
+/// Category ?1 and its descendants in organisation ?2, breadth first, at most ?3 of them.
+const SUBTREE: &str = "WITH RECURSIVE tree(id) AS ( \
+         SELECT ?1 \
+         UNION \
+         SELECT c.id FROM categories c JOIN tree ON c.parent_id = tree.id \
+         WHERE +c.org_id = ?2 \
+         LIMIT ?3 \
+     ) SELECT id FROM tree";
 
 /// Inserts a chatbot.
 pub fn insert_chatbot(conn: &Connection, row: &ChatbotRow) -> rusqlite::Result<()> {
@@ -318,12 +347,7 @@ pub fn insert_chatbot(conn: &Connection, row: &ChatbotRow) -> rusqlite::Result<(
 /// The chatbot with this id, of any organisation (deleted ones included); handlers pass it
 /// through `Principal::scope`.
 pub fn get_chatbot(conn: &Connection, id: &str) -> rusqlite::Result<Option<ChatbotRow>> {
-    conn.query_row(
-        &format!("SELECT {CHATBOT_COLUMNS} FROM chatbots WHERE id = ?1"),
-        params![id],
-        chatbot,
-    )
-    .optional()
+    conn.query_row(GET_CHATBOT, params![id], chatbot).optional()
 }
 
 /// Live chatbots of `org_id` after `(created_at, id)`, oldest first.
@@ -334,10 +358,7 @@ pub fn list_chatbots(
     limit: u32,
 ) -> rusqlite::Result<Vec<ChatbotRow>> {
     let (after_ts, after_id) = after.unwrap_or_default();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {CHATBOT_COLUMNS} FROM chatbots WHERE org_id = ?1 AND deleted_at IS NULL \
-         AND (created_at, id) > (?2, ?3) ORDER BY created_at, id LIMIT ?4"
-    ))?;
+    let mut stmt = conn.prepare(LIST_CHATBOTS)?;
     let rows = stmt.query_map(params![org_id, after_ts, after_id, limit], chatbot)?;
     rows.collect()
 }
@@ -387,12 +408,7 @@ fn category(r: &rusqlite::Row<'_>) -> rusqlite::Result<CategoryRow> {
 /// The category with this id, of any organisation; handlers pass it through
 /// `Principal::scope`.
 pub fn get_category(conn: &Connection, id: &str) -> rusqlite::Result<Option<CategoryRow>> {
-    conn.query_row(
-        "SELECT id, org_id, parent_id, name, created_at FROM categories WHERE id = ?1",
-        params![id],
-        category,
-    )
-    .optional()
+    conn.query_row(GET_CATEGORY, params![id], category).optional()
 }
 
 /// Why a category cannot be created.
@@ -436,16 +452,7 @@ pub fn insert_category(
 /// The level of category `id` (1 for a root), counting at most `MAX_CATEGORY_DEPTH + 1`
 /// ancestors, so a chain left too deep by an older version costs no more than that.
 fn level(conn: &Connection, id: &str) -> rusqlite::Result<u32> {
-    conn.query_row(
-        "WITH RECURSIVE up(parent_id, level) AS ( \
-             SELECT parent_id, 1 FROM categories WHERE id = ?1 \
-             UNION ALL \
-             SELECT c.parent_id, up.level + 1 FROM categories c JOIN up ON c.id = up.parent_id \
-             WHERE up.level <= ?2 \
-         ) SELECT COALESCE(MAX(level), 0) FROM up",
-        params![id, MAX_CATEGORY_DEPTH],
-        |r| r.get(0),
-    )
+    conn.query_row(LEVEL, params![id, MAX_CATEGORY_DEPTH], |r| r.get(0))
 }
 
 /// What [`delete_category`] did.
@@ -482,11 +489,7 @@ pub fn delete_category(
         return Ok(Deleted::NotFound);
     }
     let has_children = tx
-        .query_row(
-            "SELECT 1 FROM categories WHERE parent_id = ?1 LIMIT 1",
-            params![id],
-            |_| Ok(()),
-        )
+        .query_row(HAS_CHILDREN, params![id], |_| Ok(()))
         .optional()?
         .is_some();
     if has_children && !cascade {
@@ -520,21 +523,74 @@ fn subtree(
     id: &str,
     cancelled: &Cancelled,
 ) -> rusqlite::Result<Vec<String>> {
-    // `+c.org_id` keeps the planner on the `parent_id` index: the organisation's index would
-    // visit every category of the organisation for each category of the tree.
-    let mut stmt = tx.prepare(
-        "WITH RECURSIVE tree(id) AS ( \
-             SELECT ?1 \
-             UNION \
-             SELECT c.id FROM categories c JOIN tree ON c.parent_id = tree.id \
-             WHERE +c.org_id = ?2 \
-             LIMIT ?3 \
-         ) SELECT id FROM tree",
-    )?;
+    let mut stmt = tx.prepare(SUBTREE)?;
     let cap = i64::try_from(MAX_CASCADE + 2).unwrap_or(i64::MAX);
     let ids = stmt
         .query_map(params![id, org_id, cap], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
     cancelled.check()?;
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql` (parameters bound to NULL), one line per step.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("the statement is valid");
+        let unbound = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let steps = stmt
+            .query_map(rusqlite::params_from_iter(unbound), |r| {
+                r.get::<_, String>(3)
+            })
+            .expect("the plan is readable")
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .expect("the plan is readable");
+        steps.join("\n")
+    }
+
+    /// # No request scans a table
+    ///
+    /// Every statement a request runs finds its rows through an index, so its cost does not
+    /// grow with other organisations' data.
+    #[test]
+    fn every_lookup_of_a_request_uses_an_index() {
+        let store = Store::in_memory().expect("an in-memory store opens");
+        let plans = store
+            .pool()
+            .write_blocking(|conn| {
+                Ok([
+                    plan(conn, GET_CHATBOT),
+                    plan(conn, LIST_CHATBOTS),
+                    plan(conn, GET_CATEGORY),
+                    plan(conn, HAS_CHILDREN),
+                    plan(conn, LEVEL),
+                    plan(conn, SUBTREE),
+                    plan(conn, "DELETE FROM categories WHERE id IN (?1, ?2)"),
+                ])
+            })
+            .expect("plans are read");
+        for plan in plans {
+            for table in ["chatbots", "categories"] {
+                assert!(
+                    !plan.contains(&format!("SCAN {table}")) && !plan.contains("SCAN c"),
+                    "a full scan:\n{plan}"
+                );
+            }
+            assert!(!plan.contains("USE TEMP B-TREE FOR ORDER BY"), "{plan}");
+        }
+    }
+
+    #[test]
+    fn the_schema_has_no_cascading_foreign_key() {
+        let store = Store::in_memory().expect("an in-memory store opens");
+        let cascades = store
+            .pool()
+            .write_blocking(|conn| categories_cascade_in_schema(conn))
+            .expect("the schema is readable");
+        assert!(!cascades);
+    }
 }

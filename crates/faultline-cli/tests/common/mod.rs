@@ -68,9 +68,11 @@ pub struct Api {
     pub store: Store,
     pub bearer: String,
     pub other_bearer: String,
+    /// The id of the first organisation.
+    pub org: String,
 }
 
-async fn bearer_for(auth: &Authenticator, org: &str) -> String {
+async fn bearer_for(auth: &Authenticator, org: &str) -> (String, String) {
     let org = auth.ensure_org(org).await.unwrap().id;
     let new = NewKey {
         name: "test".into(),
@@ -78,7 +80,7 @@ async fn bearer_for(auth: &Authenticator, org: &str) -> String {
         ..NewKey::default()
     };
     let (_, key) = auth.create_key(&org, new).await.unwrap();
-    format!("Bearer {}", key.expose())
+    (format!("Bearer {}", key.expose()), org)
 }
 
 impl Api {
@@ -88,8 +90,8 @@ impl Api {
             key_format(),
             Arc::new(MemoryKeyStore::new()),
         ));
-        let bearer = bearer_for(&auth, "acme").await;
-        let other_bearer = bearer_for(&auth, "globex").await;
+        let (bearer, org) = bearer_for(&auth, "acme").await;
+        let (other_bearer, _) = bearer_for(&auth, "globex").await;
         let app = app(Settings {
             catalog: catalog(),
             profile: None,
@@ -104,6 +106,7 @@ impl Api {
             store,
             bearer,
             other_bearer,
+            org,
         }
     }
 
