@@ -9,8 +9,8 @@ use faultline::{Catalog, Profile};
 use std::sync::Arc;
 
 use faultline_axum::auth::{Authenticator, MemoryKeyStore, NewKey};
-use faultline_conformance::{Answer, CaseBody, Fixture, chatbot_cases, check};
 use faultline_cli::reference::{SCOPES, Settings, app, key_format, store::Store};
+use faultline_conformance::{Answer, CaseBody, Fixture, chatbot_cases, check};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;

@@ -59,7 +59,11 @@ async fn categories_nest_at_most_32_levels_and_a_full_chain_can_be_deleted() {
         json!(["Categories nest at most 32 levels deep."])
     );
     let deleted = api
-        .send("DELETE", &format!("/v1/categories/{root}?cascade=true"), None)
+        .send(
+            "DELETE",
+            &format!("/v1/categories/{root}?cascade=true"),
+            None,
+        )
         .await;
     assert_eq!(deleted.status, 204);
     let deepest = parent.unwrap();
@@ -147,7 +151,11 @@ async fn a_cascade_above_10000_descendants_is_refused_whole() {
     let before = count_categories(&dir.db());
 
     let refused = api
-        .send("DELETE", &format!("/v1/categories/{root}?cascade=true"), None)
+        .send(
+            "DELETE",
+            &format!("/v1/categories/{root}?cascade=true"),
+            None,
+        )
         .await;
     assert_eq!((refused.status, refused.code()), (409, Some("conflict")));
     assert!(
@@ -168,7 +176,11 @@ async fn a_cascade_above_10000_descendants_is_refused_whole() {
         204
     );
     let done = api
-        .send("DELETE", &format!("/v1/categories/{root}?cascade=true"), None)
+        .send(
+            "DELETE",
+            &format!("/v1/categories/{root}?cascade=true"),
+            None,
+        )
         .await;
     assert_eq!(done.status, 204, "{done:?}");
     assert_eq!(count_categories(&dir.db()), 1, "only `Mine` is left");
@@ -203,7 +215,11 @@ async fn an_old_file_loses_on_delete_cascade_and_keeps_its_rows() {
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.execute_batch(OLD_SCHEMA).unwrap();
-        for (id, parent) in [(PARENT, None), (CHILD, Some(PARENT)), (GRANDCHILD, Some(CHILD))] {
+        for (id, parent) in [
+            (PARENT, None),
+            (CHILD, Some(PARENT)),
+            (GRANDCHILD, Some(CHILD)),
+        ] {
             conn.execute(
                 "INSERT INTO categories VALUES (?1, 'legacy', ?2, 'n', '2026-01-01T00:00:00.000+00:00')",
                 rusqlite::params![id, parent],
@@ -298,7 +314,11 @@ async fn a_deadline_hit_during_a_cascade_leaves_the_tree_intact() {
         .unwrap();
 
     let timed_out = api
-        .send("DELETE", &format!("/v1/categories/{root}?cascade=true"), None)
+        .send(
+            "DELETE",
+            &format!("/v1/categories/{root}?cascade=true"),
+            None,
+        )
         .await;
     assert_eq!(
         (timed_out.status, timed_out.code()),
@@ -315,7 +335,11 @@ async fn a_deadline_hit_during_a_cascade_leaves_the_tree_intact() {
         .send("POST", "/v1/categories", Some(json!({"name": "After"})))
         .await;
     assert_eq!(after.status, 201);
-    assert_eq!(count_categories(&dir.db()), before + 1, "the tree is intact");
+    assert_eq!(
+        count_categories(&dir.db()),
+        before + 1,
+        "the tree is intact"
+    );
     assert_eq!(
         api.send("GET", &format!("/v1/categories/{root}"), None)
             .await

@@ -89,7 +89,13 @@ async fn concurrent_status_changes_never_undo_an_archive() {
         let mut tasks = Vec::new();
         for i in 0..8 {
             let (api, path) = (api.clone(), path.clone());
-            let status = if i == 0 { "archived" } else if i % 2 == 0 { "paused" } else { "active" };
+            let status = if i == 0 {
+                "archived"
+            } else if i % 2 == 0 {
+                "paused"
+            } else {
+                "active"
+            };
             tasks.push(tokio::spawn(async move {
                 (
                     status,
@@ -105,7 +111,10 @@ async fn concurrent_status_changes_never_undo_an_archive() {
                 "round {round}: {status} answered {reply:?}"
             );
             if status == "archived" {
-                assert_eq!(reply.status, 200, "round {round}: archiving is always allowed");
+                assert_eq!(
+                    reply.status, 200,
+                    "round {round}: archiving is always allowed"
+                );
             }
         }
         let after = api.send("GET", &path, None).await;

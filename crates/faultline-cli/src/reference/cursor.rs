@@ -91,7 +91,7 @@ mod tests {
         #[test]
         fn any_change_to_a_cursor_is_refused(flip in 0usize..200, byte in any::<u8>()) {
             let cursor = sign(KEY, "org_a", &["2026-01-01T00:00:00+00:00", "id-1"], 1_000);
-            let mut bytes = cursor.clone().into_bytes();
+            let mut bytes = cursor.into_bytes();
             let at = flip % bytes.len();
             prop_assume!(bytes[at] != byte);
             bytes[at] = byte;

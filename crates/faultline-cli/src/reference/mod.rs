@@ -323,6 +323,9 @@ mod tests {
         assert!(refuses_unknown_fields::<Closed>().is_ok());
         let refused = refuses_unknown_fields::<Open>().unwrap_err();
         assert!(refused.0.contains("unknown fields"), "{refused}");
-        assert!(check_request_types().is_ok(), "the app's own types are closed");
+        assert!(
+            check_request_types().is_ok(),
+            "the app's own types are closed"
+        );
     }
 }

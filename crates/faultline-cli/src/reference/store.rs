@@ -408,7 +408,8 @@ fn category(r: &rusqlite::Row<'_>) -> rusqlite::Result<CategoryRow> {
 /// The category with this id, of any organisation; handlers pass it through
 /// `Principal::scope`.
 pub fn get_category(conn: &Connection, id: &str) -> rusqlite::Result<Option<CategoryRow>> {
-    conn.query_row(GET_CATEGORY, params![id], category).optional()
+    conn.query_row(GET_CATEGORY, params![id], category)
+        .optional()
 }
 
 /// Why a category cannot be created.
@@ -485,7 +486,7 @@ pub fn delete_category(
     cancelled: &Cancelled,
 ) -> rusqlite::Result<Deleted> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if !get_category(&tx, id)?.is_some_and(|row| row.org_id == org_id) {
+    if get_category(&tx, id)?.is_none_or(|row| row.org_id != org_id) {
         return Ok(Deleted::NotFound);
     }
     let has_children = tx
@@ -573,6 +574,12 @@ mod tests {
                 ])
             })
             .expect("plans are read");
+        // The walk down a tree goes by parent, never through the organisation's categories.
+        assert!(
+            plans[5].contains("USING INDEX categories_by_parent"),
+            "{}",
+            plans[5]
+        );
         for plan in plans {
             for table in ["chatbots", "categories"] {
                 assert!(
@@ -592,5 +599,41 @@ mod tests {
             .write_blocking(|conn| categories_cascade_in_schema(conn))
             .expect("the schema is readable");
         assert!(!cascades);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_of_many_statements_stops_when_its_request_is_gone_between_two() {
+        let store = Store::in_memory().expect("an in-memory store opens");
+        let (first_done, first_done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_on, go_on_rx) = std::sync::mpsc::channel::<()>();
+        let mut work = Box::pin(store.write_steps(move |conn, cancelled| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES ('step', x'01')",
+                [],
+            )?;
+            let _ = first_done.send(());
+            // The request is dropped here, while no statement runs.
+            let _ = go_on_rx.recv();
+            cancelled.check()?;
+            tx.commit()
+        }));
+        tokio::select! {
+            _ = &mut work => panic!("the work waits for the test"),
+            _ = first_done_rx => {}
+        }
+        drop(work);
+        go_on.send(()).expect("the work waits");
+        let kept: i64 = store
+            .pool()
+            .write_blocking(|conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM settings WHERE key = 'step'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .expect("the count is read");
+        assert_eq!(kept, 0, "the first statement was rolled back");
     }
 }
