@@ -1,4 +1,3 @@
 //! The library behind the `faultline` binary: the reference API, shared with its tests.
 
-pub mod conformance;
 pub mod reference;

@@ -1,6 +1,6 @@
 //! The conformance battery against the reference API, in every envelope profile, plus the
-#![allow(clippy::unwrap_used)] // test helpers panic on purpose when a fixture is broken
 //! reference API's own behaviour (worked example, state machine, cursors, categories).
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose when a fixture is broken
 
 use axum::Router;
 use axum::body::Body;
@@ -9,8 +9,8 @@ use faultline::{Catalog, Profile};
 use std::sync::Arc;
 
 use faultline_axum::auth::{Authenticator, MemoryKeyStore, NewKey};
-use faultline_cli::conformance::{Answer, CaseBody, Fixture, chatbot_cases, check};
 use faultline_cli::reference::{SCOPES, Settings, app, key_format, store::Store};
+use faultline_conformance::{Answer, CaseBody, Fixture, chatbot_cases, check};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;

@@ -4,6 +4,8 @@
 //! every resource belongs to the key's organisation, and another organisation's resource is
 //! answered exactly like one that does not exist.
 
+mod categories;
+mod chatbots;
 pub mod cursor;
 pub mod keys;
 pub mod store;
@@ -13,17 +15,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Html;
 use axum::routing::{MethodRouter, delete, get, patch, post};
 use faultline::Catalog;
 use faultline_axum::auth::{
-    AuthLayer, Authenticator, KeyFormat, OrgScoped, Principal, RequireScopeLayer, SqliteKeyStore,
+    AuthLayer, Authenticator, KeyFormat, OrgScoped, RequireScopeLayer, SqliteKeyStore,
 };
-use faultline_axum::{Contract, Error, Faultline, Json, Path, Query, ValidJson};
+use faultline_axum::{Contract, Error, Faultline};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use store::{CategoryRow, ChatbotRow, Store};
 
@@ -117,6 +116,7 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
             }
         }
     }
+    check_request_types()?;
     let docs_html = faultline::docs::html(&settings.catalog);
     let mut contract = Contract::new(settings.catalog).map_err(|e| StartError(e.to_string()))?;
     if let Some(profile) = settings.profile {
@@ -143,23 +143,23 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
     let router = Router::new()
         .route(
             "/v1/chatbots",
-            guard(post(create_chatbot), "chatbots:write")
-                .merge(guard(get(list_chatbots), "chatbots:read")),
+            guard(post(chatbots::create), "chatbots:write")
+                .merge(guard(get(chatbots::list), "chatbots:read")),
         )
         .route(
             "/v1/chatbots/{id}",
-            guard(get(get_chatbot), "chatbots:read")
-                .merge(guard(patch(update_chatbot), "chatbots:write"))
-                .merge(guard(delete(delete_chatbot), "chatbots:write")),
+            guard(get(chatbots::get), "chatbots:read")
+                .merge(guard(patch(chatbots::update), "chatbots:write"))
+                .merge(guard(delete(chatbots::delete), "chatbots:write")),
         )
         .route(
             "/v1/categories",
-            guard(post(create_category), "categories:write"),
+            guard(post(categories::create), "categories:write"),
         )
         .route(
             "/v1/categories/{id}",
-            guard(get(get_category), "categories:read")
-                .merge(guard(delete(delete_category), "categories:write")),
+            guard(get(categories::get), "categories:read")
+                .merge(guard(delete(categories::delete), "categories:write")),
         )
         .route(
             "/v1/api_keys",
@@ -181,13 +181,22 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
 }
 
 /// The authenticator of the reference API on a SQLite file.
+///
+/// # The file is created owner-only
+///
+/// The database is opened through the reference store first, so a file that does not exist
+/// yet is created readable by its owner only (and in WAL mode) before the key store opens it.
 pub fn authenticator_on_file(db: &FsPath) -> Result<Authenticator, StartError> {
+    Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
     let keys = SqliteKeyStore::open(db)
         .map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
     Ok(Authenticator::new(key_format(), Arc::new(keys)))
 }
 
 /// Builds the app on a SQLite file (chatbots and keys share the database), with its contract.
+///
+/// The file is opened through a [`faultline_sqlite::Pool`]: created readable by its owner
+/// only, in WAL mode, with readers that never wait for the writer.
 pub fn app_on_file(
     catalog: Catalog,
     profile: Option<faultline::Profile>,
@@ -204,6 +213,47 @@ pub fn app_on_file(
         body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
         timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
     })
+}
+
+/// Calls `$check::<T>()?` for every type the app reads from a request body or query string.
+///
+/// This is the one list of request types: start-up checks of their schemas go in
+/// [`check_request_types`] (where `faultline_axum::extract::ensure_supported` is to be called
+/// once it exists).
+macro_rules! for_each_request_type {
+    ($check:ident) => {{
+        $check::<chatbots::CreateChatbot>()?;
+        $check::<chatbots::UpdateChatbot>()?;
+        $check::<chatbots::ListQuery>()?;
+        $check::<categories::CreateCategory>()?;
+        $check::<categories::DeleteCategoryQuery>()?;
+        $check::<keys::CreateApiKey>()?;
+    }};
+}
+
+/// Start-up checks of the schema rules of every request type ([`for_each_request_type`]).
+///
+/// # Unknown fields are refused everywhere
+///
+/// Every request type must refuse fields it does not know (`deny_unknown_fields`, seen as
+/// `additionalProperties: false` in its schema), so that a misspelt field is an error rather
+/// than silently ignored; an app listing a type that does not is refused at start-up.
+fn check_request_types() -> Result<(), StartError> {
+    for_each_request_type!(refuses_unknown_fields);
+    Ok(())
+}
+
+/// Whether `T`'s schema closes its object to unknown fields.
+fn refuses_unknown_fields<T: JsonSchema>() -> Result<(), StartError> {
+    let schema = schemars::schema_for!(T);
+    if schema.get("additionalProperties") == Some(&serde_json::Value::Bool(false)) {
+        Ok(())
+    } else {
+        Err(StartError(format!(
+            "the request type `{}` accepts unknown fields; add #[serde(deny_unknown_fields)]",
+            T::schema_name()
+        )))
+    }
 }
 
 impl OrgScoped for ChatbotRow {
@@ -226,83 +276,8 @@ async fn health() -> &'static str {
     "ok"
 }
 
-/// A chatbot as the API shows it.
-#[derive(Debug, Serialize)]
-struct Chatbot {
-    id: String,
-    name: String,
-    status: String,
-    created_at: String,
-    updated_at: String,
-}
-
-impl From<ChatbotRow> for Chatbot {
-    fn from(row: ChatbotRow) -> Self {
-        Chatbot {
-            id: row.id,
-            name: row.name,
-            status: row.status,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        }
-    }
-}
-
-/// The states a chatbot can be in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-enum Status {
-    Draft,
-    Active,
-    Paused,
-    Archived,
-}
-
-impl Status {
-    fn as_str(self) -> &'static str {
-        match self {
-            Status::Draft => "draft",
-            Status::Active => "active",
-            Status::Paused => "paused",
-            Status::Archived => "archived",
-        }
-    }
-
-    /// The state machine: archived is terminal; a chatbot never goes back to draft.
-    fn can_become(from: &str, to: Status) -> bool {
-        match (from, to) {
-            (f, t) if f == t.as_str() => true,
-            ("draft", Status::Active | Status::Paused | Status::Archived) => true,
-            ("active", Status::Paused | Status::Archived) => true,
-            ("paused", Status::Active | Status::Archived) => true,
-            _ => false,
-        }
-    }
-}
-
-// Types and lengths are in the schema; the rule that a name is not blank is garde's. Both
-// land in the same `invalid_payload` details.
-#[derive(Debug, Deserialize, JsonSchema, garde::Validate)]
-#[serde(deny_unknown_fields)]
-struct CreateChatbot {
-    #[schemars(length(min = 1, max = 100))]
-    #[garde(custom(not_blank))]
-    name: String,
-    #[garde(skip)]
-    status: Option<Status>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema, garde::Validate)]
-#[serde(deny_unknown_fields)]
-struct UpdateChatbot {
-    #[schemars(length(min = 1, max = 100))]
-    #[garde(inner(custom(not_blank)))]
-    name: Option<String>,
-    #[garde(skip)]
-    status: Option<Status>,
-}
-
-/// A garde rule: text must hold something besides white space.
+/// A garde rule shared by every name of the API (chatbots, categories, keys): text must hold
+/// something besides white space.
 fn not_blank(value: &str, _context: &()) -> garde::Result {
     if value.trim().is_empty() {
         Err(garde::Error::new("Must not be blank."))
@@ -311,14 +286,7 @@ fn not_blank(value: &str, _context: &()) -> garde::Result {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    #[schemars(range(min = 1, max = 100))]
-    limit: Option<u32>,
-    cursor: Option<String>,
-}
-
+/// The current time as the API shows it: ISO-8601 with milliseconds and `+00:00`.
 fn now() -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+00:00"
@@ -328,280 +296,36 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
-fn storage(e: faultline_axum::StoreError) -> Error {
+/// A store failure as the handlers' error (503 when the store is busy, 500 otherwise).
+fn storage(e: store::StoreError) -> Error {
     e.into()
 }
 
-async fn create_chatbot(
-    State(state): State<AppState>,
-    principal: Principal,
-    ValidJson(input): ValidJson<CreateChatbot>,
-) -> Result<(StatusCode, axum::Json<Chatbot>), Error> {
-    let ts = now();
-    let row = ChatbotRow {
-        id: Uuid::new_v4().to_string(),
-        org_id: principal.org_id.to_string(),
-        name: input.name.trim().to_owned(),
-        status: input.status.unwrap_or(Status::Draft).as_str().to_owned(),
-        created_at: ts.clone(),
-        updated_at: ts,
-        deleted_at: None,
-    };
-    let saved = row.clone();
-    state
-        .store
-        .call(move |c| store::insert_chatbot(c, &saved))
-        .await
-        .map_err(storage)?;
-    Ok((StatusCode::CREATED, axum::Json(row.into())))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn find_chatbot(
-    state: &AppState,
-    principal: &Principal,
-    id: Uuid,
-) -> Result<ChatbotRow, Error> {
-    let found = state
-        .store
-        .call(move |c| store::get_chatbot(c, &id.to_string()))
-        .await
-        .map_err(storage)?;
-    // Another org's chatbot is indistinguishable from one that does not exist.
-    let row = principal.scope(found)?;
-    if row.deleted_at.is_some() {
-        return Err(errors::gone()
-            .with_message("This chatbot was deleted.")
-            .into());
+    #[derive(serde::Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Open {
+        name: String,
     }
-    Ok(row)
-}
 
-async fn get_chatbot(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<Uuid>,
-) -> Result<axum::Json<Chatbot>, Error> {
-    Ok(axum::Json(
-        find_chatbot(&state, &principal, id).await?.into(),
-    ))
-}
-
-async fn update_chatbot(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<Uuid>,
-    ValidJson(input): ValidJson<UpdateChatbot>,
-) -> Result<axum::Json<Chatbot>, Error> {
-    let mut row = find_chatbot(&state, &principal, id).await?;
-    if let Some(status) = input.status {
-        if !Status::can_become(&row.status, status) {
-            return Err(errors::conflict(errors::ConflictDetails {
-                current: Some(row.status.clone()),
-                requested: Some(status.as_str().to_owned()),
-                reason: Some(format!(
-                    "A chatbot cannot go from {} to {}.",
-                    row.status,
-                    status.as_str()
-                )),
-            })
-            .with_message("This status change is not allowed.")
-            .into());
-        }
-        row.status = status.as_str().to_owned();
+    #[derive(serde::Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Closed {
+        name: String,
     }
-    if let Some(name) = input.name {
-        row.name = name.trim().to_owned();
-    }
-    row.updated_at = now();
-    let saved = row.clone();
-    state
-        .store
-        .call(move |c| store::update_chatbot(c, &saved))
-        .await
-        .map_err(storage)?;
-    Ok(axum::Json(row.into()))
-}
 
-async fn delete_chatbot(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<Uuid>,
-) -> Result<StatusCode, Error> {
-    let mut row = find_chatbot(&state, &principal, id).await?;
-    let ts = now();
-    row.deleted_at = Some(ts.clone());
-    row.updated_at = ts;
-    state
-        .store
-        .call(move |c| store::update_chatbot(c, &row))
-        .await
-        .map_err(storage)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// A page of chatbots.
-#[derive(Debug, Serialize)]
-struct Page {
-    data: Vec<Chatbot>,
-    next_cursor: Option<String>,
-}
-
-async fn list_chatbots(
-    State(state): State<AppState>,
-    principal: Principal,
-    Query(query): Query<ListQuery>,
-) -> Result<axum::Json<Page>, Error> {
-    let limit = query.limit.unwrap_or(20);
-    let after = match &query.cursor {
-        None => None,
-        Some(cursor) => {
-            let position = cursor::open(
-                &state.cursor_key,
-                &principal.org_id,
-                cursor,
-                state.auth.clock().now(),
-                2,
-            )
-            .ok_or_else(errors::invalid_cursor)?;
-            let [created_at, id]: [String; 2] =
-                position.try_into().map_err(|_| errors::invalid_cursor())?;
-            Some((created_at, id))
-        }
-    };
-    // One extra row tells whether another page follows.
-    let org_id = Arc::clone(&principal.org_id);
-    let mut rows = state
-        .store
-        .call(move |c| store::list_chatbots(c, &org_id, after, limit + 1))
-        .await
-        .map_err(storage)?;
-    let next_cursor = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(|last| {
-            cursor::sign(
-                &state.cursor_key,
-                &principal.org_id,
-                &[&last.created_at, &last.id],
-                state.auth.clock().now(),
-            )
-        })
-    } else {
-        None
-    };
-    Ok(axum::Json(Page {
-        data: rows.into_iter().map(Chatbot::from).collect(),
-        next_cursor,
-    }))
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct CreateCategory {
-    #[schemars(length(min = 1, max = 100))]
-    name: String,
-    parent_id: Option<Uuid>,
-}
-
-/// A category as the API shows it.
-#[derive(Debug, Serialize)]
-struct Category {
-    id: String,
-    name: String,
-    parent_id: Option<String>,
-    created_at: String,
-}
-
-impl From<CategoryRow> for Category {
-    fn from(row: CategoryRow) -> Self {
-        Category {
-            id: row.id,
-            name: row.name,
-            parent_id: row.parent_id,
-            created_at: row.created_at,
-        }
-    }
-}
-
-async fn create_category(
-    State(state): State<AppState>,
-    principal: Principal,
-    Json(input): Json<CreateCategory>,
-) -> Result<(StatusCode, axum::Json<Category>), Error> {
-    if let Some(parent) = input.parent_id {
-        let found = state
-            .store
-            .call(move |c| store::get_category(c, &parent.to_string()))
-            .await
-            .map_err(storage)?;
-        if principal.scope(found).is_err() {
-            return Err(errors::unprocessable()
-                .with_message("A referenced resource does not exist.")
-                .into());
-        }
-    }
-    let row = CategoryRow {
-        id: Uuid::new_v4().to_string(),
-        org_id: principal.org_id.to_string(),
-        parent_id: input.parent_id.map(|p| p.to_string()),
-        name: input.name.trim().to_owned(),
-        created_at: now(),
-    };
-    let saved = row.clone();
-    state
-        .store
-        .call(move |c| store::insert_category(c, &saved))
-        .await
-        .map_err(storage)?;
-    Ok((StatusCode::CREATED, axum::Json(row.into())))
-}
-
-async fn get_category(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<Uuid>,
-) -> Result<axum::Json<Category>, Error> {
-    let found = state
-        .store
-        .call(move |c| store::get_category(c, &id.to_string()))
-        .await
-        .map_err(storage)?;
-    Ok(axum::Json(principal.scope(found)?.into()))
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct DeleteCategoryQuery {
-    cascade: Option<bool>,
-}
-
-async fn delete_category(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<Uuid>,
-    Query(query): Query<DeleteCategoryQuery>,
-) -> Result<StatusCode, Error> {
-    let id = id.to_string();
-    let cascade = query.cascade.unwrap_or(false);
-    // The store's lock is held for the whole closure, so the check and the delete are atomic.
-    let owner = principal.clone();
-    let deleted = state
-        .store
-        .call(move |c| {
-            let Some(row) = store::get_category(c, &id)?.filter(|row| owner.owns(row)) else {
-                return Ok(None);
-            };
-            if !cascade && store::count_children(c, &row.id)? > 0 {
-                return Ok(Some(false));
-            }
-            store::delete_category(c, &row.org_id, &row.id)?;
-            Ok(Some(true))
-        })
-        .await
-        .map_err(storage)?;
-    match deleted {
-        // What `Principal::scope` answers for a foreign or unknown id.
-        None => Err(Error::bound(faultline::Situation::ResourceNotFound)),
-        Some(true) => Ok(StatusCode::NO_CONTENT),
-        Some(false) => Err(errors::category_not_empty().into()),
+    #[test]
+    fn a_request_type_that_accepts_unknown_fields_is_refused_at_start_up() {
+        assert!(refuses_unknown_fields::<Closed>().is_ok());
+        let refused = refuses_unknown_fields::<Open>().unwrap_err();
+        assert!(refused.0.contains("unknown fields"), "{refused}");
+        assert!(
+            check_request_types().is_ok(),
+            "the app's own types are closed"
+        );
     }
 }

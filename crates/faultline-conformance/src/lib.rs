@@ -1,8 +1,11 @@
+//! # faultline-conformance
+//!
 //! The conformance battery: bad requests every faultline server must answer with a catalog
 //! error, and the checks applied to each answer.
 //!
-//! The cases and the checks know nothing of how requests are sent, so the same battery drives
-//! the reference app in-process in tests and (later) a live API over HTTP.
+//! The cases and the checks know nothing of how requests are sent (this crate depends on
+//! `faultline` only), so the same battery drives the reference app in-process in the CLI's
+//! tests and, later, a live API over HTTP (`faultline check`).
 
 use faultline::{Catalog, Profile};
 
