@@ -218,8 +218,7 @@ pub fn app_on_file(
 /// Calls `$check::<T>()?` for every type the app reads from a request body or query string.
 ///
 /// This is the one list of request types: start-up checks of their schemas go in
-/// [`check_request_types`] (where `faultline_axum::extract::ensure_supported` is to be called
-/// once it exists).
+/// [`check_request_types`].
 macro_rules! for_each_request_type {
     ($check:ident) => {{
         $check::<chatbots::CreateChatbot>()?;
@@ -233,6 +232,12 @@ macro_rules! for_each_request_type {
 
 /// Start-up checks of the schema rules of every request type ([`for_each_request_type`]).
 ///
+/// # Every schema rule is checked, or the app does not start
+///
+/// Each type's schema may only use rules the extractors check
+/// ([`faultline_axum::ensure_supported`]): a rule that would be silently skipped stops the app
+/// at start-up instead of at the first request.
+///
 /// # Unknown fields are refused everywhere
 ///
 /// Every request type must refuse fields it does not know (`deny_unknown_fields`, seen as
@@ -240,7 +245,14 @@ macro_rules! for_each_request_type {
 /// than silently ignored; an app listing a type that does not is refused at start-up.
 fn check_request_types() -> Result<(), StartError> {
     for_each_request_type!(refuses_unknown_fields);
+    for_each_request_type!(checks_every_rule);
     Ok(())
+}
+
+/// Whether every rule of `T`'s schema is one the extractors check.
+fn checks_every_rule<T: JsonSchema + 'static>() -> Result<(), StartError> {
+    faultline_axum::ensure_supported::<T>()
+        .map_err(|e| StartError(format!("the request type `{}`: {e}", T::schema_name())))
 }
 
 /// Whether `T`'s schema closes its object to unknown fields.
@@ -327,5 +339,20 @@ mod tests {
             check_request_types().is_ok(),
             "the app's own types are closed"
         );
+    }
+
+    #[derive(serde::Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Unchecked {
+        #[schemars(extend("contains" = {"const": 1}))]
+        ids: Vec<u32>,
+    }
+
+    #[test]
+    fn a_request_type_with_a_rule_nobody_checks_is_refused_at_start_up() {
+        let refused = checks_every_rule::<Unchecked>().unwrap_err();
+        assert!(refused.0.contains("contains"), "{refused}");
+        assert!(checks_every_rule::<Closed>().is_ok());
     }
 }
