@@ -24,7 +24,7 @@ fn sections(catalog: &Catalog) -> Vec<(&str, Vec<&ErrorSpec>)> {
         .into_iter()
         .map(|category| {
             let mut codes: Vec<&ErrorSpec> = catalog
-                .errors
+                .errors()
                 .iter()
                 .filter(|e| e.category == category)
                 .collect();
@@ -39,7 +39,7 @@ fn sections(catalog: &Catalog) -> Vec<(&str, Vec<&ErrorSpec>)> {
 fn example(catalog: &Catalog) -> (ApiError, String) {
     let spec = catalog
         .bound(Situation::ValidationFailed)
-        .or_else(|| catalog.errors.first())
+        .or_else(|| catalog.errors().first())
         .expect("a valid catalog has at least one code");
     let mut error = spec.to_error();
     match spec.details {
@@ -166,7 +166,7 @@ fn profile_members(profile: Profile) -> &'static [(&'static str, &'static str)] 
 
 fn retry_codes(catalog: &Catalog, advice: RetryAdvice) -> Vec<&str> {
     catalog
-        .errors
+        .errors()
         .iter()
         .filter(|e| e.retry == advice)
         .map(|e| e.code.as_str())
@@ -264,7 +264,7 @@ pub fn markdown(catalog: &Catalog) -> String {
         out.push('\n');
     }
     let with_details: Vec<&ErrorSpec> = catalog
-        .errors
+        .errors()
         .iter()
         .filter(|e| e.details != DetailsShape::None)
         .collect();

@@ -12,6 +12,7 @@
 //!
 //! Web framework integration lives in `faultline-axum`, the command line in `faultline-cli`.
 
+mod names;
 pub mod catalog;
 pub mod clock;
 pub mod details;
@@ -25,6 +26,7 @@ pub mod style;
 pub use catalog::{ApiSettings, Catalog, CatalogErrors, ErrorSpec, Problem};
 pub use details::{DetailsShape, IntoDetails};
 pub use error::{ApiError, ErrorDef};
+pub use names::UnknownName;
 pub use profile::{Envelope, ParseError, Profile, RenderContext, parse_any};
 pub use retry::RetryAdvice;
 pub use situation::Situation;

@@ -3,28 +3,31 @@
 //! One catalog can be served in any profile, and [`parse_any`] reads all of them, so a client
 //! does not need to know which one an API chose.
 
-use std::fmt;
+
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
-/// The wire shape of an error body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Profile {
-    /// `{"error": code, "message", "request_id", "details"}`.
-    Flat,
-    /// `{"code", "message", "details", "request_id"}`.
-    Code,
-    /// `{"error": {"code", "message", "request_id", "details"}}`.
-    Nested,
-    /// RFC 9457 `application/problem+json`: `type`, `title`, `status`, `detail`, `instance`,
-    /// with `code`, `request_id` and `details` as extension members.
-    Problem,
-    /// `google.rpc.Status` as Google's JSON APIs send it:
-    /// `{"error": {"code": 404, "message", "status": "NOT_FOUND", "details": [ErrorInfo, …]}}`.
-    Google,
+crate::names::named_enum! {
+    /// The wire shape of an error body.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Profile ("profile") {
+        /// `{"error": code, "message", "request_id", "details"}`.
+        Flat => "flat",
+        /// `{"code", "message", "details", "request_id"}`.
+        Code => "code",
+        /// `{"error": {"code", "message", "request_id", "details"}}`.
+        Nested => "nested",
+        /// RFC 9457 `application/problem+json`: `type`, `title`, `status`, `detail`, `instance`,
+        /// with `code`, `request_id` and `details` as extension members.
+        Problem => "problem",
+        /// `google.rpc.Status` as Google's JSON APIs send it, with standard `google.rpc`
+        /// detail messages only: `{"error": {"code": 404, "message", "status": "NOT_FOUND",
+        /// "details": [ErrorInfo, …]}}`.
+        Google => "google",
+    }
 }
 
 /// What a renderer needs to know about the request besides the error itself.
@@ -82,31 +85,6 @@ const BAD_REQUEST: &str = "type.googleapis.com/google.rpc.BadRequest";
 pub const GOOGLE_DETAILS_TYPE: &str = "type.faultline.dev/faultline.v1.Details";
 
 impl Profile {
-    /// Every profile.
-    pub const ALL: [Profile; 5] = [
-        Profile::Flat,
-        Profile::Code,
-        Profile::Nested,
-        Profile::Problem,
-        Profile::Google,
-    ];
-
-    /// The name used in catalogs and on the command line.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Profile::Flat => "flat",
-            Profile::Code => "code",
-            Profile::Nested => "nested",
-            Profile::Problem => "problem",
-            Profile::Google => "google",
-        }
-    }
-
-    /// Parses a profile name; `None` for an unknown one.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str() == name)
-    }
-
     /// The `Content-Type` of a body in this profile.
     pub const fn content_type(self) -> &'static str {
         match self {
@@ -268,12 +246,6 @@ fn flat_like(code: &str, map: &Map<String, Value>) -> Envelope {
         request_id: str_member(map, "request_id").map(str::to_owned),
         details: details_member(map),
         status: None,
-    }
-}
-
-impl fmt::Display for Profile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -53,7 +53,7 @@ fn keywords_become_raw_identifiers() {
 
 #[test]
 fn defs_and_catalog_agree() {
-    assert_eq!(shop::defs::ALL.len(), shop::catalog().errors.len());
+    assert_eq!(shop::defs::ALL.len(), shop::catalog().errors().len());
     for def in shop::defs::ALL {
         let spec = shop::catalog()
             .get(def.code)
