@@ -57,7 +57,10 @@ proptest! {
         if let Some(s) = retry_after {
             error = error.with_retry_after(std::time::Duration::from_secs(s));
         }
-        let ctx = RenderContext { request_id: request_id.as_deref(), instance: Some("/x"), ..Default::default() };
+        let mut ctx = RenderContext::new().with_instance("/x").with_docs_url("https://docs.example.com/e#x");
+        if let Some(id) = &request_id {
+            ctx = ctx.with_request_id(id);
+        }
         let body = profile.render(&error, &ctx);
 
         let parsed = profile.parse(&body).expect("a rendered body parses in its own profile");

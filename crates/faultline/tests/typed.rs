@@ -70,10 +70,7 @@ fn message_override_keeps_code() {
     let e = shop::not_found().with_message("Chatbot not found.");
     let body = Profile::Flat.to_value(
         &e,
-        &RenderContext {
-            request_id: Some("req_1"),
-            ..Default::default()
-        },
+        &RenderContext::new().with_request_id("req_1"),
     );
     assert_eq!(
         body,
