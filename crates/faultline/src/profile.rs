@@ -354,17 +354,21 @@ pub fn google_reason(code: &str) -> String {
 
 /// A request path made into a valid URI reference, for the problem+json `instance`.
 ///
-/// # Any path gives a valid URI reference
+/// # Any path gives a valid URI reference to that path
 ///
 /// Unreserved characters, sub-delimiters, `:`, `@`, `/` and valid `%XX` escapes are kept;
-/// everything else (space, `{ } | ^ " \` and the like, broken `%` escapes, non-ASCII as its
-/// UTF-8 bytes) is percent-encoded. A path that is already valid comes back borrowed.
+/// everything else (space, `{ } | ^ " \\` and the like, broken `%` escapes, non-ASCII as its
+/// UTF-8 bytes) is percent-encoded. So that the reference cannot be read as something other
+/// than a path, a leading `//` (an authority) becomes `/%2F`, and a `:` before the first `/` of
+/// a relative path (a scheme) becomes `%3A`. A path that needs none of this comes back borrowed.
 ///
 /// ```
 /// use faultline::profile::uri_path_reference;
 /// assert_eq!(uri_path_reference("/v1/chatbots/cb_1"), "/v1/chatbots/cb_1");
 /// assert_eq!(uri_path_reference("/a b/{x}|^\"\\"), "/a%20b/%7Bx%7D%7C%5E%22%5C");
 /// assert_eq!(uri_path_reference("/caf\u{e9}/%41/%zz"), "/caf%C3%A9/%41/%25zz");
+/// assert_eq!(uri_path_reference("//evil.example/x"), "/%2Fevil.example/x");
+/// assert_eq!(uri_path_reference("mailto:x/y:z"), "mailto%3Ax/y:z");
 /// ```
 pub fn uri_path_reference(path: &str) -> Cow<'_, str> {
     let bytes = path.as_bytes();
@@ -373,7 +377,19 @@ pub fn uri_path_reference(path: &str) -> Cow<'_, str> {
             && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
             && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
     };
-    let keeps = |i: usize| is_path_byte(bytes[i]) || is_escape(i);
+    // The first segment of a relative path ends at the first `/`; before it a `:` would
+    // start a scheme.
+    let first_segment_end = if bytes.first() == Some(&b'/') {
+        0
+    } else {
+        bytes.iter().position(|&b| b == b'/').unwrap_or(bytes.len())
+    };
+    let keeps = |i: usize| {
+        let b = bytes[i];
+        (is_path_byte(b) || is_escape(i))
+            && !(i == 1 && b == b'/' && bytes[0] == b'/')
+            && !(i < first_segment_end && b == b':')
+    };
     if (0..bytes.len()).all(keeps) {
         return Cow::Borrowed(path);
     }
@@ -442,7 +458,8 @@ fn metadata_entries(code: &str, details: Option<&Value>) -> Map<String, Value> {
     let mut metadata = Map::new();
     metadata.insert(META_CODE.to_owned(), Value::String(code.to_owned()));
     match details {
-        None => {}
+        // Like the other profiles, a null `details` is no details.
+        None | Some(Value::Null) => {}
         Some(Value::Object(members)) if !members.is_empty() => {
             for (name, value) in members {
                 let key = if name == META_CODE || name == META_DETAILS || name.starts_with('_') {
