@@ -772,8 +772,22 @@ fn quota_description(details: &Value, status: u16) -> Option<String> {
 }
 
 /// Field errors and field violations, restated as `google.rpc.BadRequest` for Google clients.
+/// Errors about the whole request have the empty field, as they have the empty pointer in
+/// `field_violations`.
 fn google_field_violations(details: &Value) -> Vec<GoogleFieldViolation<'_>> {
     let mut out = Vec::new();
+    for message in details
+        .get("formErrors")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        out.push(GoogleFieldViolation {
+            field: "",
+            description: message,
+        });
+    }
     if let Some(fields) = details.get("fieldErrors").and_then(Value::as_object) {
         for (field, messages) in fields {
             for message in messages
