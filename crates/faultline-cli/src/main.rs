@@ -307,9 +307,8 @@ fn serve(
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
     let auth = Arc::new(reference::authenticator_on_file(db).map_err(|e| UsageError(e.0))?);
-    let (app, contract) =
-        reference::app_on_file(parsed, profile, db, Arc::clone(&auth))
-            .map_err(|e| UsageError(e.to_string()))?;
+    let (app, contract) = reference::app_on_file(parsed, profile, db, Arc::clone(&auth))
+        .map_err(|e| UsageError(e.to_string()))?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {

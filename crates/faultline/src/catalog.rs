@@ -212,7 +212,11 @@ impl Catalog {
             }
         }
         let slug = slug.trim_end_matches('-');
-        Cow::Owned(if slug.is_empty() { "faultline".to_owned() } else { slug.to_owned() })
+        Cow::Owned(if slug.is_empty() {
+            "faultline".to_owned()
+        } else {
+            slug.to_owned()
+        })
     }
 
     /// Categories in the order they first appear in the file.
@@ -887,7 +891,9 @@ fn is_domain(domain: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 

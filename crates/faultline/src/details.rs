@@ -475,6 +475,9 @@ mod tests {
         }
         assert_eq!(DetailsShape::None.to_string(), "none");
         let error = "bogus".parse::<DetailsShape>().unwrap_err();
-        assert!(error.to_string().contains("field_errors, field_violations"), "{error}");
+        assert!(
+            error.to_string().contains("field_errors, field_violations"),
+            "{error}"
+        );
     }
 }

@@ -12,12 +12,12 @@
 //!
 //! Web framework integration lives in `faultline-axum`, the command line in `faultline-cli`.
 
-mod names;
 pub mod catalog;
 pub mod clock;
 pub mod details;
 pub mod docs;
 pub mod error;
+mod names;
 pub mod profile;
 pub mod retry;
 pub mod situation;

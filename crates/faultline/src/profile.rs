@@ -688,7 +688,11 @@ fn google_body<'a>(error: &'a ApiError, ctx: &RenderContext<'a>) -> GoogleBody<'
             retry_delay: format!("{seconds}s"),
         });
     }
-    let detail_str = |key: &str| details_value.and_then(|d| d.get(key)).and_then(Value::as_str);
+    let detail_str = |key: &str| {
+        details_value
+            .and_then(|d| d.get(key))
+            .and_then(Value::as_str)
+    };
     let resource = detail_str("resource");
     // 412, 428 and the other 4xx without a closer gRPC code: a state the caller must change.
     if status == "FAILED_PRECONDITION" {

@@ -161,9 +161,13 @@ fn retry_after_follows_the_retry_advice() {
             (27, Some("busy".to_owned()), "missing-retry-after"),
         ]
     );
-    let report = Catalog::from_toml_str(&source).unwrap_err().report("c.toml");
+    let report = Catalog::from_toml_str(&source)
+        .unwrap_err()
+        .report("c.toml");
     assert!(
-        report.contains("c.toml:17: error[retry-after-on-never] code `stop`: retry = \"never\" contradicts"),
+        report.contains(
+            "c.toml:17: error[retry-after-on-never] code `stop`: retry = \"never\" contradicts"
+        ),
         "{report}"
     );
 }
@@ -171,7 +175,8 @@ fn retry_after_follows_the_retry_advice() {
 #[test]
 fn a_never_429_carries_no_retry_after() {
     let source = format!("{HEAD}{}", entry("key_cap", 429, "details = \"limit\""));
-    let catalog = Catalog::from_toml_str(&source).expect("a never 429 without Retry-After is valid");
+    let catalog =
+        Catalog::from_toml_str(&source).expect("a never 429 without Retry-After is valid");
     let spec = catalog.get("key_cap").expect("defined");
     assert!(!spec.carries("Retry-After"));
     assert!(spec.headers.is_empty());
@@ -202,5 +207,10 @@ fn unknown_names_list_the_valid_ones() {
     let errors = Catalog::from_toml_str(&source).unwrap_err();
     let messages: Vec<&str> = errors.problems.iter().map(|p| p.message.as_str()).collect();
     assert!(messages.contains(&"unknown retry advice `sometimes`; expected one of never, after_retry_after, backoff, with_idempotency_key"), "{messages:?}");
-    assert!(messages.iter().any(|m| m.starts_with("unknown details shape `shape_of_water`; expected one of field_errors,") && m.ends_with(" or an inline table")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m
+            .starts_with("unknown details shape `shape_of_water`; expected one of field_errors,")
+            && m.ends_with(" or an inline table")),
+        "{messages:?}"
+    );
 }

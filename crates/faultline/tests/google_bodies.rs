@@ -14,7 +14,9 @@ fn chatbots() -> Catalog {
 }
 
 fn render(catalog: &Catalog, error: &ApiError) -> serde_json::Value {
-    let docs_url = catalog.docs_url_for(error.code()).expect("the catalog has docs_url");
+    let docs_url = catalog
+        .docs_url_for(error.code())
+        .expect("the catalog has docs_url");
     let domain = catalog.google_domain();
     let ctx = RenderContext::new()
         .with_request_id("req_1")
@@ -31,8 +33,11 @@ fn error(catalog: &Catalog, code: &str) -> ApiError {
 #[test]
 fn validation_gets_bad_request() {
     let catalog = chatbots();
-    let e = error(&catalog, "invalid_payload")
-        .with_details(FieldErrors::new().field("name", "Required").form("Too many fields."));
+    let e = error(&catalog, "invalid_payload").with_details(
+        FieldErrors::new()
+            .field("name", "Required")
+            .form("Too many fields."),
+    );
     insta::assert_json_snapshot!(render(&catalog, &e));
 }
 

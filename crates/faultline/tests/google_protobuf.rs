@@ -125,7 +125,9 @@ fn corner_errors() -> Vec<ApiError> {
         error("reserved", 409).with_details(json!({"code": 1, "details": "x", "_x": null})),
         error("dated", 503).with_header("Retry-After", "Wed, 21 Oct 2026 07:28:00 GMT"),
         error("quota", 429)
-            .with_details(json!({"limit": 10, "used": 10, "resets_at": "2026-12-01T00:00:00+00:00"}))
+            .with_details(
+                json!({"limit": 10, "used": 10, "resets_at": "2026-12-01T00:00:00+00:00"}),
+            )
             .with_retry_after(Duration::from_millis(1500)),
     ]
 }
@@ -156,9 +158,16 @@ fn every_google_body_parses_as_google_rpc_status() {
         }
         let body = Profile::Google.render(error, &ctx);
         // What strict protobuf clients read must still give our exact code and details back.
-        let envelope = Profile::Google.parse(&body).expect("parses in its own profile");
+        let envelope = Profile::Google
+            .parse(&body)
+            .expect("parses in its own profile");
         assert_eq!(envelope.code, error.code());
-        assert_eq!(envelope.details.as_ref(), error.details(), "{}", error.code());
+        assert_eq!(
+            envelope.details.as_ref(),
+            error.details(),
+            "{}",
+            error.code()
+        );
         lines.push_str(std::str::from_utf8(&body).expect("JSON is UTF-8"));
         lines.push('\n');
         rendered += 1;

@@ -68,10 +68,7 @@ fn defs_and_catalog_agree() {
 #[test]
 fn message_override_keeps_code() {
     let e = shop::not_found().with_message("Chatbot not found.");
-    let body = Profile::Flat.to_value(
-        &e,
-        &RenderContext::new().with_request_id("req_1"),
-    );
+    let body = Profile::Flat.to_value(&e, &RenderContext::new().with_request_id("req_1"));
     assert_eq!(
         body,
         json!({"error": "not_found", "message": "Chatbot not found.", "request_id": "req_1"})

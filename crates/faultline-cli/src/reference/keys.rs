@@ -3,7 +3,6 @@
 //! Keys belong to the organisation of the key that manages them; the raw key appears once, in
 //! the answer to its creation.
 
-
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use faultline::Situation;
@@ -177,7 +176,9 @@ pub async fn create(
                 key: secret.expose().to_owned(),
             }),
         )),
-        Err(CreateKeyError::LimitReached { max }) => Err(errors::api_key_limit_reached(Limit { max: max as u64 }).into()),
+        Err(CreateKeyError::LimitReached { max }) => {
+            Err(errors::api_key_limit_reached(Limit { max: max as u64 }).into())
+        }
         Err(CreateKeyError::Store(e)) => Err(e.into()),
     }
 }
