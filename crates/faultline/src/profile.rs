@@ -442,39 +442,69 @@ fn metadata_value(value: &Value) -> Value {
 /// A details value written as a metadata string, read back exactly by [`metadata_value`]:
 /// strings as they are (JSON-quoted only when they would read as another JSON value), every
 /// other value as its JSON text.
-fn metadata_text(value: &Value) -> String {
-    match value {
-        Value::String(text) if serde_json::from_str::<Value>(text).is_err() => text.clone(),
-        other => other.to_string(),
+struct MetadataText<'a>(&'a Value);
+
+impl Serialize for MetadataText<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::String(text) if !reads_as_json(text) => serializer.serialize_str(text),
+            // `Value`'s Display is its compact JSON, streamed into the string being written.
+            other => serializer.collect_str(other),
+        }
     }
 }
 
-/// The `ErrorInfo.metadata` of an error: its exact code under `code`, then its details.
+/// Whether `text` is a JSON document. Most strings are ruled out by their first character
+/// without running the parser.
+fn reads_as_json(text: &str) -> bool {
+    let first = text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .bytes()
+        .next();
+    matches!(
+        first,
+        Some(b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
+    ) && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+/// The metadata key of a details member: reserved names and names starting with `_` get one
+/// more `_` in front.
+fn metadata_key(name: &str) -> Cow<'_, str> {
+    if name == META_CODE || name == META_DETAILS || name.starts_with('_') {
+        Cow::Owned(format!("_{name}"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// The `ErrorInfo.metadata` of an error, serialised straight from the error: its exact code
+/// under `code`, then its details.
 ///
 /// A non-empty details object gives one entry per member (a member named `code` or `details`,
 /// or starting with `_`, is written with one more `_` in front so that it cannot be mistaken for
-/// a reserved key); other details are written whole under `details`.
-fn metadata_entries(code: &str, details: Option<&Value>) -> Map<String, Value> {
-    let mut metadata = Map::new();
-    metadata.insert(META_CODE.to_owned(), Value::String(code.to_owned()));
-    match details {
-        // Like the other profiles, a null `details` is no details.
-        None | Some(Value::Null) => {}
-        Some(Value::Object(members)) if !members.is_empty() => {
-            for (name, value) in members {
-                let key = if name == META_CODE || name == META_DETAILS || name.starts_with('_') {
-                    format!("_{name}")
-                } else {
-                    name.clone()
-                };
-                metadata.insert(key, Value::String(metadata_text(value)));
+/// a reserved key); other details are written whole under `details`. A null
+/// `details` is no details, as in the other profiles.
+struct Metadata<'a> {
+    code: &'a str,
+    details: Option<&'a Value>,
+}
+
+impl Serialize for Metadata<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry(META_CODE, self.code)?;
+        match self.details {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(members)) if !members.is_empty() => {
+                for (name, value) in members {
+                    map.serialize_entry(&metadata_key(name), &MetadataText(value))?;
+                }
             }
+            Some(whole) => map.serialize_entry(META_DETAILS, &MetadataText(whole))?,
         }
-        Some(whole) => {
-            metadata.insert(META_DETAILS.to_owned(), Value::String(whole.to_string()));
-        }
+        map.end()
     }
-    metadata
 }
 
 // ---- rendering: borrowed views serialised straight to bytes --------------------------------
@@ -552,7 +582,7 @@ enum GoogleDetail<'a> {
         ty: &'static str,
         reason: String,
         domain: &'a str,
-        metadata: Map<String, Value>,
+        metadata: Metadata<'a>,
     },
     RequestInfo {
         #[serde(rename = "@type")]
@@ -746,7 +776,10 @@ fn google_body<'a>(error: &'a ApiError, ctx: &RenderContext<'a>) -> GoogleBody<'
             ty: ERROR_INFO,
             reason,
             domain: ctx.domain.unwrap_or("faultline"),
-            metadata: metadata_entries(error.code(), details_value),
+            metadata: Metadata {
+                code: error.code(),
+                details: details_value,
+            },
         },
     );
     GoogleBody {
