@@ -215,17 +215,25 @@ impl Contract {
         path: &str,
         headers: &mut HeaderMap,
     ) -> (StatusCode, Vec<u8>) {
-        // Only RFC 9457 bodies carry a type URI; other profiles skip building it.
-        let type_uri = match self.profile {
-            Profile::Problem => self.catalog.docs_url_for(error.code()),
-            _ => None,
+        // Only problem+json (`type`) and Google (`Help`, `ErrorInfo.domain`) bodies carry a
+        // docs link or a domain; other profiles skip building them.
+        let (docs_url, domain) = match self.profile {
+            Profile::Problem => (self.catalog.docs_url_for(error.code()), None),
+            Profile::Google => (
+                self.catalog.docs_url_for(error.code()),
+                Some(self.catalog.google_domain()),
+            ),
+            _ => (None, None),
         };
-        let ctx = RenderContext {
-            request_id: Some(request_id.as_str()),
-            instance: Some(path),
-            type_uri: type_uri.as_deref(),
-            domain: None,
-        };
+        let mut ctx = RenderContext::new()
+            .with_request_id(request_id.as_str())
+            .with_instance(path);
+        if let Some(url) = &docs_url {
+            ctx = ctx.with_docs_url(url);
+        }
+        if let Some(domain) = &domain {
+            ctx = ctx.with_domain(domain);
+        }
         let body = self.profile.render(error, &ctx);
         let status =
             StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -195,9 +195,9 @@ async fn every_lifecycle_state(store: Arc<dyn KeyStore>) {
     expiring.expires_at = Some(NOW + 30);
     let (_, short) = auth.create_key(&f.org.id, expiring).await.unwrap();
     assert!(auth.verify(short.expose()).await.is_ok());
-    f.clock.advance(29);
+    f.clock.advance_secs(29);
     assert!(auth.verify(short.expose()).await.is_ok());
-    f.clock.advance(1);
+    f.clock.advance_secs(1);
     assert_eq!(
         refused(auth.verify(short.expose()).await),
         Situation::ApiKeyExpired
@@ -274,12 +274,12 @@ async fn a_change_made_elsewhere_is_seen_when_the_cache_entry_expires() {
         )
         .await
         .unwrap();
-    f.clock.advance(9);
+    f.clock.advance_secs(9);
     assert!(
         auth.verify(key.expose()).await.is_ok(),
         "within the time to live"
     );
-    f.clock.advance(1);
+    f.clock.advance_secs(1);
     assert!(auth.verify_cached(key.expose()).is_none());
     assert_eq!(
         refused(auth.verify(key.expose()).await),
@@ -526,7 +526,7 @@ async fn made_up_keys_cost_one_lookup_per_time_to_live() {
         Situation::MalformedApiKey
     );
     assert_eq!(lookups(), 1);
-    f.clock.advance(DEFAULT_TTL);
+    f.clock.advance_secs(DEFAULT_TTL);
     assert_eq!(
         refused(f.auth.verify(made_up.expose()).await),
         Situation::InvalidApiKey

@@ -34,8 +34,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DocsFormat::Markdown)]
         format: DocsFormat,
         /// Show examples in this envelope profile instead of the catalog's.
-        #[arg(long, value_enum)]
-        profile: Option<ProfileArg>,
+        #[arg(long, value_parser = profile_names())]
+        profile: Option<Profile>,
         /// Write to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -55,8 +55,8 @@ enum Command {
         #[arg(long)]
         catalog: Option<PathBuf>,
         /// Serve the catalog in this envelope profile instead of its own.
-        #[arg(long, value_enum)]
-        profile: Option<ProfileArg>,
+        #[arg(long, value_parser = profile_names())]
+        profile: Option<Profile>,
         #[command(flatten)]
         connections: ConnectionArgs,
     },
@@ -134,26 +134,12 @@ enum DocsFormat {
     Html,
 }
 
-/// An envelope profile name on the command line.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ProfileArg {
-    Flat,
-    Code,
-    Nested,
-    Problem,
-    Google,
-}
-
-impl From<ProfileArg> for Profile {
-    fn from(p: ProfileArg) -> Self {
-        match p {
-            ProfileArg::Flat => Profile::Flat,
-            ProfileArg::Code => Profile::Code,
-            ProfileArg::Nested => Profile::Nested,
-            ProfileArg::Problem => Profile::Problem,
-            ProfileArg::Google => Profile::Google,
-        }
-    }
+/// Envelope profile names on the command line, taken from `Profile::ALL` so that `--help`
+/// lists them and no second list of names exists.
+fn profile_names() -> impl clap::builder::TypedValueParser<Value = Profile> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Profile::ALL.map(Profile::as_str))
+        .try_map(|name| name.parse::<Profile>())
 }
 
 /// A failure of the command itself (not of the catalog): exit 2.
@@ -279,7 +265,7 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
         } => {
             let mut parsed = load(&catalog)?;
             if let Some(profile) = profile {
-                parsed.api.profile = profile.into();
+                parsed.api.profile = profile;
             }
             let page = match format {
                 DocsFormat::Markdown => faultline::docs::markdown(&parsed),
@@ -324,7 +310,7 @@ fn serve(
     addr: std::net::SocketAddr,
     db: &Path,
     catalog: Option<&Path>,
-    profile: Option<ProfileArg>,
+    profile: Option<Profile>,
     connections: &ConnectionArgs,
 ) -> Result<ExitCode, UsageError> {
     tracing_subscriber::fmt()
@@ -340,9 +326,8 @@ fn serve(
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
     let auth = Arc::new(reference::authenticator_on_file(db).map_err(|e| UsageError(e.0))?);
-    let (app, contract) =
-        reference::app_on_file(parsed, profile.map(Profile::from), db, Arc::clone(&auth))
-            .map_err(|e| UsageError(e.to_string()))?;
+    let (app, contract) = reference::app_on_file(parsed, profile, db, Arc::clone(&auth))
+        .map_err(|e| UsageError(e.to_string()))?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {

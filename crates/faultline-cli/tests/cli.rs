@@ -134,7 +134,7 @@ fn docs_markdown_lists_every_code_with_its_status() {
     let page = text(&out.stdout);
     let source = std::fs::read_to_string(root().join("examples/catalogs/chatbots.toml")).unwrap();
     let catalog = faultline::Catalog::from_toml_str(&source).unwrap();
-    for e in &catalog.errors {
+    for e in catalog.errors() {
         assert!(
             page.contains(&format!("| {} | `{}`", e.status, e.code)),
             "missing {}",

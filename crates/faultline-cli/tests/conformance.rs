@@ -635,7 +635,7 @@ async fn expired_keys_and_inactive_orgs_are_refused() {
             .status,
         200
     );
-    clock.advance(60);
+    clock.advance_secs(60);
     assert_eq!(
         code(send(&api, "GET", "/v1/chatbots", &[], CaseBody::Empty).await),
         (401, json!("api_key_expired"))

@@ -129,7 +129,7 @@ pub fn chatbot_cases(catalog: &Catalog, fixture: &Fixture) -> Vec<Case> {
 /// Bad credentials and bad key-management requests.
 fn key_cases(catalog: &Catalog, fixture: &Fixture) -> Vec<Case> {
     use faultline::Situation as S;
-    let bound = |s: S| catalog.bindings.get(&s).map(String::as_str);
+    let bound = |s: S| catalog.bindings().get(&s).map(String::as_str);
     let missing = bound(S::MissingApiKey);
     let malformed = bound(S::MalformedApiKey);
     let key = fixture.key.as_str();
@@ -255,7 +255,7 @@ fn key_cases(catalog: &Catalog, fixture: &Fixture) -> Vec<Case> {
 /// Bad requests that have nothing to do with credentials.
 fn request_cases(catalog: &Catalog, chatbot: &str, max_body: usize) -> Vec<Case> {
     use faultline::Situation as S;
-    let bound = |s: S| catalog.bindings.get(&s).map(String::as_str);
+    let bound = |s: S| catalog.bindings().get(&s).map(String::as_str);
     let nf = bound(S::RouteNotFound);
     let mna = bound(S::MethodNotAllowed);
     let bad_json = bound(S::MalformedJson);
@@ -333,7 +333,7 @@ fn request_cases(catalog: &Catalog, chatbot: &str, max_body: usize) -> Vec<Case>
             "GET",
             format!("/v1/chatbots/{random}"),
             catalog
-                .bindings
+                .bindings()
                 .get(&S::ResourceNotFound)
                 .map(|_| "not_found"),
         ),
@@ -471,7 +471,7 @@ pub fn check(catalog: &Catalog, profile: Profile, case: &Case, answer: &Answer) 
     }
     if envelope.code
         == catalog
-            .bindings
+            .bindings()
             .get(&faultline::Situation::MethodNotAllowed)
             .map_or("", String::as_str)
         && answer.allow.is_none()

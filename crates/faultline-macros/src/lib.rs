@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 
 use faultline::details::{DetailsShape, FieldSpec, FieldType};
-use faultline::{Catalog, ErrorSpec, RetryAdvice};
+use faultline::{Catalog, ErrorSpec};
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};
@@ -95,7 +95,7 @@ fn expand(input: &Input) -> syn::Result<TokenStream2> {
     let mut defs = Vec::new();
     let mut def_names = Vec::new();
     let mut items = Vec::new();
-    for spec in &catalog.errors {
+    for spec in catalog.errors() {
         let fn_name = code_ident(&spec.code, span)?;
         let def_name = format_ident!(
             "{}",
@@ -148,12 +148,8 @@ fn def_tokens(spec: &ErrorSpec, def_name: &Ident) -> TokenStream2 {
         message,
         ..
     } = spec;
-    let retry = match spec.retry {
-        RetryAdvice::Never => quote!(Never),
-        RetryAdvice::AfterRetryAfter => quote!(AfterRetryAfter),
-        RetryAdvice::Backoff => quote!(Backoff),
-        RetryAdvice::WithIdempotencyKey => quote!(WithIdempotencyKey),
-    };
+    // The variant's Rust name is its `Debug` form, so no list of advice names is kept here.
+    let retry = Ident::new(&format!("{:?}", spec.retry), Span::call_site());
     let doc = format!("`{code}` ({status}).");
     quote! {
         #[doc = #doc]
@@ -194,6 +190,15 @@ fn constructor(spec: &ErrorSpec, fn_name: &Ident, def_name: &Ident) -> syn::Resu
             let struct_name = format_ident!("{}Details", camel(&spec.code));
             extra = inline_struct(&spec.code, &struct_name, fields)?;
             Some(quote!(#struct_name))
+        }
+        other => {
+            return Err(syn::Error::new(
+                Span::call_site(),
+                format!(
+                    "details shape `{other}` of `{}` has no typed form in this version of faultline-macros",
+                    spec.code
+                ),
+            ));
         }
     };
     if let Some(ty) = details_ty {

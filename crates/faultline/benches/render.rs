@@ -21,12 +21,11 @@ fn render(c: &mut Criterion) {
             "status",
             "Invalid enum value. Expected 'draft' | 'active' | 'paused' | 'archived', got 'live'.",
         ));
-    let ctx = RenderContext {
-        request_id: Some("req_8fK2x9aLp0qR7sT3uV5w"),
-        instance: Some("/v1/chatbots"),
-        type_uri: Some("https://docs.example.com/errors#invalid_payload"),
-        domain: Some("api.example.com"),
-    };
+    let ctx = RenderContext::new()
+        .with_request_id("req_8fK2x9aLp0qR7sT3uV5w")
+        .with_instance("/v1/chatbots")
+        .with_docs_url("https://docs.example.com/errors#invalid_payload")
+        .with_domain("api.example.com");
     let mut group = c.benchmark_group("render_field_errors");
     for profile in Profile::ALL {
         group.bench_function(profile.as_str(), |b| {

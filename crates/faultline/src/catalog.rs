@@ -5,12 +5,14 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::str::FromStr;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::details::{DetailsShape, FieldSpec, FieldType};
 use crate::error::ApiError;
+use crate::names::UnknownName;
 use crate::profile::Profile;
 use crate::retry::RetryAdvice;
 use crate::situation::Situation;
@@ -40,19 +42,24 @@ use crate::style::CodeStyle;
 /// "#).unwrap();
 /// assert_eq!(catalog.get("internal_error").unwrap().status, 500);
 /// ```
+///
+/// # The index cannot go stale
+///
+/// The codes and bindings are read through [`Catalog::errors`], [`Catalog::get`],
+/// [`Catalog::bindings`] and [`Catalog::bound`] only: nothing outside the parser can edit them,
+/// so a lookup always agrees with the list.
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    /// API-wide settings.
+    /// API-wide settings. No index depends on them.
     pub api: ApiSettings,
-    /// The code bound to each standard situation.
-    pub bindings: BTreeMap<Situation, String>,
-    /// Every code, in file order.
-    pub errors: Vec<ErrorSpec>,
+    bindings: BTreeMap<Situation, String>,
+    errors: Vec<ErrorSpec>,
     index: HashMap<String, usize>,
 }
 
 /// The `[api]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ApiSettings {
     /// Display name.
     pub name: String,
@@ -68,10 +75,13 @@ pub struct ApiSettings {
     pub docs_url: Option<String>,
     /// One paragraph about the API.
     pub description: Option<String>,
+    /// The `ErrorInfo.domain` of the Google profile, e.g. `chatbots.example.com`.
+    pub domain: Option<String>,
 }
 
 /// One `[[errors]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ErrorSpec {
     /// The stable machine code.
     pub code: String,
@@ -127,6 +137,16 @@ impl Catalog {
         .parse()
     }
 
+    /// Every code, in file order.
+    pub fn errors(&self) -> &[ErrorSpec] {
+        &self.errors
+    }
+
+    /// The code bound to each standard situation.
+    pub fn bindings(&self) -> &BTreeMap<Situation, String> {
+        &self.bindings
+    }
+
     /// The entry for `code`.
     pub fn get(&self, code: &str) -> Option<&ErrorSpec> {
         self.index.get(code).map(|&i| &self.errors[i])
@@ -145,6 +165,58 @@ impl Catalog {
             .docs_url
             .as_ref()
             .map(|t| t.replace("{code}", code))
+    }
+
+    /// The `ErrorInfo.domain` of the Google profile: the `[api]` `domain`, else the host of
+    /// `docs_url`, else the API name in lower case with dashes for anything but letters and
+    /// digits (`Chatbots API` gives `chatbots-api`).
+    ///
+    /// ```
+    /// let catalog = faultline::Catalog::from_toml_str(r#"
+    /// [api]
+    /// name = "Tiny API"
+    /// profile = "google"
+    /// code_style = "snake_case"
+    /// docs_url = "https://docs.tiny.example/errors#{code}"
+    /// [[errors]]
+    /// code = "internal_error"
+    /// status = 500
+    /// category = "Server"
+    /// title = "Internal error"
+    /// message = "Something went wrong."
+    /// when = "A failure."
+    /// recovery = "Retry later."
+    /// retry = "backoff"
+    /// "#).unwrap();
+    /// assert_eq!(catalog.google_domain(), "docs.tiny.example");
+    /// ```
+    pub fn google_domain(&self) -> Cow<'_, str> {
+        if let Some(domain) = &self.api.domain {
+            return Cow::Borrowed(domain);
+        }
+        let docs_host = self.api.docs_url.as_deref().and_then(|url| {
+            let rest = url.split_once("://")?.1;
+            let host = rest.split(['/', '?', '#', '{']).next()?;
+            let host = host.rsplit('@').next()?;
+            (!host.is_empty()).then_some(host)
+        });
+        if let Some(host) = docs_host {
+            return Cow::Borrowed(host);
+        }
+        let mut slug = String::new();
+        for c in self.api.name.chars() {
+            if c.is_ascii_alphanumeric() {
+                slug.push(c.to_ascii_lowercase());
+            } else if !slug.is_empty() && !slug.ends_with('-') {
+                slug.push('-');
+            }
+        }
+        let slug = slug.trim_end_matches('-');
+        Cow::Owned(if slug.is_empty() {
+            "faultline".to_owned()
+        } else {
+            slug.to_owned()
+        })
     }
 
     /// Categories in the order they first appear in the file.
@@ -226,7 +298,7 @@ struct RawDoc {
     errors: Option<Vec<Spanned<RawTable>>>,
 }
 
-const API_KEYS: [&str; 7] = [
+const API_KEYS: [&str; 8] = [
     "name",
     "profile",
     "code_style",
@@ -234,6 +306,7 @@ const API_KEYS: [&str; 7] = [
     "request_id_prefix",
     "docs_url",
     "description",
+    "domain",
 ];
 const ERROR_KEYS: [&str; 12] = [
     "code",
@@ -343,39 +416,13 @@ impl<'s> Parser<'s> {
         let entry = self.entry(table);
         self.unknown_keys(&entry, &API_KEYS, "[api]");
         let name = self.required_str(&entry, "name");
-        let profile = self.required_str(&entry, "profile").and_then(|(p, line)| {
-            let profile = Profile::from_name(&p);
-            if profile.is_none() {
-                let names: Vec<_> = Profile::ALL.iter().map(|p| p.as_str()).collect();
-                self.problem(
-                    line,
-                    None,
-                    "unknown-profile",
-                    format!(
-                        "unknown profile `{p}`; expected one of {}",
-                        names.join(", ")
-                    ),
-                );
-            }
-            profile
-        });
+        let profile = self
+            .required_str(&entry, "profile")
+            .and_then(|(p, line)| self.parse_name::<Profile>(&p, line, None, "unknown-profile"));
         let code_style = self
             .required_str(&entry, "code_style")
             .and_then(|(s, line)| {
-                let style = CodeStyle::from_name(&s);
-                if style.is_none() {
-                    let names: Vec<_> = CodeStyle::ALL.iter().map(|s| s.as_str()).collect();
-                    self.problem(
-                        line,
-                        None,
-                        "unknown-code-style",
-                        format!(
-                            "unknown code style `{s}`; expected one of {}",
-                            names.join(", ")
-                        ),
-                    );
-                }
-                style
+                self.parse_name::<CodeStyle>(&s, line, None, "unknown-code-style")
             });
         let request_id_header = self
             .optional_str(&entry, "request_id_header")
@@ -413,6 +460,17 @@ impl<'s> Parser<'s> {
             url
         });
         let description = self.optional_str(&entry, "description").map(|(d, _)| d);
+        let domain = self.optional_str(&entry, "domain").map(|(domain, line)| {
+            if !is_domain(&domain) {
+                self.problem(
+                    line,
+                    None,
+                    "invalid-domain",
+                    "domain must be a host name: letters, digits, dots and dashes",
+                );
+            }
+            domain
+        });
         Some(ApiSettings {
             name: name?.0,
             profile: profile?,
@@ -421,6 +479,7 @@ impl<'s> Parser<'s> {
             request_id_prefix,
             docs_url,
             description,
+            domain,
         })
     }
 
@@ -475,20 +534,7 @@ impl<'s> Parser<'s> {
         let when = self.required_str(entry, "when");
         let recovery = self.required_str(entry, "recovery");
         let retry = self.required_str(entry, "retry").and_then(|(r, line)| {
-            let advice = RetryAdvice::from_name(&r);
-            if advice.is_none() {
-                let names: Vec<_> = RetryAdvice::ALL.iter().map(|a| a.as_str()).collect();
-                self.problem(
-                    line,
-                    entry.code.as_deref(),
-                    "unknown-retry",
-                    format!(
-                        "unknown retry advice `{r}`; expected one of {}",
-                        names.join(", ")
-                    ),
-                );
-            }
-            advice
+            self.parse_name::<RetryAdvice>(&r, line, entry.code.as_deref(), "unknown-retry")
         });
         let details = self.details(entry);
         let headers = self.headers(entry);
@@ -513,7 +559,17 @@ impl<'s> Parser<'s> {
             let has_retry_after = headers
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case("Retry-After"));
-            if matches!(status, 429 | 503) && !has_retry_after {
+            if retry == Some(RetryAdvice::Never) {
+                // A wait would tell the client that retrying helps, which `never` denies.
+                if has_retry_after {
+                    self.problem(
+                        entry.line,
+                        entry.code.as_deref(),
+                        "retry-after-on-never",
+                        "retry = \"never\" contradicts headers = [\"Retry-After\"]: drop the header or change the advice",
+                    );
+                }
+            } else if matches!(status, 429 | 503) && !has_retry_after {
                 self.problem(
                     entry.line,
                     entry.code.as_deref(),
@@ -589,21 +645,18 @@ impl<'s> Parser<'s> {
         let line = self.line(value.span().start);
         let code = entry.code.as_deref();
         match value.get_ref() {
-            toml::Value::String(name) => {
-                let shape = DetailsShape::from_name(name);
-                if shape.is_none() {
+            toml::Value::String(name) => match name.parse::<DetailsShape>() {
+                Ok(shape) => Some(shape),
+                Err(unknown) => {
                     self.problem(
                         line,
                         code,
                         "unknown-details",
-                        format!(
-                            "unknown details shape `{name}`; expected one of {} or an inline table",
-                            DetailsShape::BUILT_IN.join(", ")
-                        ),
+                        format!("{unknown} or an inline table"),
                     );
+                    None
                 }
-                shape
-            }
+            },
             toml::Value::Table(fields) => {
                 let mut specs = Vec::new();
                 let mut ok = true;
@@ -706,18 +759,9 @@ impl<'s> Parser<'s> {
         };
         for (key, value) in table.get_ref() {
             let line = self.line(key.span().start);
-            let Some(situation) = Situation::from_name(key.get_ref()) else {
-                let names: Vec<_> = Situation::ALL.iter().map(|s| s.as_str()).collect();
-                self.problem(
-                    line,
-                    None,
-                    "unknown-binding",
-                    format!(
-                        "unknown situation `{}`; expected one of {}",
-                        key.get_ref(),
-                        names.join(", ")
-                    ),
-                );
+            let Some(situation) =
+                self.parse_name::<Situation>(key.get_ref(), line, None, "unknown-binding")
+            else {
                 continue;
             };
             let Some(code) = value.get_ref().as_str() else {
@@ -759,6 +803,19 @@ impl<'s> Parser<'s> {
                 );
             }
         }
+    }
+
+    /// Parses a name of an enum spelt as words, reporting an unknown one under `rule`.
+    fn parse_name<T: FromStr<Err = UnknownName>>(
+        &mut self,
+        name: &str,
+        line: usize,
+        code: Option<&str>,
+        rule: &'static str,
+    ) -> Option<T> {
+        name.parse()
+            .map_err(|unknown: UnknownName| self.problem(line, code, rule, unknown.to_string()))
+            .ok()
     }
 
     fn key_line(&self, entry: &Entry<'_>, key: &str) -> usize {
@@ -824,6 +881,20 @@ fn is_header_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A host name: dot-separated labels of letters, digits and inner dashes.
+fn is_domain(domain: &str) -> bool {
+    domain.len() <= 253
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The characters allowed in request ids (and their prefixes).

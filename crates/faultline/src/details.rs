@@ -210,7 +210,17 @@ pub fn object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
 }
 
 /// The shape of a code's details, as declared in the catalog.
+///
+/// A built-in shape parses from its catalog name; an inline table gives [`DetailsShape::Object`].
+///
+/// ```
+/// use faultline::DetailsShape;
+/// assert_eq!("quota".parse(), Ok(DetailsShape::Quota));
+/// assert_eq!(DetailsShape::Quota.to_string(), "quota");
+/// assert!("none".parse::<DetailsShape>().is_err(), "only shapes a catalog may name parse");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DetailsShape {
     /// The code carries no details.
     None,
@@ -237,33 +247,29 @@ pub enum DetailsShape {
 }
 
 impl DetailsShape {
-    /// The built-in shape names accepted in catalogs.
-    pub const BUILT_IN: [&'static str; 9] = [
-        "field_errors",
-        "field_violations",
-        "required_scope",
-        "quota",
-        "size",
-        "resource",
-        "reason",
-        "value",
-        "limit",
+    /// The built-in shapes a catalog can name, each with its name: the one list of them.
+    pub const BUILT_IN: [(&'static str, DetailsShape); 9] = [
+        ("field_errors", Self::FieldErrors),
+        ("field_violations", Self::FieldViolations),
+        ("required_scope", Self::RequiredScope),
+        ("quota", Self::Quota),
+        ("size", Self::Size),
+        ("resource", Self::Resource),
+        ("reason", Self::Reason),
+        ("value", Self::Value),
+        ("limit", Self::Limit),
     ];
 
-    /// Parses a built-in shape name; `None` for an unknown one.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "field_errors" => Self::FieldErrors,
-            "field_violations" => Self::FieldViolations,
-            "required_scope" => Self::RequiredScope,
-            "quota" => Self::Quota,
-            "size" => Self::Size,
-            "resource" => Self::Resource,
-            "reason" => Self::Reason,
-            "value" => Self::Value,
-            "limit" => Self::Limit,
-            _ => return None,
-        })
+    /// The catalog name of a built-in shape, `none` for [`DetailsShape::None`]; `None` for an
+    /// inline object.
+    pub fn name(&self) -> Option<&'static str> {
+        if *self == Self::None {
+            return Some("none");
+        }
+        Self::BUILT_IN
+            .iter()
+            .find(|(_, shape)| shape == self)
+            .map(|(name, _)| *name)
     }
 
     /// The fields of this shape, as they appear on the wire.
@@ -303,19 +309,28 @@ impl DetailsShape {
     }
 }
 
+impl std::str::FromStr for DetailsShape {
+    type Err = crate::names::UnknownName;
+
+    /// Parses the name of a built-in shape.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::BUILT_IN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, shape)| shape.clone())
+            .ok_or_else(|| {
+                crate::names::UnknownName::new(
+                    "details shape",
+                    name,
+                    Self::BUILT_IN.iter().map(|(n, _)| *n),
+                )
+            })
+    }
+}
+
 impl fmt::Display for DetailsShape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self {
-            Self::None => "none",
-            Self::FieldErrors => "field_errors",
-            Self::FieldViolations => "field_violations",
-            Self::RequiredScope => "required_scope",
-            Self::Quota => "quota",
-            Self::Size => "size",
-            Self::Resource => "resource",
-            Self::Reason => "reason",
-            Self::Value => "value",
-            Self::Limit => "limit",
+        match self {
             Self::Object(fields) => {
                 f.write_str("{ ")?;
                 for (i, field) in fields.iter().enumerate() {
@@ -330,10 +345,10 @@ impl fmt::Display for DetailsShape {
                         if field.optional { "?" } else { "" }
                     )?;
                 }
-                return f.write_str(" }");
+                f.write_str(" }")
             }
-        };
-        f.write_str(name)
+            shape => f.write_str(shape.name().unwrap_or_default()),
+        }
     }
 }
 
@@ -454,9 +469,15 @@ mod tests {
 
     #[test]
     fn every_built_in_name_parses() {
-        for name in DetailsShape::BUILT_IN {
-            let shape = DetailsShape::from_name(name).expect("built-in");
+        for (name, shape) in DetailsShape::BUILT_IN {
+            assert_eq!(name.parse(), Ok(shape.clone()));
             assert_eq!(shape.to_string(), name);
         }
+        assert_eq!(DetailsShape::None.to_string(), "none");
+        let error = "bogus".parse::<DetailsShape>().unwrap_err();
+        assert!(
+            error.to_string().contains("field_errors, field_violations"),
+            "{error}"
+        );
     }
 }

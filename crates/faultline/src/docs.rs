@@ -24,7 +24,7 @@ fn sections(catalog: &Catalog) -> Vec<(&str, Vec<&ErrorSpec>)> {
         .into_iter()
         .map(|category| {
             let mut codes: Vec<&ErrorSpec> = catalog
-                .errors
+                .errors()
                 .iter()
                 .filter(|e| e.category == category)
                 .collect();
@@ -39,7 +39,7 @@ fn sections(catalog: &Catalog) -> Vec<(&str, Vec<&ErrorSpec>)> {
 fn example(catalog: &Catalog) -> (ApiError, String) {
     let spec = catalog
         .bound(Situation::ValidationFailed)
-        .or_else(|| catalog.errors.first())
+        .or_else(|| catalog.errors().first())
         .expect("a valid catalog has at least one code");
     let mut error = spec.to_error();
     match spec.details {
@@ -58,13 +58,15 @@ fn example(catalog: &Catalog) -> (ApiError, String) {
         _ => {}
     }
     let request_id = format!("{}{EXAMPLE_ID_SUFFIX}", catalog.api.request_id_prefix);
-    let type_uri = catalog.docs_url_for(&spec.code);
-    let ctx = RenderContext {
-        request_id: Some(&request_id),
-        instance: Some("/v1/example"),
-        type_uri: type_uri.as_deref(),
-        domain: None,
-    };
+    let docs_url = catalog.docs_url_for(&spec.code);
+    let domain = catalog.google_domain();
+    let mut ctx = RenderContext::new()
+        .with_request_id(&request_id)
+        .with_instance("/v1/example")
+        .with_domain(&domain);
+    if let Some(url) = &docs_url {
+        ctx = ctx.with_docs_url(url);
+    }
     let body = catalog.api.profile.render_pretty(&error, &ctx);
     (error, body)
 }
@@ -150,15 +152,31 @@ fn profile_members(profile: Profile) -> &'static [(&'static str, &'static str)] 
             ),
             (
                 "error.details[ErrorInfo].reason",
-                "The stable machine code. Branch on it.",
+                "The machine code in UPPER_SNAKE case (`api_key.revoked` gives `API_KEY_REVOKED`).",
+            ),
+            (
+                "error.details[ErrorInfo].metadata.code",
+                "The stable machine code exactly as the catalog spells it. Branch on it.",
+            ),
+            (
+                "error.details[ErrorInfo].metadata",
+                "Also each member of the code's details: strings as they are, other values as JSON text.",
             ),
             (
                 "error.details[RequestInfo].requestId",
                 "The id of this request, equal to the request-id response header.",
             ),
             (
-                "error.details[faultline.v1.Details].value",
-                "Structured context whose shape depends on the code.",
+                "error.details[RetryInfo].retryDelay",
+                "The `Retry-After` wait, e.g. `30s`, when the response carries one.",
+            ),
+            (
+                "error.details[BadRequest].fieldViolations",
+                "Each invalid field with a description, for validation codes.",
+            ),
+            (
+                "error.details[Help].links",
+                "A link to this code's documentation, when the catalog has a `docs_url`.",
             ),
         ],
     }
@@ -166,7 +184,7 @@ fn profile_members(profile: Profile) -> &'static [(&'static str, &'static str)] 
 
 fn retry_codes(catalog: &Catalog, advice: RetryAdvice) -> Vec<&str> {
     catalog
-        .errors
+        .errors()
         .iter()
         .filter(|e| e.retry == advice)
         .map(|e| e.code.as_str())
@@ -264,7 +282,7 @@ pub fn markdown(catalog: &Catalog) -> String {
         out.push('\n');
     }
     let with_details: Vec<&ErrorSpec> = catalog
-        .errors
+        .errors()
         .iter()
         .filter(|e| e.details != DetailsShape::None)
         .collect();

@@ -1,47 +1,24 @@
 //! Retry advice: what a client may do after receiving a code.
 
-use std::fmt;
-
-/// What the contract says a client may do after an error with this code.
-///
-/// The advice is part of each catalog entry; the docs page explains each class and the
-/// client follows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RetryAdvice {
-    /// Do not retry: the request has to change first.
-    Never,
-    /// Retry once the number of seconds in the `Retry-After` header has passed.
-    AfterRetryAfter,
-    /// Retry with bounded exponential backoff and jitter.
-    Backoff,
-    /// Retry only when the request is idempotent: a safe method, or an `Idempotency-Key`.
-    WithIdempotencyKey,
+crate::names::named_enum! {
+    /// What the contract says a client may do after an error with this code.
+    ///
+    /// The advice is part of each catalog entry; the docs page explains each class and the
+    /// client follows it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum RetryAdvice ("retry advice") {
+        /// Do not retry: the request has to change first.
+        Never => "never",
+        /// Retry once the number of seconds in the `Retry-After` header has passed.
+        AfterRetryAfter => "after_retry_after",
+        /// Retry with bounded exponential backoff and jitter.
+        Backoff => "backoff",
+        /// Retry only when the request is idempotent: a safe method, or an `Idempotency-Key`.
+        WithIdempotencyKey => "with_idempotency_key",
+    }
 }
 
 impl RetryAdvice {
-    /// Every advice class, in the order the docs list them.
-    pub const ALL: [RetryAdvice; 4] = [
-        RetryAdvice::Never,
-        RetryAdvice::AfterRetryAfter,
-        RetryAdvice::Backoff,
-        RetryAdvice::WithIdempotencyKey,
-    ];
-
-    /// The name used in catalog files.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            RetryAdvice::Never => "never",
-            RetryAdvice::AfterRetryAfter => "after_retry_after",
-            RetryAdvice::Backoff => "backoff",
-            RetryAdvice::WithIdempotencyKey => "with_idempotency_key",
-        }
-    }
-
-    /// Parses a catalog name; `None` for an unknown one.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.as_str() == name)
-    }
-
     /// A short label for tables.
     pub const fn label(self) -> &'static str {
         match self {
@@ -75,12 +52,6 @@ impl RetryAdvice {
     }
 }
 
-impl fmt::Display for RetryAdvice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,8 +59,13 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for advice in RetryAdvice::ALL {
-            assert_eq!(RetryAdvice::from_name(advice.as_str()), Some(advice));
+            assert_eq!(advice.as_str().parse(), Ok(advice));
+            assert_eq!(advice.to_string(), advice.as_str());
         }
-        assert_eq!(RetryAdvice::from_name("sometimes"), None);
+        let error = "sometimes".parse::<RetryAdvice>().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "unknown retry advice `sometimes`; expected one of never, after_retry_after, backoff, with_idempotency_key"
+        );
     }
 }

@@ -92,10 +92,22 @@ situations! {
     ServiceUnavailable => "service_unavailable", "503";
 }
 
-impl Situation {
-    /// Parses a `[bindings]` key; `None` for an unknown one.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|s| s.as_str() == name)
+impl std::str::FromStr for Situation {
+    type Err = crate::names::UnknownName;
+
+    /// Parses a `[bindings]` key.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| {
+                crate::names::UnknownName::new(
+                    "situation",
+                    name,
+                    Self::ALL.iter().map(|s| s.as_str()),
+                )
+            })
     }
 }
 

@@ -1,40 +1,19 @@
 //! Code styles: how an API spells its error codes.
 
-use std::fmt;
-
-/// How an API spells its codes. Lint checks every code against the declared style.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CodeStyle {
-    /// `not_found`, `rate_limited`.
-    SnakeCase,
-    /// Dotted namespaces of snake_case segments, at least two: `api_key.revoked`.
-    Dotted,
-    /// `NOT_FOUND`, `RATE_LIMITED`.
-    UpperSnake,
+crate::names::named_enum! {
+    /// How an API spells its codes. Lint checks every code against the declared style.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum CodeStyle ("code style") {
+        /// `not_found`, `rate_limited`.
+        SnakeCase => "snake_case",
+        /// Dotted namespaces of snake_case segments, at least two: `api_key.revoked`.
+        Dotted => "dotted",
+        /// `NOT_FOUND`, `RATE_LIMITED`.
+        UpperSnake => "upper_snake",
+    }
 }
 
 impl CodeStyle {
-    /// Every style.
-    pub const ALL: [CodeStyle; 3] = [
-        CodeStyle::SnakeCase,
-        CodeStyle::Dotted,
-        CodeStyle::UpperSnake,
-    ];
-
-    /// The name used in catalog files.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            CodeStyle::SnakeCase => "snake_case",
-            CodeStyle::Dotted => "dotted",
-            CodeStyle::UpperSnake => "upper_snake",
-        }
-    }
-
-    /// Parses a catalog name; `None` for an unknown one.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
     /// An example code in this style, for error messages.
     pub const fn example(self) -> &'static str {
         match self {
@@ -103,12 +82,6 @@ fn is_snake_segment(s: &str, upper: bool) -> bool {
     true
 }
 
-impl fmt::Display for CodeStyle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +112,14 @@ mod tests {
         for bad in ["not_found", "a..b", ".a", "a.", "A.b", "a.B"] {
             assert!(!CodeStyle::Dotted.matches(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn names_parse() {
+        for style in CodeStyle::ALL {
+            assert_eq!(style.as_str().parse(), Ok(style));
+        }
+        assert!("kebab-case".parse::<CodeStyle>().is_err());
     }
 
     #[test]

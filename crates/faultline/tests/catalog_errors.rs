@@ -28,7 +28,7 @@ fn duplicate_code_and_missing_retry_after_are_both_reported_with_lines() {
     let source = format!(
         "{HEAD}{}{}{}",
         entry("not_found", 404, ""),
-        entry("rate_limited", 429, ""),
+        entry("rate_limited", 429, "").replace("\"never\"", "\"after_retry_after\""),
         entry("not_found", 404, "")
     );
     let found = problems(&source);
@@ -53,13 +53,14 @@ fn duplicate_code_and_missing_retry_after_are_both_reported_with_lines() {
 #[test]
 fn every_rule_fires() {
     let source = format!(
-        "{HEAD}docs_url = \"https://x/errors\"\n\n[bindings]\nroute_not_found = \"nope\"\nteleport = \"x\"\n{}{}{}{}{}{}",
+        "{HEAD}docs_url = \"https://x/errors\"\n\n[bindings]\nroute_not_found = \"nope\"\nteleport = \"x\"\n{}{}{}{}{}{}{}",
         entry("NotSnake", 404, ""),
         entry("bad_status", 302, ""),
         entry("bad_retry", 400, "").replace("retry = \"never\"", "retry = \"sometimes\""),
         entry("bad_details", 400, "details = \"shape_of_water\""),
         entry("no_when", 400, "").replace("when = \"W\"\n", ""),
         entry("down", 503, "headers = [\"Retry After\"]"),
+        entry("gone", 410, "headers = [\"Retry-After\"]"),
     );
     let rules: Vec<&str> = problems(&source).into_iter().map(|(_, _, r)| r).collect();
     for rule in [
@@ -72,6 +73,7 @@ fn every_rule_fires() {
         "unknown-details",
         "missing-field",
         "invalid-header",
+        "retry-after-on-never",
     ] {
         assert!(rules.contains(&rule), "{rule} missing from {rules:?}");
     }
@@ -139,5 +141,76 @@ fn a_valid_catalog_loads() {
             .bound(faultline::Situation::Internal)
             .map(|e| e.status),
         Some(500)
+    );
+}
+
+#[test]
+fn retry_after_follows_the_retry_advice() {
+    // A `never` 429 needs no Retry-After (nothing to wait for); a `never` code that declares
+    // one contradicts itself; an `after_retry_after` code still needs the header.
+    let source = format!(
+        "{HEAD}{}{}{}",
+        entry("key_cap", 429, ""),
+        entry("stop", 400, "headers = [\"retry-after\"]"),
+        entry("busy", 503, "").replace("\"never\"", "\"backoff\""),
+    );
+    assert_eq!(
+        problems(&source),
+        vec![
+            (17, Some("stop".to_owned()), "retry-after-on-never"),
+            (27, Some("busy".to_owned()), "missing-retry-after"),
+        ]
+    );
+    let report = Catalog::from_toml_str(&source)
+        .unwrap_err()
+        .report("c.toml");
+    assert!(
+        report.contains(
+            "c.toml:17: error[retry-after-on-never] code `stop`: retry = \"never\" contradicts"
+        ),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_never_429_carries_no_retry_after() {
+    let source = format!("{HEAD}{}", entry("key_cap", 429, "details = \"limit\""));
+    let catalog =
+        Catalog::from_toml_str(&source).expect("a never 429 without Retry-After is valid");
+    let spec = catalog.get("key_cap").expect("defined");
+    assert!(!spec.carries("Retry-After"));
+    assert!(spec.headers.is_empty());
+    assert_eq!(spec.to_error().header("Retry-After"), None);
+}
+
+#[test]
+fn domain_is_checked_and_used() {
+    let source = format!(
+        "{HEAD}domain = \"chatbots.example.com\"\n{}",
+        entry("x", 400, "")
+    );
+    let catalog = Catalog::from_toml_str(&source).expect("valid");
+    assert_eq!(catalog.api.domain.as_deref(), Some("chatbots.example.com"));
+    assert_eq!(catalog.google_domain(), "chatbots.example.com");
+    let without = Catalog::from_toml_str(&format!("{HEAD}{}", entry("x", 400, ""))).expect("valid");
+    assert_eq!(without.google_domain(), "test");
+    let bad = format!("{HEAD}domain = \"not a host/\"\n{}", entry("x", 400, ""));
+    assert_eq!(problems(&bad), vec![(5, None, "invalid-domain")]);
+}
+
+#[test]
+fn unknown_names_list_the_valid_ones() {
+    let source = format!(
+        "{HEAD}{}",
+        entry("x", 400, "details = \"shape_of_water\"").replace("\"never\"", "\"sometimes\"")
+    );
+    let errors = Catalog::from_toml_str(&source).unwrap_err();
+    let messages: Vec<&str> = errors.problems.iter().map(|p| p.message.as_str()).collect();
+    assert!(messages.contains(&"unknown retry advice `sometimes`; expected one of never, after_retry_after, backoff, with_idempotency_key"), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m
+            .starts_with("unknown details shape `shape_of_water`; expected one of field_errors,")
+            && m.ends_with(" or an inline table")),
+        "{messages:?}"
     );
 }

@@ -29,7 +29,7 @@ fn markdown_lists_every_code_with_its_status() {
     for name in CATALOGS {
         let catalog = load(name);
         let page = faultline::docs::markdown(&catalog);
-        for e in &catalog.errors {
+        for e in catalog.errors() {
             let row = format!("| {} | `{}`", e.status, e.code);
             assert!(page.contains(&row), "{name}: no row for {}", e.code);
         }
@@ -46,7 +46,7 @@ fn html_is_self_contained_with_an_anchor_per_code_and_a_filter() {
             page.contains("<input id=\"filter\""),
             "{name}: no filter box"
         );
-        for e in &catalog.errors {
+        for e in catalog.errors() {
             assert!(
                 page.contains(&format!("<tr id=\"{}\">", e.code)),
                 "{name}: no anchor for {}",

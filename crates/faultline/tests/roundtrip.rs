@@ -11,7 +11,7 @@ fn json_leaf() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        ".{0,12}".prop_map(Value::String),
+        json_string().prop_map(Value::String),
     ]
 }
 
@@ -25,12 +25,30 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-/// Details are an object (as every catalog shape is), possibly absent.
+/// Member names, including those the Google profile's metadata reserves or escapes.
+fn member_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-zA-Z_]{1,8}",
+        1 => prop::sample::select(vec!["code", "details", "_code", "__x", "_"]).prop_map(str::to_owned),
+    ]
+}
+
+/// Strings, including ones that read as other JSON values when unquoted.
+fn json_string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => ".{0,12}",
+        1 => prop::sample::select(vec!["42", "true", "null", "[]", "{}", "\"x\"", " 1 ", "-0", "1e3"]).prop_map(str::to_owned),
+    ]
+}
+
+/// Details: an object (as every catalog shape is), possibly absent, now and then any value.
 fn details() -> impl Strategy<Value = Option<Value>> {
-    prop::option::of(
-        prop::collection::btree_map("[a-zA-Z_]{1,8}", json_value(), 0..4)
+    prop::option::of(prop_oneof![
+        4 => prop::collection::btree_map(member_name(), json_value(), 0..4)
             .prop_map(|m| Value::Object(m.into_iter().collect())),
-    )
+        // A null `details` reads back as absent in every profile, so it is left out here.
+        1 => json_value().prop_filter("null details read back as absent", |v| !v.is_null()),
+    ])
 }
 
 fn profile() -> impl Strategy<Value = Profile> {
@@ -57,7 +75,10 @@ proptest! {
         if let Some(s) = retry_after {
             error = error.with_retry_after(std::time::Duration::from_secs(s));
         }
-        let ctx = RenderContext { request_id: request_id.as_deref(), instance: Some("/x"), ..Default::default() };
+        let mut ctx = RenderContext::new().with_instance("/x").with_docs_url("https://docs.example.com/e#x");
+        if let Some(id) = &request_id {
+            ctx = ctx.with_request_id(id);
+        }
         let body = profile.render(&error, &ctx);
 
         let parsed = profile.parse(&body).expect("a rendered body parses in its own profile");

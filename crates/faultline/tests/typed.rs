@@ -53,7 +53,7 @@ fn keywords_become_raw_identifiers() {
 
 #[test]
 fn defs_and_catalog_agree() {
-    assert_eq!(shop::defs::ALL.len(), shop::catalog().errors.len());
+    assert_eq!(shop::defs::ALL.len(), shop::catalog().errors().len());
     for def in shop::defs::ALL {
         let spec = shop::catalog()
             .get(def.code)
@@ -68,13 +68,7 @@ fn defs_and_catalog_agree() {
 #[test]
 fn message_override_keeps_code() {
     let e = shop::not_found().with_message("Chatbot not found.");
-    let body = Profile::Flat.to_value(
-        &e,
-        &RenderContext {
-            request_id: Some("req_1"),
-            ..Default::default()
-        },
-    );
+    let body = Profile::Flat.to_value(&e, &RenderContext::new().with_request_id("req_1"));
     assert_eq!(
         body,
         json!({"error": "not_found", "message": "Chatbot not found.", "request_id": "req_1"})

@@ -28,10 +28,7 @@ fn validation_error_on_post_chatbots() {
             "status",
             "Invalid enum value. Expected 'draft' | 'active' | 'paused' | 'archived', got 'live'.",
         ));
-    let ctx = RenderContext {
-        request_id: Some("req_8fK2x9aLp0qR"),
-        ..Default::default()
-    };
+    let ctx = RenderContext::new().with_request_id("req_8fK2x9aLp0qR");
     let expected = json!({
       "error": "invalid_payload",
       "message": "Request body failed validation.",
@@ -55,10 +52,7 @@ fn validation_error_on_post_chatbots() {
 #[test]
 fn cross_org_access_is_a_plain_not_found() {
     let error = ApiError::from_def(&NOT_FOUND).with_message("Chatbot not found.");
-    let ctx = RenderContext {
-        request_id: Some("req_2c1b4a9f7e8d"),
-        ..Default::default()
-    };
+    let ctx = RenderContext::new().with_request_id("req_2c1b4a9f7e8d");
     assert_eq!(
         Profile::Flat.to_value(&error, &ctx),
         json!({"error": "not_found", "message": "Chatbot not found.", "request_id": "req_2c1b4a9f7e8d"})
@@ -69,12 +63,11 @@ fn cross_org_access_is_a_plain_not_found() {
 fn every_profile_renders_the_validation_example() {
     let error = ApiError::from_def(&INVALID_PAYLOAD)
         .with_details(FieldErrors::new().field("name", "Required"));
-    let ctx = RenderContext {
-        request_id: Some("req_1"),
-        instance: Some("/v1/chatbots"),
-        type_uri: Some("https://docs.example.com/errors#invalid_payload"),
-        domain: Some("api.example.com"),
-    };
+    let ctx = RenderContext::new()
+        .with_request_id("req_1")
+        .with_instance("/v1/chatbots")
+        .with_docs_url("https://docs.example.com/errors#invalid_payload")
+        .with_domain("api.example.com");
     let details = json!({"formErrors": [], "fieldErrors": {"name": ["Required"]}});
     assert_eq!(
         Profile::Code.to_value(&error, &ctx),
@@ -104,10 +97,15 @@ fn every_profile_renders_the_validation_example() {
             "message": "Request body failed validation.",
             "status": "INVALID_ARGUMENT",
             "details": [
-                {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "invalid_payload", "domain": "api.example.com"},
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "INVALID_PAYLOAD",
+                    "domain": "api.example.com",
+                    "metadata": {"code": "invalid_payload", "formErrors": "[]", "fieldErrors": r#"{"name":["Required"]}"#}
+                },
                 {"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": "req_1"},
                 {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [{"field": "name", "description": "Required"}]},
-                {"@type": "type.faultline.dev/faultline.v1.Details", "value": details}
+                {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Invalid payload: invalid_payload", "url": "https://docs.example.com/errors#invalid_payload"}]}
             ]
         }})
     );

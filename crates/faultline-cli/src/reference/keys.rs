@@ -3,8 +3,6 @@
 //! Keys belong to the organisation of the key that manages them; the raw key appears once, in
 //! the answer to its creation.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use faultline::Situation;
@@ -18,10 +16,6 @@ use super::{AppState, SCOPES, errors, not_blank};
 
 /// The longest webhook URL accepted.
 const MAX_WEBHOOK_URL: usize = 2048;
-/// The Retry-After sent with the key cap: the cap lifts only when someone revokes a key, so
-/// the catalog's retry advice is "never"; the header keeps the 429 contract of the catalog.
-const KEY_CAP_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
 /// The body of `POST /v1/api_keys`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -182,11 +176,9 @@ pub async fn create(
                 key: secret.expose().to_owned(),
             }),
         )),
-        Err(CreateKeyError::LimitReached { max }) => Err(errors::api_key_limit_reached(
-            Limit { max: max as u64 },
-            KEY_CAP_RETRY_AFTER,
-        )
-        .into()),
+        Err(CreateKeyError::LimitReached { max }) => {
+            Err(errors::api_key_limit_reached(Limit { max: max as u64 }).into())
+        }
         Err(CreateKeyError::Store(e)) => Err(e.into()),
     }
 }
