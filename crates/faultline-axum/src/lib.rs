@@ -12,7 +12,9 @@
 //!   generated constructor converts with `?`;
 //! - [`ContractListener`] makes hyper's own refusals (unreadable requests, oversized headers)
 //!   catalog errors too;
-//! - [`auth`] (feature `auth`, on by default): API keys, scopes and tenancy.
+//! - [`auth`] (feature `auth`, on by default): API keys, scopes and tenancy; its stores on
+//!   SQLite are in the `faultline-sqlite` crate;
+//! - [`refuse::RefuseOr`]: the response future every guarding middleware shares.
 
 #[cfg(feature = "auth")]
 pub mod auth;
@@ -20,6 +22,7 @@ pub mod contract;
 pub mod extract;
 pub mod layer;
 pub mod listener;
+pub mod refuse;
 pub mod request_id;
 pub mod store;
 
