@@ -113,11 +113,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_request_carries_the_error_for_the_renderer() {
-        let response = RefuseOr::<std::future::Ready<_>>::refuse(Error::bound(
-            Situation::ScopeDenied,
-        ))
-        .await
-        .unwrap();
+        let response =
+            RefuseOr::<std::future::Ready<_>>::refuse(Error::bound(Situation::ScopeDenied))
+                .await
+                .unwrap();
         let pending = response
             .extensions()
             .get::<crate::contract::Pending>()

@@ -3,12 +3,12 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::Authenticator;
 use super::key::ApiKeySecret;
 use super::principal::{Overreach, Principal};
 use super::store::{
     Inserted, KeyAdmin, KeyPosition, KeyRecord, KeyStatus, OrgRecord, StatusChange, StoreError,
 };
-use super::Authenticator;
 
 /// The default cap on unrevoked keys per organisation.
 pub const DEFAULT_MAX_KEYS_PER_ORG: usize = 10;
@@ -33,7 +33,10 @@ pub struct NewKey {
 
 impl NewKey {
     /// A key named `name` granting `scopes`, that does not expire.
-    pub fn new<S: Into<String>>(name: impl Into<String>, scopes: impl IntoIterator<Item = S>) -> Self {
+    pub fn new<S: Into<String>>(
+        name: impl Into<String>,
+        scopes: impl IntoIterator<Item = S>,
+    ) -> Self {
         NewKey {
             name: name.into(),
             scopes: scopes.into_iter().map(Into::into).collect(),

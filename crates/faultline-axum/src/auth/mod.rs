@@ -72,7 +72,9 @@ pub enum AuthFailure {
 impl fmt::Display for AuthFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AuthFailure::Refused(situation) => write!(f, "credential refused: {}", situation.as_str()),
+            AuthFailure::Refused(situation) => {
+                write!(f, "credential refused: {}", situation.as_str())
+            }
             AuthFailure::Store(e) => write!(f, "cannot verify the credential: {e}"),
         }
     }

@@ -271,10 +271,19 @@ mod tests {
     fn a_key_grants_only_scopes_it_holds() {
         let writer = Principal::new("org_a", "k", strings(&["api_keys:write"]));
         assert_eq!(
-            writer.may_grant(&strings(&["chatbots:write", "api_keys:write", "a:b", "a:b"]), None),
-            Err(Overreach::Scopes(MissingScopes(strings(&["a:b", "chatbots:write"])))),
+            writer.may_grant(
+                &strings(&["chatbots:write", "api_keys:write", "a:b", "a:b"]),
+                None
+            ),
+            Err(Overreach::Scopes(MissingScopes(strings(&[
+                "a:b",
+                "chatbots:write"
+            ])))),
         );
-        assert_eq!(writer.may_grant(&strings(&["api_keys:write"]), None), Ok(()));
+        assert_eq!(
+            writer.may_grant(&strings(&["api_keys:write"]), None),
+            Ok(())
+        );
         assert_eq!(writer.may_grant(&[], None), Ok(()));
     }
 
