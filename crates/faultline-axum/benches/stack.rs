@@ -11,7 +11,9 @@ use axum::http::{Request, StatusCode, header};
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use faultline::Catalog;
-use faultline_axum::auth::{AuthLayer, Authenticator, KeyFormat, MemoryKeyStore, NewKey};
+use faultline_axum::auth::{
+    AuthLayer, Authenticator, KeyFormat, KeyManager, MemoryKeyStore, NewKey,
+};
 use faultline_axum::{Contract, Faultline};
 use tower::ServiceExt;
 
@@ -36,18 +38,16 @@ fn stack(c: &mut Criterion) {
             body,
         )
     });
+    let store = Arc::new(MemoryKeyStore::new());
     let auth = Arc::new(Authenticator::new(
         KeyFormat::new("cb", "live").expect("format"),
-        Arc::new(MemoryKeyStore::new()),
+        store.clone(),
     ));
+    let keys = KeyManager::new(Arc::clone(&auth), store);
     let key = runtime.block_on(async {
-        let org = auth.ensure_org("bench").await.expect("org");
-        let new = NewKey {
-            name: "bench".into(),
-            scopes: vec!["bots:read".into()],
-            ..NewKey::default()
-        };
-        let (_, key) = auth.create_key(&org.id, new).await.expect("key");
+        let org = keys.ensure_org("bench").await.expect("org");
+        let new = NewKey::new("bench", ["bots:read"]);
+        let (_, key) = keys.create_key(&org.id, new).await.expect("key");
         key.expose().to_owned()
     });
     let full = Faultline::new(Contract::new(catalog()).expect("bindings")).install(

@@ -6,23 +6,22 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use faultline_axum::auth::{Authenticator, KeyDigest, KeyFormat, MemoryKeyStore, NewKey};
+use faultline_axum::auth::{
+    Authenticator, KeyDigest, KeyFormat, KeyManager, MemoryKeyStore, NewKey,
+};
 
 fn verify(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
     let format = KeyFormat::new("cb", "live").expect("valid format");
-    let auth =
-        Authenticator::new(format.clone(), Arc::new(MemoryKeyStore::new())).with_cache_ttl(3600);
+    let store = Arc::new(MemoryKeyStore::new());
+    let auth = Arc::new(Authenticator::new(format.clone(), store.clone()).with_cache_ttl(3600));
+    let keys = KeyManager::new(Arc::clone(&auth), store);
     let key = runtime.block_on(async {
-        let org = auth.ensure_org("bench").await.expect("org");
-        let new = NewKey {
-            name: "bench".into(),
-            scopes: vec!["chatbots:read".into(), "chatbots:write".into()],
-            ..NewKey::default()
-        };
-        let (_, key) = auth.create_key(&org.id, new).await.expect("key");
+        let org = keys.ensure_org("bench").await.expect("org");
+        let new = NewKey::new("bench", ["chatbots:read", "chatbots:write"]);
+        let (_, key) = keys.create_key(&org.id, new).await.expect("key");
         // The first verification fills the cache.
         auth.verify(key.expose()).await.expect("valid key");
         key

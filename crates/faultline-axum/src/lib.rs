@@ -13,7 +13,9 @@
 //! - [`serve`] with a [`ContractListener`] makes hyper's own refusals (unreadable requests,
 //!   oversized headers) catalog errors too, without ever touching a byte the application wrote,
 //!   and closes slow, idle and excess connections;
-//! - [`auth`] (feature `auth`, on by default): API keys, scopes and tenancy.
+//! - [`auth`] (feature `auth`, on by default): API keys, scopes and tenancy; its stores on
+//!   SQLite are in the `faultline-sqlite` crate;
+//! - [`refuse::RefuseOr`]: the response future every guarding middleware shares.
 
 #[cfg(feature = "auth")]
 pub mod auth;
@@ -22,6 +24,7 @@ pub mod extract;
 pub mod layer;
 pub mod listener;
 mod problems;
+pub mod refuse;
 pub mod request_id;
 pub mod store;
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use faultline::{Catalog, Profile};
-use faultline_axum::auth::{CreateKeyError, NewKey, StoreError};
+use faultline_axum::StoreError;
+use faultline_axum::auth::{CreateKeyError, NewKey};
 use faultline_cli::reference;
 
 /// Error catalogs for HTTP APIs: one file in, a server's errors, docs and guardrails out.
@@ -195,7 +196,7 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
                     db,
                 },
         } => {
-            let auth = reference::authenticator_on_file(&db).map_err(|e| UsageError(e.0))?;
+            let keys = reference::keys_on_file(&db).map_err(|e| UsageError(e.0))?;
             let scopes = if scopes.iter().any(|s| s == "all") {
                 reference::all_scopes()
             } else {
@@ -210,22 +211,17 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
                     reference::SCOPES.join(", ")
                 )));
             }
-            let expires_at = expires_in.map(|s| auth.clock().now() + i64::from(s));
+            let expires_at = expires_in.map(|s| keys.authenticator().clock().now() + i64::from(s));
             let (record, key) = block_on(async {
-                let org = auth.ensure_org(&org).await?;
-                let new = NewKey {
-                    name,
-                    scopes,
-                    expires_at,
-                    webhook_url: None,
-                };
-                Ok(auth.create_key(&org.id, new).await)
+                let org = keys.ensure_org(&org).await?;
+                let new = NewKey::new(name, scopes).with_expiry(expires_at);
+                Ok(keys.create_key(&org.id, new).await)
             })?
             .map_err(|e| match e {
                 CreateKeyError::LimitReached { max } => UsageError(format!(
                     "the organisation already holds {max} keys; revoke one first"
                 )),
-                CreateKeyError::Store(e) => UsageError(format!("cannot store the key: {e}")),
+                other => UsageError(other.to_string()),
             })?;
             eprintln!(
                 "created {} ({}) for {org}; it is shown once:",
@@ -240,10 +236,10 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
                 OrgsCommand::Activate { name, db } => (name, db, true),
                 OrgsCommand::Deactivate { name, db } => (name, db, false),
             };
-            let auth = reference::authenticator_on_file(&db).map_err(|e| UsageError(e.0))?;
+            let keys = reference::keys_on_file(&db).map_err(|e| UsageError(e.0))?;
             let found = block_on(async {
-                match auth.store().org_by_name(&name).await? {
-                    Some(org) => auth.set_org_active(&org.id, active).await,
+                match keys.org_by_name(&name).await? {
+                    Some(org) => keys.set_org_active(&org.id, active).await,
                     None => Ok(false),
                 }
             })?;
@@ -325,8 +321,8 @@ fn serve(
         None => Catalog::from_toml_str(reference::errors::SOURCE)
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
-    let auth = Arc::new(reference::authenticator_on_file(db).map_err(|e| UsageError(e.0))?);
-    let (app, contract) = reference::app_on_file(parsed, profile, db, Arc::clone(&auth))
+    let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
+    let (app, contract) = reference::app_on_file(parsed, profile, db, Arc::clone(&keys))
         .map_err(|e| UsageError(e.to_string()))?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
@@ -336,15 +332,11 @@ fn serve(
             .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
         println!("faultline reference API on http://{addr} (database {}, docs at http://{addr}/docs)", db.display());
         // An empty database gets a demo organisation and one key, shown this once.
-        let fresh = auth.store().count_orgs().await.map_err(store_error)? == 0;
+        let fresh = keys.count_orgs().await.map_err(store_error)? == 0;
         if fresh {
-            let org = auth.ensure_org("demo").await.map_err(store_error)?;
-            let new = NewKey {
-                name: "demo".into(),
-                scopes: reference::all_scopes(),
-                ..NewKey::default()
-            };
-            let (_, key) = auth
+            let org = keys.ensure_org("demo").await.map_err(store_error)?;
+            let new = NewKey::new("demo", reference::all_scopes());
+            let (_, key) = keys
                 .create_key(&org.id, new)
                 .await
                 .map_err(|_| UsageError("cannot create the demo key".into()))?;

@@ -8,7 +8,7 @@ use axum::http::{Request, StatusCode};
 use faultline::{Catalog, Profile};
 use std::sync::Arc;
 
-use faultline_axum::auth::{Authenticator, MemoryKeyStore, NewKey};
+use faultline_axum::auth::{Authenticator, KeyManager, MemoryKeyStore, NewKey};
 use faultline_cli::reference::{SCOPES, Settings, app, key_format, store::Store};
 use faultline_conformance::{Answer, CaseBody, Fixture, chatbot_cases, check};
 use http_body_util::BodyExt;
@@ -28,7 +28,7 @@ fn catalog() -> Catalog {
 /// The reference app with one organisation and a key holding every scope.
 struct Api {
     app: Router,
-    auth: Arc<Authenticator>,
+    auth: Arc<KeyManager>,
     org: String,
     key: String,
 }
@@ -36,27 +36,22 @@ struct Api {
 impl Api {
     /// Creates another key of the same organisation with `scopes`.
     async fn key_with(&self, scopes: &[&str]) -> String {
-        let new = NewKey {
-            name: "test".into(),
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            ..NewKey::default()
-        };
+        let new = NewKey::new("test", scopes.iter().copied());
         let (_, key) = self.auth.create_key(&self.org, new).await.unwrap();
         key.expose().to_owned()
     }
 }
 
 async fn reference(profile: Option<Profile>) -> Api {
-    let auth = Arc::new(Authenticator::new(
-        key_format(),
-        Arc::new(MemoryKeyStore::new()),
-    ));
+    let store = Arc::new(MemoryKeyStore::new());
+    let verifier = Arc::new(Authenticator::new(key_format(), store.clone()));
+    let auth = Arc::new(KeyManager::new(verifier, store));
     let org = auth.ensure_org("acme").await.unwrap().id;
     let app = app(Settings {
         catalog: catalog(),
         profile,
         store: Store::in_memory().unwrap(),
-        auth: Arc::clone(&auth),
+        keys: Arc::clone(&auth),
         body_limit: BODY_LIMIT,
         timeout: std::time::Duration::from_secs(5),
     })
@@ -410,11 +405,7 @@ async fn another_orgs_chatbot_is_indistinguishable_from_a_random_id() {
     let app = reference(None).await;
     // A second organisation with a chatbot of its own.
     let other_org = app.auth.ensure_org("globex").await.unwrap().id;
-    let new = NewKey {
-        name: "globex".into(),
-        scopes: vec!["chatbots:read".into(), "chatbots:write".into()],
-        ..NewKey::default()
-    };
+    let new = NewKey::new("globex", ["chatbots:read", "chatbots:write"]);
     let (_, other_key) = app.auth.create_key(&other_org, new).await.unwrap();
     let bearer = format!("Bearer {}", other_key.expose());
     let created = send(
@@ -601,26 +592,23 @@ async fn the_key_cap_answers_429_with_the_max() {
 #[tokio::test]
 async fn expired_keys_and_inactive_orgs_are_refused() {
     let clock = faultline::clock::ManualClock::at(1_900_000_000);
-    let auth = Arc::new(
-        Authenticator::new(key_format(), Arc::new(MemoryKeyStore::new()))
-            .with_clock(Arc::new(clock.clone())),
+    let store = Arc::new(MemoryKeyStore::new());
+    let verifier = Arc::new(
+        Authenticator::new(key_format(), store.clone()).with_clock(Arc::new(clock.clone())),
     );
+    let auth = Arc::new(KeyManager::new(verifier, store));
     let org = auth.ensure_org("acme").await.unwrap().id;
     let app = app(Settings {
         catalog: catalog(),
         profile: None,
         store: Store::in_memory().unwrap(),
-        auth: Arc::clone(&auth),
+        keys: Arc::clone(&auth),
         body_limit: BODY_LIMIT,
         timeout: std::time::Duration::from_secs(5),
     })
     .unwrap();
-    let new = NewKey {
-        name: "short-lived".into(),
-        scopes: vec!["chatbots:read".into()],
-        expires_at: Some(clock_now(&clock) + 60),
-        webhook_url: None,
-    };
+    let new =
+        NewKey::new("short-lived", ["chatbots:read"]).with_expiry(Some(clock_now(&clock) + 60));
     let (_, key) = auth.create_key(&org, new).await.unwrap();
     let api = Api {
         app,
@@ -642,14 +630,7 @@ async fn expired_keys_and_inactive_orgs_are_refused() {
     );
 
     let (_, fresh) = auth
-        .create_key(
-            &org,
-            NewKey {
-                name: "n".into(),
-                scopes: vec!["chatbots:read".into()],
-                ..NewKey::default()
-            },
-        )
+        .create_key(&org, NewKey::new("n", ["chatbots:read"]))
         .await
         .unwrap();
     let bearer = format!("Bearer {}", fresh.expose());

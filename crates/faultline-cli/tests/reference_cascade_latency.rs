@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use faultline::Catalog;
-use faultline_axum::auth::{Authenticator, MemoryKeyStore, NewKey};
+use faultline_axum::auth::{Authenticator, KeyManager, MemoryKeyStore, NewKey};
 use faultline_cli::reference::{SCOPES, Settings, app, key_format, store::Store};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -25,13 +25,9 @@ fn catalog() -> Catalog {
     Catalog::from_toml_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-async fn key_for(auth: &Authenticator, org: &str) -> (String, String) {
+async fn key_for(auth: &KeyManager, org: &str) -> (String, String) {
     let org = auth.ensure_org(org).await.unwrap().id;
-    let new = NewKey {
-        name: "bench".into(),
-        scopes: SCOPES.iter().map(|s| (*s).to_owned()).collect(),
-        ..NewKey::default()
-    };
+    let new = NewKey::new("bench", SCOPES);
     let (_, key) = auth.create_key(&org, new).await.unwrap();
     (org, format!("Bearer {}", key.expose()))
 }
@@ -60,17 +56,16 @@ async fn other_org_reads_during_an_8000_node_cascade() {
     let dir = std::env::temp_dir().join(format!("faultline-bench-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("bench.db");
-    let auth = Arc::new(Authenticator::new(
-        key_format(),
-        Arc::new(MemoryKeyStore::new()),
-    ));
+    let keys = Arc::new(MemoryKeyStore::new());
+    let verifier = Arc::new(Authenticator::new(key_format(), keys.clone()));
+    let auth = Arc::new(KeyManager::new(verifier, keys));
     let (org_a, bearer_a) = key_for(&auth, "deleter").await;
     let (org_b, bearer_b) = key_for(&auth, "reader").await;
     let app = app(Settings {
         catalog: catalog(),
         profile: None,
         store: Store::open(&db).unwrap(),
-        auth,
+        keys: auth,
         body_limit: 64 * 1024,
         timeout: Duration::from_secs(60),
     })

@@ -54,16 +54,14 @@ async fn a_write_lock_held_elsewhere_is_a_503_and_reads_do_not_wait() {
 #[cfg(unix)]
 #[tokio::test]
 async fn serve_creates_its_database_readable_by_its_owner_only() {
+    use faultline_cli::reference::{app_on_file, keys_on_file};
     use std::os::unix::fs::PermissionsExt;
-    use std::sync::Arc;
-
-    use faultline_cli::reference::{app_on_file, authenticator_on_file};
 
     let dir = TempDir::new();
     let db = dir.db();
     // `serve` opens the key store first, then the app, both on the same new file.
-    let auth = Arc::new(authenticator_on_file(&db).unwrap());
-    let _app = app_on_file(common::catalog(), None, &db, auth).unwrap();
+    let keys = keys_on_file(&db).unwrap();
+    let _app = app_on_file(common::catalog(), None, &db, keys).unwrap();
     let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "mode {mode:o}");
 }

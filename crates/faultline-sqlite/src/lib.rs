@@ -7,8 +7,12 @@
 //! - [`Pool`]: one database file in WAL mode, a writer connection and a few reader connections,
 //!   so readers never wait for a writer; every call runs on tokio's blocking pool; a busy or
 //!   locked database is answered as unavailable (the catalog's 503 with `Retry-After`), never
-//!   as an internal error.
+//!   as an internal error;
+//! - [`SqliteKeyStore`]: API keys (as SHA-256 digests) and organisations, on a [`Pool`]; it
+//!   implements both `faultline_axum::auth::KeyLookup` and `KeyAdmin`.
 
+mod keys;
 mod pool;
 
+pub use keys::SqliteKeyStore;
 pub use pool::{Pool, PoolOptions, store_error};

@@ -15,6 +15,7 @@ use tower::{Layer, Service};
 
 use super::{AuthFailure, Authenticator, Principal};
 use crate::contract::Error;
+use crate::refuse::RefuseOr;
 
 /// Requires an API key on every request of the wrapped service.
 ///
@@ -33,46 +34,52 @@ impl AuthLayer {
 }
 
 impl<S> Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
+    type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
+        Auth {
             inner,
             auth: Arc::clone(&self.auth),
         }
     }
 }
 
-/// The service made by [`AuthLayer`].
+/// The service made by [`AuthLayer`] (named `AuthService` before 0.2).
+#[doc(alias = "AuthService")]
 #[derive(Debug, Clone)]
-pub struct AuthService<S> {
+pub struct Auth<S> {
     inner: S,
     auth: Arc<Authenticator>,
 }
 
+/// The former name of [`Auth`].
+#[deprecated(note = "renamed `Auth`, as tower-http names its services")]
+pub type AuthService<S> = Auth<S>;
+
+/// The response future of [`Auth`]: a refusal, or the request on its way in.
+pub type AuthFuture<F> = RefuseOr<VerifyFuture<F>>;
+
 type BoxResponse = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 pin_project! {
-    /// The response future of [`AuthService`].
-    pub struct AuthFuture<F> {
+    /// A request [`Auth`] let through, or is still verifying.
+    pub struct VerifyFuture<F> {
         #[pin]
         state: State<F>,
     }
 }
 
 pin_project! {
-        #[project = AuthFutureProj]
+    #[project = StateProj]
     enum State<F> {
-        /// Verified from the cache: the inner service's own future.
-        Inner { #[pin] future: F },
-        /// The store had to be asked.
+        /// Verified from the cache: the inner service's own future, not boxed.
+        Cached { #[pin] future: F },
+        /// The store had to be asked: verification, then the inner call (boxed, rare).
         Store { future: BoxResponse },
-        /// Refused before the inner service was called.
-        Refused { response: Option<Response> },
     }
 }
 
-impl<F> Future for AuthFuture<F>
+impl<F> Future for VerifyFuture<F>
 where
     F: Future<Output = Result<Response, Infallible>>,
 {
@@ -80,16 +87,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            AuthFutureProj::Inner { future } => future.poll(cx),
-            AuthFutureProj::Store { future } => future.as_mut().poll(cx),
-            AuthFutureProj::Refused { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("AuthFuture polled after completion"))),
+            StateProj::Cached { future } => future.poll(cx),
+            StateProj::Store { future } => future.as_mut().poll(cx),
         }
     }
 }
 
-impl<S, B> Service<Request<B>> for AuthService<S>
+impl<S, B> Service<Request<B>> for Auth<S>
 where
     S: Service<Request<B>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -104,11 +108,6 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let refused = |failure: AuthFailure| {
-            AuthFuture::from(State::Refused {
-                response: Some(Error::from(failure).into_response()),
-            })
-        };
         // The token is borrowed from the request while the cache decides; it is copied only
         // when the store has to be asked.
         let verdict = match Authenticator::credential(request.headers().get(AUTHORIZATION)) {
@@ -121,34 +120,32 @@ where
         match verdict {
             Ok(Ok(principal)) => {
                 request.extensions_mut().insert::<Principal>(principal);
-                AuthFuture::from(State::Inner {
-                    future: self.inner.call(request),
+                RefuseOr::allow(VerifyFuture {
+                    state: State::Cached {
+                        future: self.inner.call(request),
+                    },
                 })
             }
-            Ok(Err(failure)) => refused(failure),
+            Ok(Err(failure)) => RefuseOr::refuse(Error::from(failure)),
             Err(token) => {
                 // The service that was polled ready is the one that must be called.
                 let ready = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, ready);
                 let auth = Arc::clone(&self.auth);
-                AuthFuture::from(State::Store {
-                    future: Box::pin(async move {
-                        match auth.verify(&token).await {
-                            Ok(principal) => {
-                                request.extensions_mut().insert::<Principal>(principal);
-                                inner.call(request).await
+                RefuseOr::allow(VerifyFuture {
+                    state: State::Store {
+                        future: Box::pin(async move {
+                            match auth.verify(&token).await {
+                                Ok(principal) => {
+                                    request.extensions_mut().insert::<Principal>(principal);
+                                    inner.call(request).await
+                                }
+                                Err(failure) => Ok(Error::from(failure).into_response()),
                             }
-                            Err(failure) => Ok(Error::from(failure).into_response()),
-                        }
-                    }),
+                        }),
+                    },
                 })
             }
         }
-    }
-}
-
-impl<F> From<State<F>> for AuthFuture<F> {
-    fn from(state: State<F>) -> Self {
-        AuthFuture { state }
     }
 }

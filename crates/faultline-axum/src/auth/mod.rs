@@ -1,29 +1,36 @@
-//! API keys, scopes and tenancy (feature `auth`; the SQLite store needs feature `sqlite`).
+//! API keys, scopes and tenancy (feature `auth`).
 //!
 //! - [`KeyFormat`]: `<prefix>_<env>_<random><checksum>` keys; a malformed key is refused
 //!   without touching the store;
-//! - [`KeyStore`]: where keys live, as SHA-256 digests ([`MemoryKeyStore`], and
-//!   `SqliteKeyStore`);
-//! - [`Authenticator`]: verifies a credential, with an in-process cache, and manages keys;
+//! - [`KeyLookup`] and [`KeyAdmin`]: where keys live, as SHA-256 digests. The lookup is the
+//!   one read each uncached request makes; the admin side is everything else.
+//!   [`MemoryKeyStore`] implements both, and so does `faultline_sqlite::SqliteKeyStore`;
+//! - [`Authenticator`]: verifies a credential against a [`KeyLookup`], with an in-process
+//!   cache. It cannot write;
+//! - [`KeyManager`]: creates, lists, pauses, resumes and revokes keys and manages
+//!   organisations through a [`KeyAdmin`], and tells its authenticator at once;
 //! - [`AuthLayer`] puts the [`Principal`] in each request; [`RequireScopeLayer`] guards a
-//!   route by scope; [`Principal::scope`] turns another tenant's resource into not found.
+//!   route by scope; [`Principal::scope`] turns another tenant's resource into not found;
+//!   [`Principal::may_grant`] and [`Principal::may_change`] keep a key from creating or
+//!   touching a key stronger than itself.
 //!
 //! Every refusal is the code the catalog binds to the situation: missing key, malformed key,
 //! invalid key, revoked, expired, paused, organisation inactive, scope denied.
+//!
+//! The two layers share one response future, [`crate::refuse::RefuseOr`].
 
 mod key;
 mod layer;
+mod manager;
+mod principal;
 mod scope;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 mod store;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use axum::extract::FromRequestParts;
 use axum::http::HeaderValue;
-use axum::http::request::Parts;
 use faultline::Situation;
 use faultline::clock::{Clock, SystemClock};
 
@@ -33,96 +40,53 @@ pub use key::{
     ApiKeySecret, CHECKSUM_LEN, InvalidKeyFormat, KeyDigest, KeyFormat, MAX_CREDENTIAL_LEN,
     Malformed, RANDOM_LEN,
 };
-pub use layer::{AuthFuture, AuthLayer, AuthService};
+#[allow(deprecated)]
+pub use layer::AuthService;
+pub use layer::{Auth, AuthFuture, AuthLayer, VerifyFuture};
+pub use manager::{
+    ChangeKeyError, CreateKeyError, DEFAULT_MAX_KEYS_PER_ORG, KeyAction, KeyManager, NewKey,
+};
+pub use principal::{MissingScopes, OrgScoped, Overreach, Principal};
 pub use scope::{RequireScope, RequireScopeLayer, ScopeFuture};
-#[cfg(feature = "sqlite")]
-pub use sqlite::SqliteKeyStore;
 pub use store::{
-    Inserted, KeyRecord, KeyStatus, KeyStore, MemoryKeyStore, OrgRecord, StatusChange, StoreError,
-    StoreFuture,
+    Inserted, KeyAdmin, KeyLookup, KeyPosition, KeyRecord, KeyStatus, MemoryKeyStore, OrgRecord,
+    StatusChange, StoreError, StoreFuture,
 };
 
-/// The default cap on unrevoked keys per organisation.
-pub const DEFAULT_MAX_KEYS_PER_ORG: usize = 10;
 /// How long a verified key is trusted from the cache before the store is asked again.
 pub const DEFAULT_CACHE_TTL_SECS: i64 = 10;
 /// Entries the cache holds at most.
 const CACHE_CAPACITY: usize = 10_000;
 
-/// Who a request acts for: the key's organisation, the key and its scopes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// The organisation (tenant) every resource of the request must belong to.
-    pub org_id: Arc<str>,
-    /// The key's public id.
-    pub key_id: Arc<str>,
-    /// The scopes the key grants.
-    pub scopes: Arc<[String]>,
-}
-
-/// A resource that belongs to one organisation.
-pub trait OrgScoped {
-    /// The owning organisation's id.
-    fn org_id(&self) -> &str;
-}
-
-impl Principal {
-    /// Whether the key grants `scope`.
-    pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s == scope)
-    }
-
-    /// Keeps a loaded resource only if it belongs to this principal's organisation.
-    ///
-    /// # Another tenant's resource is not found, never forbidden
-    ///
-    /// A resource of another organisation gives exactly the answer of one that does not
-    /// exist: the catalog's resource-not-found code, same status, message and details. A
-    /// 403 would confirm that the id exists.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use faultline_axum::auth::{OrgScoped, Principal};
-    /// struct Bot { org: String }
-    /// impl OrgScoped for Bot { fn org_id(&self) -> &str { &self.org } }
-    /// let me = Principal { org_id: "org_a".into(), key_id: "key_1".into(), scopes: Arc::new([]) };
-    /// assert!(me.scope(Some(Bot { org: "org_a".into() })).is_ok());
-    /// assert!(me.scope(Some(Bot { org: "org_b".into() })).is_err());
-    /// assert!(me.scope(None::<Bot>).is_err());
-    /// ```
-    pub fn scope<T: OrgScoped>(&self, found: Option<T>) -> Result<T, Error> {
-        found
-            .filter(|resource| self.owns(resource))
-            .ok_or_else(|| Error::bound(Situation::ResourceNotFound))
-    }
-
-    /// Whether `resource` belongs to this principal's organisation. Prefer
-    /// [`Principal::scope`], which also gives the not-found answer.
-    pub fn owns<T: OrgScoped>(&self, resource: &T) -> bool {
-        resource.org_id() == &*self.org_id
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Principal {
-    type Rejection = Error;
-
-    /// The principal [`AuthLayer`] verified; without that layer, the request has no key.
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
-        parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .ok_or_else(|| Error::bound(Situation::MissingApiKey))
-    }
-}
-
 /// Why a credential was not accepted.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum AuthFailure {
     /// Refused: the situation names the catalog code.
     Refused(Situation),
-    /// The store failed; the client gets the internal error.
+    /// The store failed; the client gets the service-unavailable code when the store is busy
+    /// or unreachable, the internal error otherwise.
     Store(StoreError),
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthFailure::Refused(situation) => {
+                write!(f, "credential refused: {}", situation.as_str())
+            }
+            AuthFailure::Store(e) => write!(f, "cannot verify the credential: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AuthFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AuthFailure::Refused(_) => None,
+            AuthFailure::Store(e) => Some(e),
+        }
+    }
 }
 
 impl From<AuthFailure> for Error {
@@ -150,91 +114,42 @@ struct Slot {
     key: Option<Arc<Cached>>,
 }
 
-/// The settings of a key to create.
-#[derive(Debug, Clone, Default)]
-pub struct NewKey {
-    /// A name for people.
-    pub name: String,
-    /// Scopes to grant.
-    pub scopes: Vec<String>,
-    /// Unix seconds after which the key is refused.
-    pub expires_at: Option<i64>,
-    /// Where events for this key go.
-    pub webhook_url: Option<String>,
-}
-
-/// Why a key could not be created.
-#[derive(Debug)]
-pub enum CreateKeyError {
-    /// The organisation holds the maximum number of unrevoked keys.
-    LimitReached {
-        /// The cap.
-        max: usize,
-    },
-    /// The store failed.
-    Store(StoreError),
-}
-
-/// A change of a key's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyAction {
-    /// Refuse the key for good (from active or paused).
-    Revoke,
-    /// Refuse the key until resumed (from active).
-    Pause,
-    /// Accept a paused key again.
-    Resume,
-}
-
-impl KeyAction {
-    fn transition(self) -> (&'static [KeyStatus], KeyStatus) {
-        match self {
-            KeyAction::Revoke => (&[KeyStatus::Active, KeyStatus::Paused], KeyStatus::Revoked),
-            KeyAction::Pause => (&[KeyStatus::Active], KeyStatus::Paused),
-            KeyAction::Resume => (&[KeyStatus::Paused], KeyStatus::Active),
-        }
-    }
-}
-
-/// Verifies API keys and manages them.
+/// Verifies API keys against a [`KeyLookup`]; it holds no way to write (see [`KeyManager`]).
 ///
 /// # Cost
 ///
 /// A verified key is cached in process for [`DEFAULT_CACHE_TTL_SECS`]: a cache hit costs a
 /// SHA-256 of the key and a map lookup. A well-formed key the store does not know is
 /// remembered as unknown for as long: the checksum is public, so a flood of made-up keys costs
-/// one store lookup each per time to live. Revoking or pausing a key through this
-/// authenticator, or changing its organisation's standing, updates the cache at once; a change
-/// made by another process is seen when the entry's time to live runs out.
+/// one store lookup each per time to live. Revoking or pausing a key through a [`KeyManager`]
+/// of this authenticator, or changing its organisation's standing, updates the cache at once;
+/// a change made by another process is seen when the entry's time to live runs out.
 pub struct Authenticator {
     format: KeyFormat,
-    store: Arc<dyn KeyStore>,
+    lookup: Arc<dyn KeyLookup>,
     clock: Arc<dyn Clock>,
     cache: RwLock<HashMap<KeyDigest, Slot>>,
     cache_ttl: i64,
-    max_keys_per_org: usize,
 }
 
-impl std::fmt::Debug for Authenticator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator")
             .field("format", &self.format)
             .field("cache_ttl", &self.cache_ttl)
-            .field("max_keys_per_org", &self.max_keys_per_org)
             .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
-    /// Verifies keys of `format` against `store`, on the system clock.
-    pub fn new(format: KeyFormat, store: Arc<dyn KeyStore>) -> Self {
+    /// Verifies keys of `format` found through `lookup`, on the system clock.
+    pub fn new(format: KeyFormat, lookup: Arc<dyn KeyLookup>) -> Self {
         Authenticator {
             format,
-            store,
+            lookup,
             clock: Arc::new(SystemClock),
             cache: RwLock::new(HashMap::new()),
             cache_ttl: DEFAULT_CACHE_TTL_SECS,
-            max_keys_per_org: DEFAULT_MAX_KEYS_PER_ORG,
         }
     }
 
@@ -252,31 +167,14 @@ impl Authenticator {
         self
     }
 
-    /// Caps the unrevoked keys of an organisation.
-    #[must_use]
-    pub fn with_max_keys_per_org(mut self, max: usize) -> Self {
-        self.max_keys_per_org = max;
-        self
-    }
-
     /// The key format.
     pub fn format(&self) -> &KeyFormat {
         &self.format
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn KeyStore> {
-        &self.store
-    }
-
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
-    }
-
-    /// The cap on unrevoked keys per organisation.
-    pub fn max_keys_per_org(&self) -> usize {
-        self.max_keys_per_org
     }
 
     /// Reads the key out of an `Authorization` header value.
@@ -314,7 +212,7 @@ impl Authenticator {
             return self.judge(slot.key.as_deref());
         }
         let found = self
-            .store
+            .lookup
             .find_by_digest(digest)
             .await
             .map_err(AuthFailure::Store)?
@@ -357,11 +255,7 @@ impl Authenticator {
             fetched_at: now,
             key: found.map(|(key, org)| {
                 Arc::new(Cached {
-                    principal: Principal {
-                        org_id: key.org_id.as_str().into(),
-                        key_id: key.id.as_str().into(),
-                        scopes: key.scopes.clone().into(),
-                    },
+                    principal: Principal::of_key(&key),
                     org_in_good_standing: org.in_good_standing(),
                     key,
                 })
@@ -404,84 +298,14 @@ impl Authenticator {
         Ok(cached.principal.clone())
     }
 
-    /// Creates a key for `org_id`. The raw key is returned once and never stored.
-    pub async fn create_key(
-        &self,
-        org_id: &str,
-        new: NewKey,
-    ) -> Result<(KeyRecord, ApiKeySecret), CreateKeyError> {
-        let secret = self.format.generate();
-        let record = KeyRecord {
-            id: format!("key_{}", uuid::Uuid::new_v4().simple()),
-            org_id: org_id.to_owned(),
-            name: new.name,
-            display_prefix: secret.display_prefix(),
-            digest: secret.digest(),
-            scopes: new.scopes,
-            status: KeyStatus::Active,
-            expires_at: new.expires_at,
-            webhook_url: new.webhook_url,
-            created_at: self.clock.now(),
-        };
-        match self
-            .store
-            .insert_key(record.clone(), self.max_keys_per_org)
-            .await
-            .map_err(CreateKeyError::Store)?
-        {
-            Inserted::Stored => {
-                // 178 random bits never collide with a key tried before; forgetting an
-                // "unknown" answer for this digest keeps the cache honest even so.
-                self.forget(|digest, _| *digest == record.digest);
-                Ok((record, secret))
-            }
-            Inserted::LimitReached => Err(CreateKeyError::LimitReached {
-                max: self.max_keys_per_org,
-            }),
-        }
+    /// Drops what the cache holds for `digest`: the next request with that key asks the store.
+    pub fn forget_key(&self, digest: KeyDigest) {
+        self.forget(|d, _| *d == digest);
     }
 
-    /// Applies `action` to a key of `org_id`; the change holds in this process at once.
-    pub async fn change_key(
-        &self,
-        org_id: &str,
-        key_id: &str,
-        action: KeyAction,
-    ) -> Result<StatusChange, StoreError> {
-        let (from, to) = action.transition();
-        let change = self.store.set_key_status(org_id, key_id, from, to).await?;
-        if let StatusChange::Changed(key) = &change {
-            self.forget(|digest, _| *digest == key.digest);
-        }
-        Ok(change)
-    }
-
-    /// The keys of `org_id`.
-    pub async fn list_keys(&self, org_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        self.store.list_keys(org_id).await
-    }
-
-    /// The organisation named `name`, created (active) if there is none.
-    pub async fn ensure_org(&self, name: &str) -> Result<OrgRecord, StoreError> {
-        if let Some(org) = self.store.org_by_name(name).await? {
-            return Ok(org);
-        }
-        let org = OrgRecord {
-            id: format!("org_{}", uuid::Uuid::new_v4().simple()),
-            name: name.to_owned(),
-            active: true,
-            deleted_at: None,
-            created_at: self.clock.now(),
-        };
-        self.store.insert_org(org.clone()).await?;
-        Ok(org)
-    }
-
-    /// Activates or deactivates an organisation; its keys follow at once in this process.
-    pub async fn set_org_active(&self, org_id: &str, active: bool) -> Result<bool, StoreError> {
-        let found = self.store.set_org_active(org_id, active).await?;
+    /// Drops every cached key of `org_id`.
+    pub fn forget_org(&self, org_id: &str) {
         self.forget(|_, cached| cached.is_some_and(|c| &*c.principal.org_id == org_id));
-        Ok(found)
     }
 
     fn forget(&self, matches: impl Fn(&KeyDigest, Option<&Cached>) -> bool) {

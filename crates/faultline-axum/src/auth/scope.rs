@@ -1,20 +1,18 @@
 //! [`RequireScopeLayer`]: a route answers only to keys that hold a scope.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::http::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use faultline::Situation;
 use faultline::details::RequiredScope;
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::Principal;
 use crate::contract::Error;
+use crate::refuse::RefuseOr;
 
 /// Refuses requests whose key lacks `scope`, with the catalog's scope-denied code and
 /// `details.required` naming the scope. Put it inside [`super::AuthLayer`]; a request that
@@ -60,39 +58,8 @@ pub struct RequireScope<S> {
     scope: Arc<str>,
 }
 
-pin_project! {
-    /// The response future of [`RequireScope`].
-    pub struct ScopeFuture<F> {
-        #[pin]
-        state: State<F>,
-    }
-}
-
-pin_project! {
-        #[project = ScopeFutureProj]
-    enum State<F> {
-        /// The key holds the scope.
-        Inner { #[pin] future: F },
-        /// Refused.
-        Refused { response: Option<Response> },
-    }
-}
-
-impl<F> Future for ScopeFuture<F>
-where
-    F: Future<Output = Result<Response, Infallible>>,
-{
-    type Output = Result<Response, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            ScopeFutureProj::Inner { future } => future.poll(cx),
-            ScopeFutureProj::Refused { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ScopeFuture polled after completion"))),
-        }
-    }
-}
+/// The response future of [`RequireScope`].
+pub type ScopeFuture<F> = RefuseOr<F>;
 
 impl<S, B> Service<Request<B>> for RequireScope<S>
 where
@@ -107,25 +74,16 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let error = match request.extensions().get::<Principal>() {
+        match request.extensions().get::<Principal>() {
             Some(principal) if principal.has_scope(&self.scope) => {
-                return ScopeFuture::from(State::Inner {
-                    future: self.inner.call(request),
-                });
+                RefuseOr::allow(self.inner.call(request))
             }
-            Some(_) => Error::bound(Situation::ScopeDenied).with_details(RequiredScope {
-                required: self.scope.to_string(),
-            }),
-            None => Error::bound(Situation::MissingApiKey),
-        };
-        ScopeFuture::from(State::Refused {
-            response: Some(error.into_response()),
-        })
-    }
-}
-
-impl<F> From<State<F>> for ScopeFuture<F> {
-    fn from(state: State<F>) -> Self {
-        ScopeFuture { state }
+            Some(_) => RefuseOr::refuse(Error::bound(Situation::ScopeDenied).with_details(
+                RequiredScope {
+                    required: self.scope.to_string(),
+                },
+            )),
+            None => RefuseOr::refuse(Error::bound(Situation::MissingApiKey)),
+        }
     }
 }

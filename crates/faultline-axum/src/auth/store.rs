@@ -1,4 +1,5 @@
-//! Where keys and organisations live: the [`KeyStore`] trait and an in-memory store.
+//! Where keys and organisations live: [`KeyLookup`] (the per-request read), [`KeyAdmin`]
+//! (everything else) and an in-memory store that implements both.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,7 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::key::KeyDigest;
 pub use crate::store::StoreError;
 
-/// The future a store method returns (boxed, so that stores can sit behind `dyn KeyStore`).
+/// The future a store method returns (boxed, so that stores can sit behind `dyn KeyLookup` and
+/// `dyn KeyAdmin`).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// The state of a key.
@@ -50,7 +52,10 @@ impl KeyStatus {
 }
 
 /// A stored key: everything but the key itself.
+///
+/// Built with [`KeyRecord::new`]; its other fields are public and set after.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyRecord {
     /// Public id, e.g. `key_…`.
     pub id: String,
@@ -68,14 +73,50 @@ pub struct KeyRecord {
     pub status: KeyStatus,
     /// Unix seconds after which the key is refused.
     pub expires_at: Option<i64>,
-    /// Where events for this key are delivered, if anywhere.
-    pub webhook_url: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
 }
 
+impl KeyRecord {
+    /// A key with this id, organisation, digest and status; no name, display prefix or
+    /// scopes, no expiry, created at 0. Stores fill in the rest from their rows.
+    pub fn new(id: &str, org_id: &str, digest: KeyDigest, status: KeyStatus) -> Self {
+        KeyRecord {
+            id: id.to_owned(),
+            org_id: org_id.to_owned(),
+            name: String::new(),
+            display_prefix: String::new(),
+            digest,
+            scopes: Vec::new(),
+            status,
+            expires_at: None,
+            created_at: 0,
+        }
+    }
+
+    /// Where this key sorts in a listing: oldest first, then by id.
+    pub fn position(&self) -> KeyPosition {
+        KeyPosition {
+            created_at: self.created_at,
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// A place in an organisation's key listing: the `created_at` and id of the last key seen.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyPosition {
+    /// Unix seconds.
+    pub created_at: i64,
+    /// The key's id, which orders keys created in the same second.
+    pub id: String,
+}
+
 /// An organisation (tenant).
+///
+/// Built with [`OrgRecord::new`]; its other fields are public and set after.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OrgRecord {
     /// Public id, e.g. `org_…`.
     pub id: String,
@@ -90,6 +131,17 @@ pub struct OrgRecord {
 }
 
 impl OrgRecord {
+    /// An active organisation, never deleted.
+    pub fn new(id: &str, name: &str, created_at: i64) -> Self {
+        OrgRecord {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            active: true,
+            deleted_at: None,
+            created_at,
+        }
+    }
+
     /// Whether its keys may make calls: active and not deleted.
     pub fn in_good_standing(&self) -> bool {
         self.active && self.deleted_at.is_none()
@@ -107,6 +159,7 @@ pub enum Inserted {
 
 /// What a status change came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StatusChange {
     /// The key now has the new status (or already had it).
     Changed(KeyRecord),
@@ -116,19 +169,34 @@ pub enum StatusChange {
     Refused(KeyRecord),
 }
 
-/// Storage of keys and organisations.
+/// The read that every request without a cached key makes: a key by its digest.
 ///
-/// Implementations must make [`KeyStore::insert_key`] and [`KeyStore::set_key_status`]
-/// atomic: the cap check and the insert, the status check and the update, happen as one.
-pub trait KeyStore: Send + Sync + 'static {
+/// Kept apart from [`KeyAdmin`] so that the per-request path ([`super::Authenticator`], the
+/// layer) holds no way to write, and a deployment can serve it from a replica or a cache.
+pub trait KeyLookup: Send + Sync + 'static {
     /// The key with this digest and its organisation.
     fn find_by_digest(&self, digest: KeyDigest) -> StoreFuture<'_, Option<(KeyRecord, OrgRecord)>>;
+}
 
+/// Management of keys and organisations: what [`super::KeyManager`] needs.
+///
+/// Implementations must make [`KeyAdmin::insert_key`] and [`KeyAdmin::set_key_status`]
+/// atomic: the cap check and the insert, the status check and the update, happen as one.
+pub trait KeyAdmin: Send + Sync + 'static {
     /// Stores `key` unless its organisation already holds `max_per_org` unrevoked keys.
     fn insert_key(&self, key: KeyRecord, max_per_org: usize) -> StoreFuture<'_, Inserted>;
 
-    /// The keys of an organisation, oldest first.
-    fn list_keys(&self, org_id: &str) -> StoreFuture<'_, Vec<KeyRecord>>;
+    /// The key `key_id` of `org_id` (a key of another organisation is not found).
+    fn key(&self, org_id: &str, key_id: &str) -> StoreFuture<'_, Option<KeyRecord>>;
+
+    /// Up to `limit` keys of an organisation, ordered by [`KeyPosition`] (oldest first, then
+    /// by id), strictly after `after` when given.
+    fn list_keys(
+        &self,
+        org_id: &str,
+        after: Option<KeyPosition>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<KeyRecord>>;
 
     /// Moves a key of `org_id` to `to` when its status is one of `from` (or already `to`).
     fn set_key_status(
@@ -183,7 +251,7 @@ fn ready<T: Send + 'static>(value: T) -> StoreFuture<'static, T> {
     Box::pin(std::future::ready(Ok(value)))
 }
 
-impl KeyStore for MemoryKeyStore {
+impl KeyLookup for MemoryKeyStore {
     fn find_by_digest(&self, digest: KeyDigest) -> StoreFuture<'_, Option<(KeyRecord, OrgRecord)>> {
         ready(self.with(|t| {
             let key = t.keys.get(*t.by_digest.get(&digest)?)?.clone();
@@ -191,7 +259,9 @@ impl KeyStore for MemoryKeyStore {
             Some((key, org))
         }))
     }
+}
 
+impl KeyAdmin for MemoryKeyStore {
     fn insert_key(&self, key: KeyRecord, max_per_org: usize) -> StoreFuture<'_, Inserted> {
         ready(self.with(|t| {
             let held = t
@@ -208,13 +278,30 @@ impl KeyStore for MemoryKeyStore {
         }))
     }
 
-    fn list_keys(&self, org_id: &str) -> StoreFuture<'_, Vec<KeyRecord>> {
+    fn key(&self, org_id: &str, key_id: &str) -> StoreFuture<'_, Option<KeyRecord>> {
         ready(self.with(|t| {
             t.keys
                 .iter()
-                .filter(|k| k.org_id == org_id)
+                .find(|k| k.org_id == org_id && k.id == key_id)
                 .cloned()
-                .collect()
+        }))
+    }
+
+    fn list_keys(
+        &self,
+        org_id: &str,
+        after: Option<KeyPosition>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<KeyRecord>> {
+        ready(self.with(|t| {
+            let mut keys: Vec<&KeyRecord> = t
+                .keys
+                .iter()
+                .filter(|k| k.org_id == org_id)
+                .filter(|k| after.as_ref().is_none_or(|after| k.position() > *after))
+                .collect();
+            keys.sort_by_key(|k| k.position());
+            keys.into_iter().take(limit).cloned().collect()
         }))
     }
 

@@ -19,9 +19,10 @@ use axum::response::Html;
 use axum::routing::{MethodRouter, delete, get, patch, post};
 use faultline::Catalog;
 use faultline_axum::auth::{
-    AuthLayer, Authenticator, KeyFormat, OrgScoped, RequireScopeLayer, SqliteKeyStore,
+    AuthLayer, Authenticator, KeyFormat, KeyManager, OrgScoped, RequireScopeLayer,
 };
 use faultline_axum::{Contract, Error, Faultline};
+use faultline_sqlite::{PoolOptions, SqliteKeyStore};
 use schemars::JsonSchema;
 
 use store::{CategoryRow, ChatbotRow, Store};
@@ -58,6 +59,7 @@ pub fn key_format() -> KeyFormat {
 pub struct AppState {
     store: Store,
     auth: Arc<Authenticator>,
+    keys: Arc<KeyManager>,
     cursor_key: Arc<Vec<u8>>,
     docs_html: Arc<String>,
 }
@@ -70,8 +72,8 @@ pub struct Settings {
     pub profile: Option<faultline::Profile>,
     /// The store.
     pub store: Store,
-    /// API keys: verification and management.
-    pub auth: Arc<Authenticator>,
+    /// API keys: management, and (through [`KeyManager::authenticator`]) verification.
+    pub keys: Arc<KeyManager>,
     /// Largest accepted body.
     pub body_limit: usize,
     /// Handler deadline.
@@ -126,10 +128,11 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
         .store
         .cursor_secret()
         .map_err(|_| StartError("cannot read the database".into()))?;
-    let auth = AuthLayer::new(Arc::clone(&settings.auth));
+    let auth = AuthLayer::new(Arc::clone(settings.keys.authenticator()));
     let state = AppState {
         store: settings.store,
-        auth: settings.auth,
+        auth: Arc::clone(settings.keys.authenticator()),
+        keys: settings.keys,
         cursor_key: Arc::new(cursor_key),
         docs_html: Arc::new(docs_html),
     };
@@ -180,17 +183,19 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
     Ok((faultline.install(router), contract))
 }
 
-/// The authenticator of the reference API on a SQLite file.
+/// The key manager (and its authenticator) of the reference API on a SQLite file.
 ///
 /// # The file is created owner-only
 ///
-/// The database is opened through the reference store first, so a file that does not exist
-/// yet is created readable by its owner only (and in WAL mode) before the key store opens it.
-pub fn authenticator_on_file(db: &FsPath) -> Result<Authenticator, StartError> {
-    Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
-    let keys = SqliteKeyStore::open(db)
-        .map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
-    Ok(Authenticator::new(key_format(), Arc::new(keys)))
+/// The key store opens the file through `faultline_sqlite::Pool`, which creates a file that
+/// does not exist yet readable by its owner only (and in WAL mode).
+pub fn keys_on_file(db: &FsPath) -> Result<Arc<KeyManager>, StartError> {
+    let store = Arc::new(
+        SqliteKeyStore::open(db, PoolOptions::default())
+            .map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?,
+    );
+    let auth = Arc::new(Authenticator::new(key_format(), store.clone()));
+    Ok(Arc::new(KeyManager::new(auth, store)))
 }
 
 /// Builds the app on a SQLite file (chatbots and keys share the database), with its contract.
@@ -201,7 +206,7 @@ pub fn app_on_file(
     catalog: Catalog,
     profile: Option<faultline::Profile>,
     db: &FsPath,
-    auth: Arc<Authenticator>,
+    keys: Arc<KeyManager>,
 ) -> Result<(Router, Arc<Contract>), StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
@@ -209,7 +214,7 @@ pub fn app_on_file(
         catalog,
         profile,
         store,
-        auth,
+        keys,
         body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
         timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
     })

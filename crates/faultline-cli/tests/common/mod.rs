@@ -10,7 +10,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use faultline::Catalog;
-use faultline_axum::auth::{Authenticator, MemoryKeyStore, NewKey};
+use faultline_axum::auth::{Authenticator, KeyManager, MemoryKeyStore, NewKey};
 use faultline_cli::reference::{SCOPES, Settings, app, key_format, store::Store};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -72,13 +72,9 @@ pub struct Api {
     pub org: String,
 }
 
-async fn bearer_for(auth: &Authenticator, org: &str) -> (String, String) {
+async fn bearer_for(auth: &KeyManager, org: &str) -> (String, String) {
     let org = auth.ensure_org(org).await.unwrap().id;
-    let new = NewKey {
-        name: "test".into(),
-        scopes: SCOPES.iter().map(|s| (*s).to_owned()).collect(),
-        ..NewKey::default()
-    };
+    let new = NewKey::new("test", SCOPES);
     let (_, key) = auth.create_key(&org, new).await.unwrap();
     (format!("Bearer {}", key.expose()), org)
 }
@@ -86,17 +82,16 @@ async fn bearer_for(auth: &Authenticator, org: &str) -> (String, String) {
 impl Api {
     /// The app on the store, with the given handler deadline.
     pub async fn on(store: Store, timeout: Duration) -> Self {
-        let auth = Arc::new(Authenticator::new(
-            key_format(),
-            Arc::new(MemoryKeyStore::new()),
-        ));
+        let keys = Arc::new(MemoryKeyStore::new());
+        let verifier = Arc::new(Authenticator::new(key_format(), keys.clone()));
+        let auth = Arc::new(KeyManager::new(verifier, keys));
         let (bearer, org) = bearer_for(&auth, "acme").await;
         let (other_bearer, _) = bearer_for(&auth, "globex").await;
         let app = app(Settings {
             catalog: catalog(),
             profile: None,
             store: store.clone(),
-            auth,
+            keys: auth,
             body_limit: 64 * 1024,
             timeout,
         })

@@ -1,18 +1,19 @@
-//! The SQLite key store: the embedded default.
+//! [`SqliteKeyStore`]: API keys and organisations in a SQLite file, through a [`Pool`].
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
-
-use super::key::KeyDigest;
-use super::store::{
-    Inserted, KeyRecord, KeyStatus, KeyStore, OrgRecord, StatusChange, StoreError, StoreFuture,
+use faultline_axum::StoreError;
+use faultline_axum::auth::{
+    Inserted, KeyAdmin, KeyDigest, KeyLookup, KeyPosition, KeyRecord, KeyStatus, OrgRecord,
+    StatusChange, StoreFuture,
 };
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
+use crate::pool::{Pool, PoolOptions};
+
+/// The tables. `api_keys` of files written by faultline-axum's former `sqlite` feature also
+/// has a `webhook_url` column, which is left alone (nullable, never written).
 const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
-PRAGMA busy_timeout = 5000;
 CREATE TABLE IF NOT EXISTS orgs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -29,61 +30,50 @@ CREATE TABLE IF NOT EXISTS api_keys (
     scopes TEXT NOT NULL,
     status TEXT NOT NULL,
     expires_at INTEGER,
-    webhook_url TEXT,
     created_at INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS api_keys_by_org ON api_keys (org_id, created_at);
+DROP INDEX IF EXISTS api_keys_by_org;
+CREATE INDEX IF NOT EXISTS api_keys_by_org_page ON api_keys (org_id, created_at, id);
 ";
 
 const KEY_COLUMNS: &str = "k.id, k.org_id, k.name, k.display_prefix, k.key_sha256, k.scopes, \
-                           k.status, k.expires_at, k.webhook_url, k.created_at";
+                           k.status, k.expires_at, k.created_at";
+/// How many columns [`KEY_COLUMNS`] holds: the organisation's start after them.
+const KEY_COLUMN_COUNT: usize = 9;
 
 /// Keys and organisations in a SQLite database. Only the SHA-256 of each key is written.
-#[derive(Clone)]
+///
+/// # Lookups never wait for a writer; a busy file is unavailable
+///
+/// Built on [`Pool`]: digest lookups, listings and organisation reads use reader connections
+/// of the WAL file; a write lock held elsewhere for longer than the pool's busy timeout is a
+/// [`StoreError::is_unavailable`] failure (a 503 with `Retry-After`), never an internal error.
+/// A new database file is created readable by its owner only.
+#[derive(Debug, Clone)]
 pub struct SqliteKeyStore {
-    conn: Arc<Mutex<Connection>>,
-}
-
-impl std::fmt::Debug for SqliteKeyStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SqliteKeyStore")
-    }
+    pool: Pool,
 }
 
 impl SqliteKeyStore {
-    /// Opens (creating if needed) the database file and its tables.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::init(Connection::open(path).map_err(StoreError::new)?)
+    /// Opens (creating it, owner-only, if needed) the database at `path`, and its tables.
+    pub fn open(path: &Path, options: PoolOptions) -> Result<Self, StoreError> {
+        Self::new(Pool::open(path, options)?)
     }
 
     /// A private in-memory database.
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory().map_err(StoreError::new)?)
+        Self::new(Pool::in_memory()?)
     }
 
-    fn init(conn: Connection) -> Result<Self, StoreError> {
-        conn.execute_batch(SCHEMA).map_err(StoreError::new)?;
-        Ok(SqliteKeyStore {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+    /// The store on `pool` (which other stores may share), creating its tables if needed.
+    pub fn new(pool: Pool) -> Result<Self, StoreError> {
+        pool.write_blocking(|conn| conn.execute_batch(SCHEMA))?;
+        Ok(SqliteKeyStore { pool })
     }
 
-    /// Runs `f` on the connection, on the blocking pool.
-    fn call<T, F>(&self, f: F) -> StoreFuture<'static, T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        let conn = Arc::clone(&self.conn);
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-                f(&mut conn)
-            })
-            .await
-            .map_err(StoreError::new)?
-            .map_err(StoreError::new)
-        })
+    /// The pool underneath.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 }
 
@@ -96,31 +86,31 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
             "a key digest is 32 bytes".into(),
         )
     })?;
-    let scopes: String = row.get(5)?;
+    let id: String = row.get(0)?;
+    let org_id: String = row.get(1)?;
     let status: String = row.get(6)?;
-    Ok(KeyRecord {
-        id: row.get(0)?,
-        org_id: row.get(1)?,
-        name: row.get(2)?,
-        display_prefix: row.get(3)?,
-        digest: KeyDigest(digest),
-        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
-        // An unknown status in the file is treated as revoked: refusing is the safe reading.
-        status: KeyStatus::parse(&status).unwrap_or(KeyStatus::Revoked),
-        expires_at: row.get(7)?,
-        webhook_url: row.get(8)?,
-        created_at: row.get(9)?,
-    })
+    // An unknown status in the file is treated as revoked: refusing is the safe reading.
+    let status = KeyStatus::parse(&status).unwrap_or(KeyStatus::Revoked);
+    let mut key = KeyRecord::new(&id, &org_id, KeyDigest(digest), status);
+    key.name = row.get(2)?;
+    key.display_prefix = row.get(3)?;
+    key.scopes = row
+        .get::<_, String>(5)?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    key.expires_at = row.get(7)?;
+    key.created_at = row.get(8)?;
+    Ok(key)
 }
 
 fn org_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<OrgRecord> {
-    Ok(OrgRecord {
-        id: row.get(first)?,
-        name: row.get(first + 1)?,
-        active: row.get(first + 2)?,
-        deleted_at: row.get(first + 3)?,
-        created_at: row.get(first + 4)?,
-    })
+    let id: String = row.get(first)?;
+    let name: String = row.get(first + 1)?;
+    let mut org = OrgRecord::new(&id, &name, row.get(first + 4)?);
+    org.active = row.get(first + 2)?;
+    org.deleted_at = row.get(first + 3)?;
+    Ok(org)
 }
 
 fn get_key(conn: &Connection, org_id: &str, key_id: &str) -> rusqlite::Result<Option<KeyRecord>> {
@@ -132,25 +122,27 @@ fn get_key(conn: &Connection, org_id: &str, key_id: &str) -> rusqlite::Result<Op
     .optional()
 }
 
-impl KeyStore for SqliteKeyStore {
+impl KeyLookup for SqliteKeyStore {
     fn find_by_digest(&self, digest: KeyDigest) -> StoreFuture<'_, Option<(KeyRecord, OrgRecord)>> {
-        self.call(move |conn| {
+        Box::pin(self.pool.read(move |conn| {
             conn.query_row(
                 &format!(
                     "SELECT {KEY_COLUMNS}, o.id, o.name, o.active, o.deleted_at, o.created_at \
                      FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_sha256 = ?1"
                 ),
                 params![digest.0.as_slice()],
-                |row| Ok((key_from_row(row)?, org_from_row(row, 10)?)),
+                |row| Ok((key_from_row(row)?, org_from_row(row, KEY_COLUMN_COUNT)?)),
             )
             .optional()
-        })
+        }))
     }
+}
 
+impl KeyAdmin for SqliteKeyStore {
     fn insert_key(&self, key: KeyRecord, max_per_org: usize) -> StoreFuture<'_, Inserted> {
-        self.call(move |conn| {
+        Box::pin(self.pool.write(move |conn| {
             // IMMEDIATE takes the write lock first, so two processes cannot both pass the cap.
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let held: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM api_keys WHERE org_id = ?1 AND status != 'revoked'",
                 params![key.org_id],
@@ -161,8 +153,8 @@ impl KeyStore for SqliteKeyStore {
             }
             tx.execute(
                 "INSERT INTO api_keys (id, org_id, name, display_prefix, key_sha256, scopes, \
-                 status, expires_at, webhook_url, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 status, expires_at, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     key.id,
                     key.org_id,
@@ -172,25 +164,52 @@ impl KeyStore for SqliteKeyStore {
                     key.scopes.join(" "),
                     key.status.as_str(),
                     key.expires_at,
-                    key.webhook_url,
                     key.created_at,
                 ],
             )?;
             tx.commit()?;
             Ok(Inserted::Stored)
-        })
+        }))
     }
 
-    fn list_keys(&self, org_id: &str) -> StoreFuture<'_, Vec<KeyRecord>> {
+    fn key(&self, org_id: &str, key_id: &str) -> StoreFuture<'_, Option<KeyRecord>> {
+        let (org_id, key_id) = (org_id.to_owned(), key_id.to_owned());
+        Box::pin(self.pool.read(move |conn| get_key(conn, &org_id, &key_id)))
+    }
+
+    fn list_keys(
+        &self,
+        org_id: &str,
+        after: Option<KeyPosition>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<KeyRecord>> {
         let org_id = org_id.to_owned();
-        self.call(move |conn| {
-            let mut statement = conn.prepare(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org_id = ?1 \
-                 ORDER BY k.created_at, k.rowid"
-            ))?;
-            let rows = statement.query_map(params![org_id], key_from_row)?;
-            rows.collect()
-        })
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Box::pin(self.pool.read(move |conn| {
+            let order = "ORDER BY k.created_at, k.id LIMIT ?2";
+            match after {
+                None => {
+                    let mut statement = conn.prepare(&format!(
+                        "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org_id = ?1 {order}"
+                    ))?;
+                    statement
+                        .query_map(params![org_id, limit], key_from_row)?
+                        .collect()
+                }
+                Some(after) => {
+                    let mut statement = conn.prepare(&format!(
+                        "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org_id = ?1 \
+                         AND (k.created_at, k.id) > (?3, ?4) {order}"
+                    ))?;
+                    statement
+                        .query_map(
+                            params![org_id, limit, after.created_at, after.id],
+                            key_from_row,
+                        )?
+                        .collect()
+                }
+            }
+        }))
     }
 
     fn set_key_status(
@@ -201,8 +220,8 @@ impl KeyStore for SqliteKeyStore {
         to: KeyStatus,
     ) -> StoreFuture<'_, StatusChange> {
         let (org_id, key_id, from) = (org_id.to_owned(), key_id.to_owned(), from.to_vec());
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        Box::pin(self.pool.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let Some(mut key) = get_key(&tx, &org_id, &key_id)? else {
                 return Ok(StatusChange::NotFound);
             };
@@ -216,47 +235,47 @@ impl KeyStore for SqliteKeyStore {
             tx.commit()?;
             key.status = to;
             Ok(StatusChange::Changed(key))
-        })
+        }))
     }
 
     fn insert_org(&self, org: OrgRecord) -> StoreFuture<'_, ()> {
-        self.call(move |conn| {
+        Box::pin(self.pool.write(move |conn| {
             conn.execute(
                 "INSERT INTO orgs (id, name, active, deleted_at, created_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![org.id, org.name, org.active, org.deleted_at, org.created_at],
             )?;
             Ok(())
-        })
+        }))
     }
 
     fn org_by_name(&self, name: &str) -> StoreFuture<'_, Option<OrgRecord>> {
         let name = name.to_owned();
-        self.call(move |conn| {
+        Box::pin(self.pool.read(move |conn| {
             conn.query_row(
                 "SELECT id, name, active, deleted_at, created_at FROM orgs WHERE name = ?1",
                 params![name],
                 |row| org_from_row(row, 0),
             )
             .optional()
-        })
+        }))
     }
 
     fn set_org_active(&self, org_id: &str, active: bool) -> StoreFuture<'_, bool> {
         let org_id = org_id.to_owned();
-        self.call(move |conn| {
+        Box::pin(self.pool.write(move |conn| {
             let changed = conn.execute(
                 "UPDATE orgs SET active = ?1 WHERE id = ?2",
                 params![active, org_id],
             )?;
             Ok(changed > 0)
-        })
+        }))
     }
 
     fn count_orgs(&self) -> StoreFuture<'_, u64> {
-        self.call(|conn| {
+        Box::pin(self.pool.read(|conn| {
             let count: i64 = conn.query_row("SELECT COUNT(*) FROM orgs", [], |row| row.get(0))?;
             Ok(u64::try_from(count).unwrap_or(0))
-        })
+        }))
     }
 }
