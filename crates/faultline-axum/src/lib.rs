@@ -27,7 +27,7 @@ pub use contract::{Contract, Error, MissingBindings, Problems};
 #[cfg(feature = "garde")]
 pub use extract::ValidJson;
 pub use extract::{Json, Path, Query};
-pub use layer::{BodyLimit, Faultline, FaultlineLayer};
+pub use layer::{BodyLimit, DefaultStatusMapper, Faultline, FaultlineLayer, StatusMapper};
 pub use listener::{ContractIo, ContractListener};
 pub use request_id::RequestId;
 pub use store::StoreError;
