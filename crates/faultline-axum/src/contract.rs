@@ -40,6 +40,9 @@ pub struct Contract {
     prerendered: HashMap<Situation, Prerendered>,
     /// Whether hand-built error JSON is refused; see [`Contract::strict`].
     strict: bool,
+    /// Whether error bodies hold the path (problem+json's `instance`), found by
+    /// [`Contract::prerender`].
+    needs_path: bool,
 }
 
 /// One bound error rendered ahead: the bytes before and after the request id.
@@ -82,6 +85,7 @@ impl Contract {
             request_id_header,
             prerendered: HashMap::new(),
             strict: false,
+            needs_path: true,
         };
         contract.prerender();
         Ok(contract)
@@ -118,6 +122,7 @@ impl Contract {
         const PATH: &str = "/0faultline0placeholder0path0";
         let id = RequestId::accept(ID).expect("the placeholder is a valid id");
         let mut prerendered = HashMap::new();
+        let mut needs_path = false;
         for &situation in Situation::ALL {
             let Some(spec) = self.catalog.bound(situation) else {
                 continue;
@@ -131,6 +136,7 @@ impl Contract {
                 .map(|(i, _)| i)
                 .collect();
             let holds_path = body.windows(PATH.len()).any(|w| w == PATH.as_bytes());
+            needs_path |= holds_path;
             if let ([at], false) = (at.as_slice(), holds_path) {
                 headers.remove(&self.request_id_header);
                 let headers = headers
@@ -149,6 +155,13 @@ impl Contract {
             }
         }
         self.prerendered = prerendered;
+        self.needs_path = needs_path;
+    }
+
+    /// Whether error bodies in this profile hold the request's path (problem+json's
+    /// `instance` does): a server keeps the path for rendering only then.
+    pub fn needs_path(&self) -> bool {
+        self.needs_path
     }
 
     /// The catalog.

@@ -402,3 +402,90 @@ async fn an_oversized_error_body_is_sent_without_its_details() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("too large"), "{warnings:?}");
 }
+
+#[tokio::test]
+async fn the_one_layer_keeps_every_guarantee_of_the_stack() {
+    let app = Faultline::new(contract())
+        .body_limit(16)
+        .install(Router::new().route("/bots", get(|| async { "[]" })).route(
+            "/echo",
+            axum::routing::post(|body: String| async move { body }),
+        ))
+        .with_state(());
+    let send = |request: Request<Body>| {
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.unwrap().to_bytes();
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (parts.status.as_u16(), parts.headers, body)
+        }
+    };
+    let (status, headers, body) = send(Request::get("/nope").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, &body["error"]), (404, &"not_found".into()));
+    assert_eq!(
+        body["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+    let (status, headers, body) = send(Request::delete("/bots").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (405, &"method_not_allowed".into())
+    );
+    assert!(headers["allow"].to_str().unwrap().contains("GET"));
+    let (status, _, body) = send(
+        Request::post("/echo")
+            .header("content-length", "40")
+            .body(Body::from("x".repeat(40)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &body["error"]), (413, &"payload_too_large".into()));
+    assert_eq!(body["details"], json!({"size_bytes": 40, "max_bytes": 16}));
+    let (status, headers, _) = send(
+        Request::get("/bots")
+            .header("x-request-id", "client-1")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-request-id"], "client-1");
+}
+
+#[tokio::test]
+async fn a_panic_while_calling_a_service_is_an_internal_error() {
+    let exploding = tower::service_fn(
+        |_: Request<Body>| -> std::future::Ready<Result<axum::response::Response, std::convert::Infallible>> {
+            panic!("secret in a synchronous call")
+        },
+    );
+    let app = Faultline::new(contract()).install(Router::new().route_service("/sync", exploding));
+    let (status, headers, body) = answer(app, "/sync").await;
+    assert_eq!((status, &body["error"]), (500, &"internal_error".into()));
+    assert_eq!(
+        body["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+    assert!(!body.to_string().contains("secret"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_is_the_configured_timeout_on_the_paused_clock() {
+    let app = Faultline::new(contract())
+        .timeout(Duration::from_millis(100))
+        .install(Router::new().route(
+            "/sleep/{ms}",
+            get(
+                |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    "done"
+                },
+            ),
+        ));
+    let (status, _, _) = answer(app.clone(), "/sleep/99").await;
+    assert_eq!(status, 200);
+    let (status, _, body) = answer(app, "/sleep/101").await;
+    assert_eq!((status, &body["error"]), (504, &"request_timeout".into()));
+}

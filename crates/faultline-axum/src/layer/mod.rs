@@ -5,22 +5,22 @@ mod status;
 use std::collections::HashSet;
 use std::error::Error as _;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::MatchedPath;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use faultline::details::Size;
 use faultline::{ApiError, Situation};
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower::{Layer, Service};
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 
 pub use status::{DefaultStatusMapper, StatusMapper};
 
@@ -114,31 +114,28 @@ impl Faultline {
 
     /// Wraps `router` so that every failure is a catalog error: request ids, unknown routes and
     /// methods, body limits, timeouts and panics.
+    ///
+    /// # One layer
+    ///
+    /// All of it is one [`FaultlineLayer`]: one boxed service and one future per request,
+    /// where four separate layers would box four times.
     pub fn install<S: Clone + Send + Sync + 'static>(self, router: Router<S>) -> Router<S> {
-        router
-            // Only matched routes get a deadline: an unknown route or method is answered at
-            // once, and a timer per request there would be pure cost.
-            .route_layer(TimeoutLayer::with_status_code(
-                axum::http::StatusCode::REQUEST_TIMEOUT,
-                self.timeout,
-            ))
-            .layer(axum::extract::DefaultBodyLimit::max(self.body_limit))
-            .layer(CatchPanicLayer::custom(
-                |_panic: Box<dyn std::any::Any + Send>| {
-                    // The payload is not logged either: it may hold data from the request.
-                    tracing::error!("handler panicked");
-                    Error::bound(Situation::Internal).into_response()
-                },
-            ))
-            .layer(FaultlineLayer {
-                shared: Arc::new(Shared {
-                    contract: self.contract,
-                    body_limit: self.body_limit,
-                    mapper: self.mapper,
-                    strict: self.strict,
-                    reported: Mutex::new(HashSet::new()),
-                }),
-            })
+        router.layer(self.into_layer())
+    }
+
+    /// The [`FaultlineLayer`] that [`Faultline::install`] adds, for a stack built by hand.
+    pub fn into_layer(self) -> FaultlineLayer {
+        FaultlineLayer {
+            shared: Arc::new(Shared {
+                needs_path: self.contract.needs_path(),
+                contract: self.contract,
+                body_limit: self.body_limit,
+                timeout: self.timeout,
+                mapper: self.mapper,
+                strict: self.strict,
+                reported: Mutex::new(HashSet::new()),
+            }),
+        }
     }
 }
 
@@ -174,7 +171,10 @@ impl std::fmt::Debug for FaultlineLayer {
 /// What every request of one installed stack shares.
 struct Shared {
     contract: Arc<Contract>,
+    /// Whether error bodies hold the path (problem+json's `instance`): only then is it kept.
+    needs_path: bool,
     body_limit: usize,
+    timeout: Duration,
     mapper: Arc<dyn StatusMapper>,
     strict: bool,
     /// Routes already reported for hand-built error JSON.
@@ -183,13 +183,16 @@ struct Shared {
 
 impl FaultlineLayer {
     /// The layer for `contract`, telling extractors that bodies are limited to `body_limit`,
-    /// with the [`DefaultStatusMapper`] and the contract's strict mode.
+    /// with the default deadline, the [`DefaultStatusMapper`] and the contract's strict mode.
+    /// [`Faultline::into_layer`] sets the rest.
     pub fn new(contract: Arc<Contract>, body_limit: usize) -> Self {
         FaultlineLayer {
             shared: Arc::new(Shared {
                 strict: contract.is_strict(),
+                needs_path: contract.needs_path(),
                 contract,
                 body_limit,
+                timeout: DEFAULT_TIMEOUT,
                 mapper: Arc::new(DefaultStatusMapper),
                 reported: Mutex::new(HashSet::new()),
             }),
@@ -243,7 +246,9 @@ where
             &contract.catalog().api.request_id_prefix,
         );
         request.extensions_mut().insert(id.clone());
-        // Extractors fall back to the default limit, so the common case saves an insert.
+        // axum's own body extractors read this one; faultline's read `BodyLimit`, and fall
+        // back to the default limit, so the common case saves an insert.
+        DefaultBodyLimit::max(shared.body_limit).apply(&mut request);
         if shared.body_limit != DEFAULT_BODY_LIMIT {
             request
                 .extensions_mut()
@@ -254,28 +259,37 @@ where
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let span = tracing::info_span!(
+        // At debug: a server logging at info pays nothing for it.
+        let span = tracing::debug_span!(
             "request",
             request_id = %id,
             method = %request.method(),
             path = %request.uri().path()
         );
-        let uri = request.uri().clone();
+        let path = shared.needs_path.then(|| request.uri().clone());
         let matched = request.extensions().get::<MatchedPath>().cloned();
-        let inner = {
+        let finish = Finish {
+            shared: Arc::clone(&self.shared),
+            id,
+            path,
+            matched,
+            declared_length,
+        };
+        let called = {
             let _entered = span.enter();
-            self.inner.call(request)
+            catch_unwind(AssertUnwindSafe(|| self.inner.call(request)))
+        };
+        let state = match called {
+            Ok(inner) => State::Running {
+                inner,
+                deadline: None,
+            },
+            Err(_panic) => State::Panicked,
         };
         ResponseFuture {
-            inner,
+            state,
             span,
-            pending: Some(Finish {
-                shared: Arc::clone(&self.shared),
-                id,
-                uri,
-                matched,
-                declared_length,
-            }),
+            finish: Some(finish),
         }
     }
 }
@@ -284,9 +298,24 @@ pin_project! {
     /// The response future of [`FaultlineService`].
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
+        state: State<F>,
         span: tracing::Span,
-        pending: Option<Finish>,
+        finish: Option<Finish>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Running {
+            #[pin]
+            inner: F,
+            // Started only once the inner future has answered "not yet": a handler that
+            // answers at once never touches the timer.
+            #[pin]
+            deadline: Option<Sleep>,
+        },
+        Panicked,
     }
 }
 
@@ -294,7 +323,8 @@ pin_project! {
 struct Finish {
     shared: Arc<Shared>,
     id: RequestId,
-    uri: Uri,
+    /// The request's URI, only when error bodies hold the path.
+    path: Option<Uri>,
     matched: Option<MatchedPath>,
     declared_length: Option<u64>,
 }
@@ -308,13 +338,51 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        let response = ready!(this.inner.poll(cx))?;
+        let outcome = match this.state.project() {
+            StateProj::Panicked => Outcome::Panicked,
+            StateProj::Running {
+                inner,
+                mut deadline,
+            } => match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+                Ok(Poll::Ready(Ok(response))) => Outcome::Answered(response),
+                Ok(Poll::Ready(Err(error))) => return Poll::Ready(Err(error)),
+                Err(_panic) => Outcome::Panicked,
+                Ok(Poll::Pending) => {
+                    if deadline.is_none() {
+                        let timeout = this
+                            .finish
+                            .as_ref()
+                            .map_or(DEFAULT_TIMEOUT, |finish| finish.shared.timeout);
+                        deadline.set(Some(tokio::time::sleep(timeout)));
+                    }
+                    match deadline.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+                        Some(Poll::Ready(())) => Outcome::TimedOut,
+                        _ => return Poll::Pending,
+                    }
+                }
+            },
+        };
         let finish = this
-            .pending
+            .finish
             .take()
             .expect("ResponseFuture polled after completion");
-        Poll::Ready(Ok(finish.run(response)))
+        Poll::Ready(Ok(match outcome {
+            Outcome::Answered(response) => finish.run(response),
+            Outcome::Panicked => {
+                // The payload is not logged: it may hold data from the request.
+                tracing::error!(request_id = %finish.id, "handler panicked");
+                finish.render_bound(Situation::Internal)
+            }
+            Outcome::TimedOut => finish.render_bound(Situation::Timeout),
+        }))
     }
+}
+
+/// How the inner service ended.
+enum Outcome {
+    Answered(Response),
+    Panicked,
+    TimedOut,
 }
 
 impl Finish {
@@ -347,23 +415,30 @@ impl Finish {
         response
     }
 
+    /// The path for error bodies (empty when they do not hold it).
+    fn path(&self) -> &str {
+        self.path.as_ref().map_or("", Uri::path)
+    }
+
     /// The route for log lines: the matched route, else the path.
     fn route(&self) -> &str {
-        self.matched
-            .as_ref()
-            .map_or(self.uri.path(), MatchedPath::as_str)
+        match (&self.matched, &self.path) {
+            (Some(matched), _) => matched.as_str(),
+            (None, Some(uri)) => uri.path(),
+            (None, None) => "(no matched route)",
+        }
     }
 
     fn render_bound(&self, situation: Situation) -> Response {
         self.shared
             .contract
-            .render_bound_unmarked(situation, &self.id, self.uri.path())
+            .render_bound_unmarked(situation, &self.id, self.path())
     }
 
     fn render_api(&self, api: &ApiError) -> Response {
         self.shared
             .contract
-            .render_unmarked(api, &self.id, self.uri.path())
+            .render_unmarked(api, &self.id, self.path())
     }
 
     /// Renders an [`Error`]; logs its cause, if any, with the whole chain.
