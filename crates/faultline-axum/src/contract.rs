@@ -1,6 +1,5 @@
 //! The contract a server keeps: a catalog, the profile it is served in, and the one renderer.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::http::header::{
@@ -37,7 +36,10 @@ pub struct Contract {
     request_id_header: HeaderName,
     /// Bound errors without details, rendered once by [`Contract::render_into`] around a
     /// placeholder request id; see [`Contract::render_bound`].
-    prerendered: HashMap<Situation, Prerendered>,
+    prerendered: Vec<Option<Prerendered>>,
+    /// For each situation (by [`slot`]), the headers its bound code declares; `None` when
+    /// unbound. Read by the layer for each bare status, so no string lookup is needed.
+    declared: Vec<Option<Box<[HeaderName]>>>,
     /// Whether hand-built error JSON is refused; see [`Contract::strict`].
     strict: bool,
     /// Whether error bodies hold the path (problem+json's `instance`), found by
@@ -83,7 +85,8 @@ impl Contract {
             profile: catalog.api.profile,
             catalog,
             request_id_header,
-            prerendered: HashMap::new(),
+            prerendered: Vec::new(),
+            declared: Vec::new(),
             strict: false,
             needs_path: true,
         };
@@ -121,7 +124,19 @@ impl Contract {
         const ID: &str = "req_0faultline0placeholder0id0";
         const PATH: &str = "/0faultline0placeholder0path0";
         let id = RequestId::accept(ID).expect("the placeholder is a valid id");
-        let mut prerendered = HashMap::new();
+        let mut prerendered: Vec<Option<Prerendered>> = Vec::new();
+        prerendered.resize_with(Situation::ALL.len(), || None);
+        self.declared = Situation::ALL
+            .iter()
+            .map(|&situation| {
+                self.catalog.bound(situation).map(|spec| {
+                    spec.headers
+                        .iter()
+                        .filter_map(|name| HeaderName::try_from(name.as_str()).ok())
+                        .collect()
+                })
+            })
+            .collect();
         let mut needs_path = false;
         for &situation in Situation::ALL {
             let Some(spec) = self.catalog.bound(situation) else {
@@ -143,19 +158,22 @@ impl Contract {
                     .iter()
                     .map(|(name, value)| (name.clone(), value.clone()))
                     .collect();
-                prerendered.insert(
-                    situation,
-                    Prerendered {
-                        status,
-                        headers,
-                        before: body[..*at].to_vec(),
-                        after: body[at + ID.len()..].to_vec(),
-                    },
-                );
+                prerendered[slot(situation)] = Some(Prerendered {
+                    status,
+                    headers,
+                    before: body[..*at].to_vec(),
+                    after: body[at + ID.len()..].to_vec(),
+                });
             }
         }
         self.prerendered = prerendered;
         self.needs_path = needs_path;
+    }
+
+    /// The headers the code bound to `situation` declares (`Retry-After`, `Allow`), or `None`
+    /// when the catalog leaves `situation` unbound.
+    pub fn declared_headers(&self, situation: Situation) -> Option<&[HeaderName]> {
+        self.declared.get(slot(situation))?.as_deref()
     }
 
     /// Whether error bodies in this profile hold the request's path (problem+json's
@@ -194,7 +212,9 @@ impl Contract {
     /// Whether [`Contract::render_bound`] serves `situation` from its copy rendered ahead
     /// (false for unbound situations and for bodies that hold the path, as problem+json does).
     pub fn is_prerendered(&self, situation: Situation) -> bool {
-        self.prerendered.contains_key(&situation)
+        self.prerendered
+            .get(slot(situation))
+            .is_some_and(Option::is_some)
     }
 
     /// The response for the code bound to `situation`, with the catalog's message and no
@@ -219,7 +239,7 @@ impl Contract {
         request_id: &RequestId,
         path: &str,
     ) -> Response {
-        let Some(ready) = self.prerendered.get(&situation) else {
+        let Some(Some(ready)) = self.prerendered.get(slot(situation)) else {
             return self.render_unmarked(&self.bound(situation), request_id, path);
         };
         let id = request_id.as_str().as_bytes();
@@ -396,6 +416,11 @@ impl Contract {
         }
         api
     }
+}
+
+/// The position of `situation` in tables indexed by situation ([`Situation::ALL`]'s order).
+fn slot(situation: Situation) -> usize {
+    situation as usize
 }
 
 /// The largest error body sent with its details, in bytes (64 KiB); see

@@ -456,19 +456,36 @@ async fn the_one_layer_keeps_every_guarantee_of_the_stack() {
 
 #[tokio::test]
 async fn a_panic_while_calling_a_service_is_an_internal_error() {
-    let exploding = tower::service_fn(
-        |_: Request<Body>| -> std::future::Ready<Result<axum::response::Response, std::convert::Infallible>> {
-            panic!("secret in a synchronous call")
-        },
-    );
-    let app = Faultline::new(contract()).install(Router::new().route_service("/sync", exploding));
-    let (status, headers, body) = answer(app, "/sync").await;
-    assert_eq!((status, &body["error"]), (500, &"internal_error".into()));
-    assert_eq!(
-        body["request_id"],
-        headers["x-request-id"].to_str().unwrap()
-    );
-    assert!(!body.to_string().contains("secret"));
+    type Answer = std::future::Ready<Result<axum::response::Response, std::convert::Infallible>>;
+    let exploding =
+        tower::service_fn(|_: Request<Body>| -> Answer { panic!("secret in a synchronous call") });
+    // Behind a router, axum calls a route's service from within a poll; wrapped directly, the
+    // layer's own `call` is where it panics.
+    let layer = Faultline::new(contract()).into_layer();
+    for response in [
+        tower::Layer::layer(&layer, exploding)
+            .oneshot(Request::get("/sync").body(Body::empty()).unwrap())
+            .await
+            .unwrap(),
+        Faultline::new(contract())
+            .install(Router::new().route_service("/sync", exploding))
+            .oneshot(Request::get("/sync").body(Body::empty()).unwrap())
+            .await
+            .unwrap(),
+    ] {
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(response.status(), 500);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (&body["error"], &body["request_id"]),
+            (&"internal_error".into(), &id.into())
+        );
+        assert!(!body.to_string().contains("secret"));
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, X_CONTENT_TYPE_OPTIONS};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use faultline::details::Size;
@@ -469,7 +469,7 @@ impl Finish {
             .mapper
             .situation(parts.status, &parts)
             .and_then(|situation| bindable(contract, situation));
-        let Some((situation, spec)) = situation else {
+        let Some((situation, declared)) = situation else {
             tracing::warn!(
                 request_id = %self.id,
                 status = parts.status.as_u16(),
@@ -480,14 +480,10 @@ impl Finish {
         };
         // The headers the code declares (Retry-After, Allow) are kept from the bare response.
         let mut api = None;
-        for name in &spec.headers {
-            if let Some(value) = parts
-                .headers
-                .get(name.as_str())
-                .and_then(|v| v.to_str().ok())
-            {
+        for name in declared {
+            if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
                 let error = api.unwrap_or_else(|| contract.bound(situation));
-                api = Some(error.with_header(name.clone(), value));
+                api = Some(error.with_header(name.as_str().to_owned(), value));
             }
         }
         if situation == Situation::PayloadTooLarge {
@@ -529,18 +525,14 @@ impl Finish {
     }
 }
 
-/// The situation to render for `situation` and its catalog entry: itself when bound, the
-/// scope refusal for an unbound `forbidden`, else none.
-fn bindable(
-    contract: &Contract,
-    situation: Situation,
-) -> Option<(Situation, &faultline::ErrorSpec)> {
-    let catalog = contract.catalog();
-    match catalog.bound(situation) {
-        Some(spec) => Some((situation, spec)),
-        None if situation == Situation::Forbidden => catalog
-            .bound(Situation::ScopeDenied)
-            .map(|spec| (Situation::ScopeDenied, spec)),
+/// The situation to render for `situation` and the headers its code declares: itself when
+/// bound, the scope refusal for an unbound `forbidden`, else none.
+fn bindable(contract: &Contract, situation: Situation) -> Option<(Situation, &[HeaderName])> {
+    match contract.declared_headers(situation) {
+        Some(declared) => Some((situation, declared)),
+        None if situation == Situation::Forbidden => contract
+            .declared_headers(Situation::ScopeDenied)
+            .map(|declared| (Situation::ScopeDenied, declared)),
         None => None,
     }
 }
