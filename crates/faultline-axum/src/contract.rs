@@ -79,8 +79,12 @@ impl Contract {
         if !missing.is_empty() {
             return Err(MissingBindings(missing));
         }
-        let request_id_header = HeaderName::try_from(catalog.api.request_id_header.as_str())
-            .unwrap_or(HeaderName::from_static("x-request-id"));
+        // The usual name is taken from static bytes: copies of it then cost no reference count.
+        const USUAL: HeaderName = HeaderName::from_static("x-request-id");
+        let request_id_header = match HeaderName::try_from(catalog.api.request_id_header.as_str()) {
+            Ok(name) if name != USUAL => name,
+            _ => USUAL,
+        };
         let mut contract = Contract {
             profile: catalog.api.profile,
             catalog,

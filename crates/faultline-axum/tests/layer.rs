@@ -506,3 +506,15 @@ async fn the_deadline_is_the_configured_timeout_on_the_paused_clock() {
     let (status, _, body) = answer(app, "/sleep/101").await;
     assert_eq!((status, &body["error"]), (504, &"request_timeout".into()));
 }
+
+#[tokio::test]
+async fn problem_json_bodies_still_name_the_path_the_layer_keeps_only_for_them() {
+    let problem = contract().with_profile(faultline::Profile::Problem);
+    assert!(problem.needs_path());
+    assert!(!contract().needs_path());
+    let app = Faultline::new(problem).install(Router::new().route("/bots", get(|| async { "[]" })));
+    let (status, _, body) = answer(app.clone(), "/v1/nope?x=1").await;
+    assert_eq!((status, &body["instance"]), (404, &"/v1/nope".into()));
+    let (status, _, body) = answer(app, "/bots/7").await;
+    assert_eq!((status, &body["code"]), (404, &"not_found".into()));
+}

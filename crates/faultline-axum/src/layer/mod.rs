@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, X_CONTENT_TYPE_OPTIONS};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use faultline::details::Size;
 use faultline::{ApiError, Situation};
@@ -266,7 +266,7 @@ where
             method = %request.method(),
             path = %request.uri().path()
         );
-        let path = shared.needs_path.then(|| request.uri().clone());
+        let path = shared.needs_path.then(|| request.uri().path().into());
         let matched = request.extensions().get::<MatchedPath>().cloned();
         let finish = Finish {
             shared: Arc::clone(&self.shared),
@@ -323,8 +323,8 @@ pin_project! {
 struct Finish {
     shared: Arc<Shared>,
     id: RequestId,
-    /// The request's URI, only when error bodies hold the path.
-    path: Option<Uri>,
+    /// The request's path, only when error bodies hold it.
+    path: Option<Box<str>>,
     matched: Option<MatchedPath>,
     declared_length: Option<u64>,
 }
@@ -417,14 +417,14 @@ impl Finish {
 
     /// The path for error bodies (empty when they do not hold it).
     fn path(&self) -> &str {
-        self.path.as_ref().map_or("", Uri::path)
+        self.path.as_deref().unwrap_or("")
     }
 
     /// The route for log lines: the matched route, else the path.
     fn route(&self) -> &str {
         match (&self.matched, &self.path) {
             (Some(matched), _) => matched.as_str(),
-            (None, Some(uri)) => uri.path(),
+            (None, Some(path)) => path,
             (None, None) => "(no matched route)",
         }
     }
