@@ -51,7 +51,9 @@ pub struct Contract {
 #[derive(Debug)]
 struct Prerendered {
     status: StatusCode,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Every header, the request id's with a placeholder value: a copy of the map takes the
+    /// real id in place, without hashing the others again or growing.
+    headers: HeaderMap,
     before: Vec<u8>,
     after: Vec<u8>,
 }
@@ -157,11 +159,10 @@ impl Contract {
             let holds_path = body.windows(PATH.len()).any(|w| w == PATH.as_bytes());
             needs_path |= holds_path;
             if let ([at], false) = (at.as_slice(), holds_path) {
-                headers.remove(&self.request_id_header);
-                let headers = headers
-                    .iter()
-                    .map(|(name, value)| (name.clone(), value.clone()))
-                    .collect();
+                headers.insert(
+                    self.request_id_header.clone(),
+                    HeaderValue::from_static("-"),
+                );
                 prerendered[slot(situation)] = Some(Prerendered {
                     status,
                     headers,
@@ -246,19 +247,16 @@ impl Contract {
         let Some(Some(ready)) = self.prerendered.get(slot(situation)) else {
             return self.render_unmarked(&self.bound(situation), request_id, path);
         };
-        let id = request_id.as_str().as_bytes();
+        let id = request_id.as_bytes();
         let mut body = Vec::with_capacity(ready.before.len() + id.len() + ready.after.len());
         body.extend_from_slice(&ready.before);
         body.extend_from_slice(id);
         body.extend_from_slice(&ready.after);
         let mut response = Response::new(axum::body::Body::from(body));
         *response.status_mut() = ready.status;
-        let headers = response.headers_mut();
-        headers.reserve(ready.headers.len() + 1);
-        for (name, value) in &ready.headers {
-            headers.append(name.clone(), value.clone());
-        }
+        let mut headers = ready.headers.clone();
         headers.insert(self.request_id_header.clone(), request_id.header_value());
+        *response.headers_mut() = headers;
         response
     }
 

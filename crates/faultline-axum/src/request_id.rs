@@ -146,9 +146,17 @@ impl RequestId {
         }
     }
 
+    /// The id's bytes (ASCII), without the check [`RequestId::as_str`] makes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Shared(id) => id.as_bytes(),
+        }
+    }
+
     /// The id as a header value (always valid: the alphabet is a subset of header characters).
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(self.as_str()).expect("request ids only hold [A-Za-z0-9._-]")
+        HeaderValue::from_bytes(self.as_bytes()).expect("request ids only hold [A-Za-z0-9._-]")
     }
 }
 
