@@ -336,3 +336,19 @@ async fn a_response_from_the_renderer_is_never_taken_for_hand_built_json() {
     assert_eq!((status.as_u16(), &body["error"]), (409, &"conflict".into()));
     assert!(logs.at(Level::WARN).is_empty());
 }
+
+#[tokio::test]
+async fn the_routes_remembered_for_reports_are_bounded() {
+    let max = faultline_axum::layer::MAX_REPORTED_ROUTES;
+    let mut router = Router::new();
+    for i in 0..=max {
+        router = router.route(&format!("/r{i}"), hand_built());
+    }
+    let app = Faultline::new(contract()).install(router);
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    for i in 0..=max {
+        get_from(&app, &format!("/r{i}")).await;
+    }
+    assert_eq!(logs.at(Level::WARN).len(), max);
+}
