@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::HttpBody;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, X_CONTENT_TYPE_OPTIONS};
 use axum::http::{HeaderMap, StatusCode};
@@ -229,6 +230,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for FaultlineService<S> {
 impl<S, B> Service<axum::http::Request<B>> for FaultlineService<S>
 where
     S: Service<axum::http::Request<B>, Response = Response>,
+    B: HttpBody,
 {
     type Response = Response;
     type Error = S::Error;
@@ -246,13 +248,16 @@ where
             &contract.catalog().api.request_id_prefix,
         );
         request.extensions_mut().insert(id.clone());
-        // axum's own body extractors read this one; faultline's read `BodyLimit`, and fall
-        // back to the default limit, so the common case saves an insert.
-        DefaultBodyLimit::max(shared.body_limit).apply(&mut request);
-        if shared.body_limit != DEFAULT_BODY_LIMIT {
-            request
-                .extensions_mut()
-                .insert(BodyLimit(shared.body_limit));
+        // A body known to be empty cannot exceed a limit: most GETs skip both inserts.
+        if !request.body().is_end_stream() {
+            // axum's own body extractors read this one; faultline's read `BodyLimit`, and
+            // fall back to the default limit, so the common case saves an insert.
+            DefaultBodyLimit::max(shared.body_limit).apply(&mut request);
+            if shared.body_limit != DEFAULT_BODY_LIMIT {
+                request
+                    .extensions_mut()
+                    .insert(BodyLimit(shared.body_limit));
+            }
         }
         let declared_length = request
             .headers()
