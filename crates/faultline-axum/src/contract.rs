@@ -301,8 +301,9 @@ impl Contract {
     ///
     /// # Bounded bodies
     ///
-    /// A body longer than [`MAX_ERROR_BODY`] bytes is rendered again without its details
-    /// (code, message and request id stay), and a warning is logged.
+    /// A body with details that comes out longer than [`MAX_ERROR_BODY`] bytes is rendered
+    /// again without them (code, message and request id stay), and a warning is logged. The
+    /// rest of a body comes from the catalog, whose messages are short.
     pub fn render_into(
         &self,
         error: &ApiError,
