@@ -1,9 +1,13 @@
-//! The faultline stack in process, beside bare axum: a 404 for an unknown route, and a route
-//! behind `AuthLayer` on a cache hit. Compare the figures of one run: the machine is shared.
+//! The faultline stack in process, beside bare axum: a 200, a 200 behind `AuthLayer` on a
+//! cache hit, and a 404 for an unknown route; each also with the reference server's default
+//! logging (a fmt subscriber at `info`, writing to a sink). Routers are eager
+//! (`.with_state(())`), as `axum::serve` makes them. Compare the figures of one run: the
+//! machine is shared. `bench/stack_ratios.sh` runs it and prints the ratios.
 #![allow(missing_docs)] // criterion_group! generates an undocumented public function
 #![allow(clippy::expect_used)] // a broken fixture should stop the benchmark
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -25,19 +29,30 @@ fn catalog() -> Catalog {
     Catalog::from_toml_str(&std::fs::read_to_string(path).expect("catalog")).expect("valid")
 }
 
+/// The reference server's default logging, writing to a sink.
+fn info_logging() -> impl tracing::Subscriber + Send + Sync {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .finish()
+}
+
 fn stack(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    let body = r#"{"error":"not_found","message":"The requested resource was not found.","request_id":"req_000000000000000000000000"}"#;
-    let bare = Router::new().fallback(move || async move {
-        (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-    });
+    let not_found = r#"{"error":"not_found","message":"The requested resource was not found.","request_id":"req_000000000000000000000000"}"#;
+    let bare = Router::new()
+        .route("/open", get(|| async { "[]" }))
+        .fallback(move || async move {
+            (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "application/json")],
+                not_found,
+            )
+        })
+        .with_state(());
     let store = Arc::new(MemoryKeyStore::new());
     let auth = Arc::new(Authenticator::new(
         KeyFormat::new("cb", "live").expect("format"),
@@ -50,18 +65,19 @@ fn stack(c: &mut Criterion) {
         let (_, key) = keys.create_key(&org.id, new).await.expect("key");
         key.expose().to_owned()
     });
-    let full = Faultline::new(Contract::new(catalog()).expect("bindings")).install(
-        Router::new()
-            .route(
-                "/bots",
-                get(|| async { "[]" }).route_layer(AuthLayer::new(auth)),
-            )
-            .route("/open", get(|| async { "[]" })),
-    );
+    let full = Faultline::new(Contract::new(catalog()).expect("bindings"))
+        .install(
+            Router::new()
+                .route(
+                    "/bots",
+                    get(|| async { "[]" }).route_layer(AuthLayer::new(auth)),
+                )
+                .route("/open", get(|| async { "[]" })),
+        )
+        .with_state(());
     let bearer = format!("Bearer {key}");
 
-    let mut group = c.benchmark_group("stack");
-    let call = |app: &Router, uri: &str, authorization: Option<&str>| {
+    let call = |app: &Router, uri: &str, authorization: Option<&str>, status: u16| {
         let mut request = Request::get(uri);
         if let Some(value) = authorization {
             request = request.header(header::AUTHORIZATION, value);
@@ -72,20 +88,31 @@ fn stack(c: &mut Criterion) {
                     .oneshot(request.body(Body::empty()).expect("request")),
             )
             .expect("infallible");
-        assert!(response.status().as_u16() < 500);
+        assert_eq!(response.status().as_u16(), status);
     };
-    group.bench_function("404/bare_axum", |b| {
-        b.iter(|| call(&bare, "/v1/nope", None));
-    });
-    group.bench_function("404/faultline", |b| {
-        b.iter(|| call(&full, "/v1/nope", None));
-    });
-    group.bench_function("200/faultline_open", |b| {
-        b.iter(|| call(&full, "/open", None));
-    });
-    group.bench_function("200/faultline_with_key", |b| {
-        b.iter(|| call(&full, "/bots", Some(&bearer)));
-    });
+    let mut group = c.benchmark_group("stack");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for logging in ["no_log", "info_log"] {
+        let _guard =
+            (logging == "info_log").then(|| tracing::subscriber::set_default(info_logging()));
+        group.bench_function(format!("{logging}/200/bare_axum"), |b| {
+            b.iter(|| call(&bare, "/open", None, 200));
+        });
+        group.bench_function(format!("{logging}/200/faultline"), |b| {
+            b.iter(|| call(&full, "/open", None, 200));
+        });
+        group.bench_function(format!("{logging}/200/faultline_with_key"), |b| {
+            b.iter(|| call(&full, "/bots", Some(&bearer), 200));
+        });
+        group.bench_function(format!("{logging}/404/bare_axum"), |b| {
+            b.iter(|| call(&bare, "/v1/nope", None, 404));
+        });
+        group.bench_function(format!("{logging}/404/faultline"), |b| {
+            b.iter(|| call(&full, "/v1/nope", None, 404));
+        });
+    }
     group.finish();
 }
 

@@ -32,7 +32,7 @@ pub use contract::{Contract, Error, MissingBindings, Problems};
 #[cfg(feature = "garde")]
 pub use extract::ValidJson;
 pub use extract::{Json, Path, Query, UnsupportedSchema, ensure_supported};
-pub use layer::{BodyLimit, Faultline, FaultlineLayer};
+pub use layer::{BodyLimit, DefaultStatusMapper, Faultline, FaultlineLayer, StatusMapper};
 pub use listener::{ContractIo, ContractListener, serve};
 pub use request_id::RequestId;
 pub use store::StoreError;

@@ -121,6 +121,7 @@ mod tests {
             .extensions()
             .get::<crate::contract::Pending>()
             .expect("the refusal is marked for rendering");
-        assert_eq!(pending.0.plain_situation(), Some(Situation::ScopeDenied));
+        let error = pending.take().expect("the error is there to be rendered");
+        assert_eq!(error.plain_situation(), Some(Situation::ScopeDenied));
     }
 }

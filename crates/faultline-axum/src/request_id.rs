@@ -1,5 +1,6 @@
 //! Request ids: generated, or taken from the client only when they are safe.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -21,13 +22,28 @@ use rand::RngCore;
 /// assert!(RequestId::accept("drop table; --").is_none());
 /// assert!(RequestId::accept(&"a".repeat(65)).is_none());
 /// ```
+///
+/// # Cheap to make and to copy
+///
+/// An id of up to 64 bytes (every accepted one, and every generated one with a prefix of up to
+/// 40 bytes) is held inline: making and cloning it allocates nothing. Generated ids come from a
+/// fast per-thread generator seeded from the OS: they are unique, not secret (API keys use the
+/// CSPRNG).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(Arc<str>);
+pub struct RequestId(Repr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    /// The id's bytes, zero after `len` (so that the derived equality compares the text).
+    Inline { len: u8, bytes: [u8; MAX_LEN] },
+    /// An id longer than [`MAX_LEN`] (a long configured prefix).
+    Shared(Arc<str>),
+}
 
 /// The alphabet of generated ids and API keys (base62).
 pub(crate) const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// Fills `out` with uniformly random base62 characters (ASCII).
+/// Fills `out` with uniformly random base62 characters (ASCII) from the CSPRNG: for secrets.
 pub(crate) fn fill_base62(out: &mut [u8]) {
     let mut rng = rand::rng();
     let mut bytes = [0u8; 32];
@@ -44,7 +60,34 @@ pub(crate) fn fill_base62(out: &mut [u8]) {
         }
     }
 }
-/// Random characters in a generated id: 24 base62 characters are about 143 bits.
+
+thread_local! {
+    /// The state of this thread's id generator (wyrand), seeded once from the OS.
+    static ID_STATE: Cell<u64> = Cell::new(rand::rng().next_u64());
+}
+
+/// Fills `out` with base62 characters from a fast non-cryptographic generator: for ids, which
+/// must be unique but need not be unpredictable.
+fn fill_base62_fast(out: &mut [u8]) {
+    ID_STATE.with(|state| {
+        for chunk in out.chunks_mut(10) {
+            // wyrand: one multiply per 64 random bits.
+            let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+            state.set(s);
+            let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+            // The bits as a fraction in [0, 1): each multiply by 62 shifts out one base62
+            // digit; 62^10 < 2^64, so ten digits per draw.
+            let mut fraction = ((t >> 64) as u64) ^ (t as u64);
+            for slot in chunk {
+                let scaled = u128::from(fraction) * 62;
+                *slot = BASE62[(scaled >> 64) as usize];
+                fraction = scaled as u64;
+            }
+        }
+    });
+}
+
+/// Random characters in a generated id: 24 base62 characters.
 const RANDOM_LEN: usize = 24;
 /// The longest id accepted from a client.
 pub const MAX_LEN: usize = 64;
@@ -52,20 +95,20 @@ pub const MAX_LEN: usize = 64;
 impl RequestId {
     /// A fresh id: `prefix` followed by 24 random base62 characters.
     pub fn generate(prefix: &str) -> Self {
-        let mut random = [0u8; RANDOM_LEN];
-        fill_base62(&mut random);
-        // One allocation: the id is assembled on the stack and copied into the shared string.
-        let mut buf = [0u8; 64];
         let len = prefix.len() + RANDOM_LEN;
-        let id: Arc<str> = if len <= buf.len() {
-            buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
-            buf[prefix.len()..len].copy_from_slice(&random);
-            Arc::from(std::str::from_utf8(&buf[..len]).expect("a str and ASCII"))
-        } else {
-            let random = std::str::from_utf8(&random).expect("base62 is ASCII");
-            Arc::from([prefix, random].concat())
-        };
-        RequestId(id)
+        if len <= MAX_LEN {
+            let mut bytes = [0u8; MAX_LEN];
+            bytes[..prefix.len()].copy_from_slice(prefix.as_bytes());
+            fill_base62_fast(&mut bytes[prefix.len()..len]);
+            return RequestId(Repr::Inline {
+                len: len as u8,
+                bytes,
+            });
+        }
+        let mut random = [0u8; RANDOM_LEN];
+        fill_base62_fast(&mut random);
+        let random = std::str::from_utf8(&random).expect("base62 is ASCII");
+        RequestId(Repr::Shared(Arc::from([prefix, random].concat())))
     }
 
     /// Accepts a client's id if it is 1–64 characters of `[A-Za-z0-9._-]`.
@@ -75,7 +118,14 @@ impl RequestId {
             && candidate
                 .bytes()
                 .all(faultline::catalog::is_request_id_byte);
-        ok.then(|| RequestId(candidate.into()))
+        ok.then(|| {
+            let mut bytes = [0u8; MAX_LEN];
+            bytes[..candidate.len()].copy_from_slice(candidate.as_bytes());
+            RequestId(Repr::Inline {
+                len: candidate.len() as u8,
+                bytes,
+            })
+        })
     }
 
     /// The client's id from a header value when acceptable, else a fresh one.
@@ -88,24 +138,37 @@ impl RequestId {
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            Repr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).expect("ids are ASCII")
+            }
+            Repr::Shared(id) => id,
+        }
+    }
+
+    /// The id's bytes (ASCII), without the check [`RequestId::as_str`] makes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Shared(id) => id.as_bytes(),
+        }
     }
 
     /// The id as a header value (always valid: the alphabet is a subset of header characters).
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.0).expect("request ids only hold [A-Za-z0-9._-]")
+        HeaderValue::from_bytes(self.as_bytes()).expect("request ids only hold [A-Za-z0-9._-]")
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RequestId({})", self.0)
+        write!(f, "RequestId({})", self.as_str())
     }
 }
 
@@ -120,6 +183,41 @@ mod tests {
         assert_eq!(rest.len(), 24);
         assert!(rest.bytes().all(|b| b.is_ascii_alphanumeric()));
         assert_ne!(RequestId::generate("req_"), id);
+    }
+
+    #[test]
+    fn long_prefixes_still_give_24_random_characters() {
+        let prefix = "p".repeat(50);
+        let id = RequestId::generate(&prefix);
+        let rest = id.as_str().strip_prefix(prefix.as_str()).unwrap();
+        assert_eq!(rest.len(), 24);
+        assert!(rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_eq!(id.header_value(), id.as_str());
+    }
+
+    #[test]
+    fn generated_ids_do_not_repeat_and_use_the_whole_alphabet() {
+        let mut seen = std::collections::HashSet::new();
+        let mut counts = [0usize; 62];
+        for _ in 0..10_000 {
+            let id = RequestId::generate("");
+            for b in id.as_str().bytes() {
+                counts[BASE62.iter().position(|&c| c == b).unwrap()] += 1;
+            }
+            assert!(seen.insert(id));
+        }
+        // 240 000 characters: about 3 871 of each; a broken mapping would leave some at 0 or
+        // pile them up.
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(*min > 3_400 && *max < 4_400, "{counts:?}");
+    }
+
+    #[test]
+    fn equal_text_means_equal_ids() {
+        let a = RequestId::accept("abc").unwrap();
+        let b = RequestId::from_header(Some(&HeaderValue::from_static("abc")), "req_");
+        assert_eq!(a, b);
+        assert_eq!(format!("{a} {a:?}"), "abc RequestId(abc)");
     }
 
     #[test]

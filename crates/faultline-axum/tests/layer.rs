@@ -1,17 +1,22 @@
 //! Panics, timeouts and unexpected errors become catalog errors that reveal nothing.
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose when a fixture is broken
 
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use axum::routing::get;
-use faultline::Catalog;
+use faultline::{Catalog, Situation};
 use faultline_axum::{Contract, Error, Faultline};
 use http_body_util::BodyExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tower::ServiceExt;
+use tracing::Level;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::SubscriberExt;
 
 fn app() -> Router {
     let path = concat!(
@@ -129,4 +134,387 @@ retry = "backoff"
     let missing = Contract::new(catalog).unwrap_err();
     assert_eq!(missing.0.len(), 9);
     assert!(missing.to_string().contains("route_not_found"));
+}
+
+/// Every event logged while the guard lives, as `(level, "field=value …")`.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<(Level, String)>>>);
+
+impl Logs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
+    }
+
+    fn at(&self, level: Level) -> Vec<String> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter(|(l, _)| *l == level)
+            .map(|(_, text)| text.clone())
+            .collect()
+    }
+}
+
+struct Fields<'a>(&'a mut String);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        write!(self.0, "{}={value:?} ", field.name()).unwrap();
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logs {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut text = String::new();
+        event.record(&mut Fields(&mut text));
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), text));
+    }
+}
+
+/// A failure with a cause of its own, to check that the whole chain is logged.
+#[derive(Debug)]
+struct QueryFailed(std::io::Error);
+
+impl std::fmt::Display for QueryFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("listing bots failed")
+    }
+}
+
+impl std::error::Error for QueryFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+fn contract() -> Contract {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/catalogs/chatbots.toml"
+    );
+    Contract::new(Catalog::from_toml_str(&std::fs::read_to_string(path).unwrap()).unwrap()).unwrap()
+}
+
+async fn answer(app: Router, path: &str) -> (u16, axum::http::HeaderMap, Value) {
+    let response = app
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status.as_u16(), parts.headers, body)
+}
+
+#[tokio::test]
+async fn the_cause_chain_of_an_internal_error_reaches_the_log_line() {
+    let app = Faultline::new(contract()).install(Router::new().route(
+        "/bots",
+        get(|| async {
+            Err::<(), _>(Error::internal(QueryFailed(std::io::Error::other(
+                "connection reset",
+            ))))
+        }),
+    ));
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let (status, _, body) = answer(app, "/bots").await;
+    assert_eq!((status, &body["error"]), (500, &"internal_error".into()));
+    assert!(!body.to_string().contains("reset"));
+    let errors = logs.at(Level::ERROR);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("listing bots failed: connection reset"),
+        "{errors:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_source_of_an_api_error_reaches_the_log_line() {
+    let raising = Arc::new(contract());
+    let app = Faultline::new(contract()).install(Router::new().route(
+        "/bots",
+        get(move || {
+            let raising = Arc::clone(&raising);
+            async move {
+                let api = raising
+                    .bound(Situation::ServiceUnavailable)
+                    .with_source(std::io::Error::other("pool exhausted"));
+                Err::<(), _>(Error::from(api))
+            }
+        }),
+    ));
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let (status, headers, body) = answer(app, "/bots").await;
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &"service_unavailable".into())
+    );
+    assert_eq!(headers["retry-after"], "1");
+    let errors = logs.at(Level::ERROR);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("pool exhausted"), "{errors:?}");
+    assert!(
+        errors[0].contains("code=\"service_unavailable\""),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn error_is_a_std_error_whose_text_names_only_the_code() {
+    use std::error::Error as _;
+    let internal = Error::internal(QueryFailed(std::io::Error::other("secret=1")));
+    assert_eq!(internal.to_string(), "internal error");
+    let source = internal.source().unwrap();
+    assert_eq!(source.to_string(), "listing bots failed");
+    assert_eq!(source.source().unwrap().to_string(), "secret=1");
+    assert_eq!(
+        Error::bound(Situation::Conflict).to_string(),
+        "situation conflict"
+    );
+    assert!(Error::bound(Situation::Conflict).source().is_none());
+    let api = contract().bound(Situation::Conflict);
+    let error = Error::from(api.with_source(std::io::Error::other("row locked")));
+    assert!(error.to_string().starts_with("conflict (409)"));
+    assert_eq!(error.source().unwrap().to_string(), "row locked");
+    let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(error);
+    assert!(boxed.source().is_some());
+}
+
+#[tokio::test]
+async fn details_and_headers_apply_to_every_kind_of_error() {
+    let raising = Arc::new(contract());
+    let app = Faultline::new(contract()).install(
+        Router::new()
+            .route(
+                "/api",
+                get(move || {
+                    let raising = Arc::clone(&raising);
+                    async move {
+                        let api = raising.bound(Situation::Conflict);
+                        Err::<(), _>(
+                            Error::from(api)
+                                .with_details(json!({"resource": "bot"}))
+                                .with_header("X-Conflict-With", "bot_1"),
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/internal",
+                get(|| async {
+                    Err::<(), _>(
+                        Error::internal(std::io::Error::other("disk full"))
+                            .with_details(json!({"retryable": true}))
+                            .with_header("Retry-After", "5"),
+                    )
+                }),
+            )
+            .route(
+                "/bound",
+                get(|| async {
+                    Err::<(), _>(
+                        Error::bound(Situation::Conflict)
+                            .with_header("X-Conflict-With", "a")
+                            .with_header("x-conflict-with", "b"),
+                    )
+                }),
+            ),
+    );
+    let (status, headers, body) = answer(app.clone(), "/api").await;
+    assert_eq!((status, &body["error"]), (409, &"conflict".into()));
+    assert_eq!(body["details"], json!({"resource": "bot"}));
+    assert_eq!(headers["x-conflict-with"], "bot_1");
+    let (status, headers, body) = answer(app.clone(), "/internal").await;
+    assert_eq!((status, &body["error"]), (500, &"internal_error".into()));
+    assert_eq!(body["details"], json!({"retryable": true}));
+    assert_eq!(headers["retry-after"], "5");
+    assert!(!body.to_string().contains("disk"));
+    let (_, headers, _) = answer(app, "/bound").await;
+    let values: Vec<_> = headers.get_all("x-conflict-with").iter().collect();
+    assert_eq!(values, ["b"]);
+}
+
+#[tokio::test]
+async fn every_answer_says_nosniff() {
+    let app = Faultline::new(contract()).install(
+        Router::new()
+            .route("/ok", get(|| async { "fine" }))
+            .route("/panic", get(panicking))
+            .route(
+                "/details",
+                get(|| async {
+                    Err::<(), _>(Error::bound(Situation::Conflict).with_details(json!({"a": 1})))
+                }),
+            )
+            .route(
+                "/teapot",
+                get(|| async { axum::http::StatusCode::IM_A_TEAPOT }),
+            ),
+    );
+    for path in ["/ok", "/nope", "/details", "/teapot", "/panic"] {
+        let (_, headers, _) = answer(app.clone(), path).await;
+        let values: Vec<_> = headers.get_all("x-content-type-options").iter().collect();
+        assert_eq!(values, ["nosniff"], "{path}");
+    }
+    let contract = contract();
+    let mut headers = axum::http::HeaderMap::new();
+    let id = faultline_axum::RequestId::generate("req_");
+    contract.render_into(&contract.bound(Situation::Timeout), &id, "/", &mut headers);
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+}
+
+#[tokio::test]
+async fn an_oversized_error_body_is_sent_without_its_details() {
+    let app = Faultline::new(contract()).install(Router::new().route(
+        "/big",
+        get(|| async {
+            let huge = "x".repeat(faultline_axum::contract::MAX_ERROR_BODY);
+            Err::<(), _>(Error::bound(Situation::Conflict).with_details(json!({ "note": huge })))
+        }),
+    ));
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let response = app
+        .oneshot(Request::get("/big").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(bytes.len() <= faultline_axum::contract::MAX_ERROR_BODY);
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["error"], "conflict");
+    assert_eq!(body["request_id"], id.as_str());
+    assert!(body["message"].is_string());
+    assert!(body.get("details").is_none_or(Value::is_null), "{body}");
+    let warnings = logs.at(Level::WARN);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("too large"), "{warnings:?}");
+}
+
+#[tokio::test]
+async fn the_one_layer_keeps_every_guarantee_of_the_stack() {
+    let app = Faultline::new(contract())
+        .body_limit(16)
+        .install(Router::new().route("/bots", get(|| async { "[]" })).route(
+            "/echo",
+            axum::routing::post(|body: String| async move { body }),
+        ))
+        .with_state(());
+    let send = |request: Request<Body>| {
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.unwrap().to_bytes();
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (parts.status.as_u16(), parts.headers, body)
+        }
+    };
+    let (status, headers, body) = send(Request::get("/nope").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, &body["error"]), (404, &"not_found".into()));
+    assert_eq!(
+        body["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+    let (status, headers, body) = send(Request::delete("/bots").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (405, &"method_not_allowed".into())
+    );
+    assert!(headers["allow"].to_str().unwrap().contains("GET"));
+    let (status, _, body) = send(
+        Request::post("/echo")
+            .header("content-length", "40")
+            .body(Body::from("x".repeat(40)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &body["error"]), (413, &"payload_too_large".into()));
+    assert_eq!(body["details"], json!({"size_bytes": 40, "max_bytes": 16}));
+    let (status, headers, _) = send(
+        Request::get("/bots")
+            .header("x-request-id", "client-1")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-request-id"], "client-1");
+}
+
+#[tokio::test]
+async fn a_panic_while_calling_a_service_is_an_internal_error() {
+    type Answer = std::future::Ready<Result<axum::response::Response, std::convert::Infallible>>;
+    let exploding =
+        tower::service_fn(|_: Request<Body>| -> Answer { panic!("secret in a synchronous call") });
+    // Behind a router, axum calls a route's service from within a poll; wrapped directly, the
+    // layer's own `call` is where it panics.
+    let layer = Faultline::new(contract()).into_layer();
+    for response in [
+        tower::Layer::layer(&layer, exploding)
+            .oneshot(Request::get("/sync").body(Body::empty()).unwrap())
+            .await
+            .unwrap(),
+        Faultline::new(contract())
+            .install(Router::new().route_service("/sync", exploding))
+            .oneshot(Request::get("/sync").body(Body::empty()).unwrap())
+            .await
+            .unwrap(),
+    ] {
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(response.status(), 500);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (&body["error"], &body["request_id"]),
+            (&"internal_error".into(), &id.into())
+        );
+        assert!(!body.to_string().contains("secret"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_is_the_configured_timeout_on_the_paused_clock() {
+    let app = Faultline::new(contract())
+        .timeout(Duration::from_millis(100))
+        .install(Router::new().route(
+            "/sleep/{ms}",
+            get(
+                |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    "done"
+                },
+            ),
+        ));
+    let (status, _, _) = answer(app.clone(), "/sleep/99").await;
+    assert_eq!(status, 200);
+    let (status, _, body) = answer(app, "/sleep/101").await;
+    assert_eq!((status, &body["error"]), (504, &"request_timeout".into()));
+}
+
+#[tokio::test]
+async fn problem_json_bodies_still_name_the_path_the_layer_keeps_only_for_them() {
+    let problem = contract().with_profile(faultline::Profile::Problem);
+    assert!(problem.needs_path());
+    assert!(!contract().needs_path());
+    let app = Faultline::new(problem).install(Router::new().route("/bots", get(|| async { "[]" })));
+    let (status, _, body) = answer(app.clone(), "/v1/nope?x=1").await;
+    assert_eq!((status, &body["instance"]), (404, &"/v1/nope".into()));
+    let (status, _, body) = answer(app, "/bots/7").await;
+    assert_eq!((status, &body["code"]), (404, &"not_found".into()));
 }
