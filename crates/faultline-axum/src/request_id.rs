@@ -44,6 +44,7 @@ enum Repr {
 pub(crate) const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Fills `out` with uniformly random base62 characters (ASCII) from the CSPRNG: for secrets.
+#[cfg(feature = "auth")]
 pub(crate) fn fill_base62(out: &mut [u8]) {
     let mut rng = rand::rng();
     let mut bytes = [0u8; 32];
