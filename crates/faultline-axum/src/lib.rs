@@ -7,7 +7,7 @@
 //!   body limits, timeouts and panics all become catalog errors;
 //! - [`Json`], [`Query`] and [`Path`] are drop-in extractors whose rejections are catalog
 //!   errors, with every field problem collected;
-//! - [`ValidJson`] (feature `garde`) adds garde's rules, reported in the same details;
+//! - `ValidJson` (feature `garde`) adds garde's rules, reported in the same details;
 //! - handlers return `Result<_, faultline_axum::Error>`; an [`faultline::ApiError`] from a
 //!   generated constructor converts with `?`;
 //! - [`serve`] with a [`ContractListener`] makes hyper's own refusals (unreadable requests,
@@ -16,6 +16,22 @@
 //! - [`auth`] (feature `auth`, on by default): API keys, scopes and tenancy; its stores on
 //!   SQLite are in the `faultline-sqlite` crate;
 //! - [`refuse::RefuseOr`]: the response future every guarding middleware shares.
+//!
+//! # Layout
+//!
+//! One module per middleware, each behind its own feature, with its layer, its service and its
+//! future; store traits and in-memory stores live here, storage engines in crates of their own
+//! (`faultline-sqlite` now), so an app that stores nothing in SQLite does not compile SQLite.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `auth` | yes | [`auth`]: API keys (checksum format, SHA-256 digests, constant-time checks, a cache), scopes, tenancy, `KeyLookup`/`KeyAdmin` with an in-memory store |
+//! | `garde` | no | `ValidJson`: garde's rules after the schema, in the same details |
+//!
+//! Without any feature the crate still gives the layer, the renderer, the extractors, the
+//! listener and [`StoreError`].
 
 #[cfg(feature = "auth")]
 pub mod auth;

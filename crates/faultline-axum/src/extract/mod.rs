@@ -5,7 +5,7 @@
 //! from `schemars::JsonSchema` (derive it next to `Deserialize`); rules beyond types (`length`,
 //! `range`, `email`, `url`, `regex`/`pattern`, whether written as `#[schemars(...)]` or as
 //! `#[garde(...)]`, which schemars also reads) are checked from the same schema, so they land
-//! in the same details. [`ValidJson`] (feature `garde`) then runs garde's own rules, custom
+//! in the same details. `ValidJson` (feature `garde`) then runs garde's own rules, custom
 //! ones included, and reports them in the same shape. [`Query`] checks a query string against
 //! the same kind of schema; [`Path`] refuses a path parameter that does not parse.
 //!
