@@ -1,8 +1,10 @@
 //! Panics, timeouts and unexpected errors become catalog errors that reveal nothing.
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose when a fixture is broken
 
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+mod common;
+use common::logs::Logs;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,8 +17,6 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tracing::Level;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::SubscriberExt;
 
 fn app() -> Router {
     let path = concat!(
@@ -134,48 +134,6 @@ retry = "backoff"
     let missing = Contract::new(catalog).unwrap_err();
     assert_eq!(missing.0.len(), 9);
     assert!(missing.to_string().contains("route_not_found"));
-}
-
-/// Every event logged while the guard lives, as `(level, "field=value …")`.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<(Level, String)>>>);
-
-impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
-    }
-
-    fn at(&self, level: Level) -> Vec<String> {
-        let events = self.0.lock().unwrap();
-        events
-            .iter()
-            .filter(|(l, _)| *l == level)
-            .map(|(_, text)| text.clone())
-            .collect()
-    }
-}
-
-struct Fields<'a>(&'a mut String);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        write!(self.0, "{}={value:?} ", field.name()).unwrap();
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logs {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let mut text = String::new();
-        event.record(&mut Fields(&mut text));
-        self.0
-            .lock()
-            .unwrap()
-            .push((*event.metadata().level(), text));
-    }
 }
 
 /// A failure with a cause of its own, to check that the whole chain is logged.

@@ -2,7 +2,9 @@
 //! is reported (or refused in strict mode).
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose when a fixture is broken
 
-use std::fmt::Write as _;
+mod common;
+use common::logs::Logs;
+
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -19,55 +21,11 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tower::{ServiceBuilder, ServiceExt};
 use tracing::Level;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::SubscriberExt;
 
 const CHATBOTS: &str = include_str!("../../../examples/catalogs/chatbots.toml");
 
 fn contract() -> Contract {
     Contract::new(Catalog::from_toml_str(CHATBOTS).unwrap()).unwrap()
-}
-
-/// Every event logged while the guard lives, as `(level, "field=value …")`.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<(Level, String)>>>);
-
-impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
-    }
-
-    fn at(&self, level: Level) -> Vec<String> {
-        let events = self.0.lock().unwrap();
-        events
-            .iter()
-            .filter(|(l, _)| *l == level)
-            .map(|(_, text)| text.clone())
-            .collect()
-    }
-}
-
-struct Fields<'a>(&'a mut String);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        write!(self.0, "{}={value:?} ", field.name()).unwrap();
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logs {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let mut text = String::new();
-        event.record(&mut Fields(&mut text));
-        self.0
-            .lock()
-            .unwrap()
-            .push((*event.metadata().level(), text));
-    }
 }
 
 async fn get_from(app: &Router, path: &str) -> (StatusCode, HeaderMap, Value) {
