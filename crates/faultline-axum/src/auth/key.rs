@@ -88,7 +88,7 @@ impl KeyFormat {
         key.push_str(&self.lead);
         key.extend(random.iter().map(|&b| char::from(b)));
         let checksum = encode_checksum(crc32fast::hash(key.as_bytes()));
-        key.push_str(&checksum);
+        key.extend(checksum.iter().map(|&b| char::from(b)));
         ApiKeySecret(key)
     }
 
@@ -113,7 +113,7 @@ impl KeyFormat {
         }
         let (body, checksum) = credential.split_at(credential.len() - CHECKSUM_LEN);
         let expected = encode_checksum(crc32fast::hash(body.as_bytes()));
-        if expected.as_bytes() == checksum.as_bytes() {
+        if expected == checksum.as_bytes() {
             Ok(())
         } else {
             Err(Malformed::BadChecksum)
@@ -121,13 +121,14 @@ impl KeyFormat {
     }
 }
 
-fn encode_checksum(mut value: u32) -> String {
+/// The checksum's base62 characters (ASCII), on the stack: checking a key allocates nothing.
+fn encode_checksum(mut value: u32) -> [u8; CHECKSUM_LEN] {
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(value % 62) as usize];
         value /= 62;
     }
-    out.iter().map(|&b| char::from(b)).collect()
+    out
 }
 
 /// A raw API key, as shown once at creation.

@@ -208,8 +208,8 @@ impl Authenticator {
     /// Verifies a raw key.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthFailure> {
         let digest = self.precheck(token)?;
-        if let Some(slot) = self.cached(digest) {
-            return self.judge(slot.key.as_deref());
+        if let Some(verdict) = self.judge_cached(digest) {
+            return verdict;
         }
         let found = self
             .lookup
@@ -220,18 +220,16 @@ impl Authenticator {
             // guarantee for stores whose lookup is not exact (a prefix index, say).
             .filter(|(key, _)| key.digest == digest);
         let slot = self.remember(digest, found);
-        self.judge(slot.key.as_deref())
+        self.judge(slot.key.as_deref(), slot.fetched_at)
     }
 
     /// Verifies a key from the cache alone: `None` when the store would have to be asked.
     /// This is the path most requests take; see [`Authenticator`]'s cost section.
     pub fn verify_cached(&self, token: &str) -> Option<Result<Principal, AuthFailure>> {
-        let digest = match self.precheck(token) {
-            Ok(digest) => digest,
-            Err(failure) => return Some(Err(failure)),
-        };
-        self.cached(digest)
-            .map(|slot| self.judge(slot.key.as_deref()))
+        match self.precheck(token) {
+            Ok(digest) => self.judge_cached(digest),
+            Err(failure) => Some(Err(failure)),
+        }
     }
 
     fn precheck(&self, token: &str) -> Result<KeyDigest, AuthFailure> {
@@ -241,11 +239,16 @@ impl Authenticator {
         Ok(KeyDigest::of(token))
     }
 
-    /// The store's last answer for `digest`, while it is fresh.
-    fn cached(&self, digest: KeyDigest) -> Option<Slot> {
+    /// The verdict on the store's last answer for `digest`, while it is fresh; `None` when
+    /// the store has to be asked.
+    ///
+    /// The verdict is reached under the read lock, with one clock reading for both the time
+    /// to live and the key's expiry, and only the principal is cloned out of the cache.
+    fn judge_cached(&self, digest: KeyDigest) -> Option<Result<Principal, AuthFailure>> {
         let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
         let slot = cache.get(&digest)?;
-        (self.clock.now() - slot.fetched_at < self.cache_ttl).then(|| slot.clone())
+        let now = self.clock.now();
+        (now - slot.fetched_at < self.cache_ttl).then(|| self.judge(slot.key.as_deref(), now))
     }
 
     /// Keeps the store's answer for `digest` (a key and its organisation, or nothing).
@@ -274,8 +277,9 @@ impl Authenticator {
         slot
     }
 
-    /// The verdict on a key as stored: the key's own state first, then its organisation's.
-    fn judge(&self, cached: Option<&Cached>) -> Result<Principal, AuthFailure> {
+    /// The verdict on a key as stored, at `now` (unix seconds): the key's own state first,
+    /// then its organisation's.
+    fn judge(&self, cached: Option<&Cached>, now: i64) -> Result<Principal, AuthFailure> {
         let refuse = |s| Err(AuthFailure::Refused(s));
         let Some(cached) = cached else {
             return refuse(Situation::InvalidApiKey);
@@ -285,11 +289,7 @@ impl Authenticator {
             KeyStatus::Paused => return refuse(Situation::ApiKeyPaused),
             KeyStatus::Active => {}
         }
-        if cached
-            .key
-            .expires_at
-            .is_some_and(|at| self.clock.now() >= at)
-        {
+        if cached.key.expires_at.is_some_and(|at| now >= at) {
             return refuse(Situation::ApiKeyExpired);
         }
         if !cached.org_in_good_standing {
