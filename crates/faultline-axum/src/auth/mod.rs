@@ -46,7 +46,7 @@ pub use layer::{Auth, AuthFuture, AuthLayer, VerifyFuture};
 pub use manager::{
     ChangeKeyError, CreateKeyError, DEFAULT_MAX_KEYS_PER_ORG, KeyAction, KeyManager, NewKey,
 };
-pub use principal::{MissingScopes, OrgScoped, Overreach, Principal};
+pub use principal::{MissingScopes, OrgScoped, Overreach, Principal, PrincipalData};
 pub use scope::{RequireScope, RequireScopeLayer, ScopeFuture};
 pub use store::{
     Inserted, KeyAdmin, KeyLookup, KeyPosition, KeyRecord, KeyStatus, MemoryKeyStore, OrgRecord,
@@ -207,10 +207,11 @@ impl Authenticator {
 
     /// Verifies a raw key.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthFailure> {
-        let digest = self.precheck(token)?;
+        let digest = KeyDigest::of(token);
         if let Some(verdict) = self.judge_cached(digest) {
             return verdict;
         }
+        self.check_format(token)?;
         let found = self
             .lookup
             .find_by_digest(digest)
@@ -225,18 +226,41 @@ impl Authenticator {
 
     /// Verifies a key from the cache alone: `None` when the store would have to be asked.
     /// This is the path most requests take; see [`Authenticator`]'s cost section.
+    ///
+    /// # A malformed key is refused, never looked up
+    ///
+    /// The format (prefix, length, alphabet, checksum) is checked whenever the cache has no
+    /// answer, before the store could be asked. A cache hit skips the check: only a key that
+    /// passed it is ever cached, so a digest found there is one of a well-formed key.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use faultline::Situation;
+    /// use faultline_axum::auth::{AuthFailure, Authenticator, KeyFormat, MemoryKeyStore};
+    /// let auth = Authenticator::new(
+    ///     KeyFormat::new("cb", "live").unwrap(),
+    ///     Arc::new(MemoryKeyStore::new()),
+    /// );
+    /// let refused = auth.verify_cached("cb_live_not-a-key");
+    /// assert!(matches!(refused, Some(Err(AuthFailure::Refused(Situation::MalformedApiKey)))));
+    /// // A well-formed key the cache does not know needs the store.
+    /// let key = KeyFormat::new("cb", "live").unwrap().generate();
+    /// assert!(auth.verify_cached(key.expose()).is_none());
+    /// ```
     pub fn verify_cached(&self, token: &str) -> Option<Result<Principal, AuthFailure>> {
-        match self.precheck(token) {
-            Ok(digest) => self.judge_cached(digest),
-            Err(failure) => Some(Err(failure)),
+        let verdict = self.judge_cached(KeyDigest::of(token));
+        if verdict.is_none()
+            && let Err(failure) = self.check_format(token)
+        {
+            return Some(Err(failure));
         }
+        verdict
     }
 
-    fn precheck(&self, token: &str) -> Result<KeyDigest, AuthFailure> {
+    fn check_format(&self, token: &str) -> Result<(), AuthFailure> {
         self.format
             .check(token)
-            .map_err(|_| AuthFailure::Refused(Situation::MalformedApiKey))?;
-        Ok(KeyDigest::of(token))
+            .map_err(|_| AuthFailure::Refused(Situation::MalformedApiKey))
     }
 
     /// The verdict on the store's last answer for `digest`, while it is fresh; `None` when
