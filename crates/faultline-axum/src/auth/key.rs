@@ -217,7 +217,19 @@ impl KeyDigest {
 
 impl PartialEq for KeyDigest {
     fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        // Compared as four words rather than 32 bytes: the same constant-time comparison,
+        // with an eighth of the optimisation barriers.
+        self.words().ct_eq(&other.words()).into()
+    }
+}
+
+impl KeyDigest {
+    fn words(&self) -> [u64; 4] {
+        let mut words = [0u64; 4];
+        for (word, bytes) in words.iter_mut().zip(self.0.chunks_exact(8)) {
+            *word = u64::from_le_bytes(bytes.try_into().expect("chunks of eight bytes"));
+        }
+        words
     }
 }
 
