@@ -25,6 +25,7 @@ use crate::contract::Error;
 /// ```
 /// use faultline_axum::auth::Principal;
 /// let me = Principal::new("org_a", "key_1", ["bots:read".to_string()]);
+/// assert_eq!(std::mem::size_of::<Principal>(), std::mem::size_of::<usize>());
 /// let copy = me.clone();
 /// assert!(std::sync::Arc::ptr_eq(&me.org_id, &copy.org_id));
 /// assert_eq!(&*copy.org_id, "org_a");
