@@ -55,6 +55,9 @@ struct Prerendered {
     /// Every header, the request id's with a placeholder value: a copy of the map takes the
     /// real id in place, without hashing the others again or growing.
     headers: HeaderMap,
+    /// Where the request id's header comes in `headers`' iteration order: the copy's value is
+    /// replaced there without a lookup by name.
+    id_at: usize,
     before: Vec<u8>,
     after: Vec<u8>,
 }
@@ -164,9 +167,14 @@ impl Contract {
                     self.request_id_header.clone(),
                     HeaderValue::from_static("-"),
                 );
+                let id_at = headers
+                    .iter()
+                    .position(|(name, _)| *name == self.request_id_header)
+                    .expect("the request id header was just inserted");
                 prerendered[slot(situation)] = Some(Prerendered {
                     status,
                     headers,
+                    id_at,
                     before: body[..*at].to_vec(),
                     after: body[at + ID.len()..].to_vec(),
                 });
@@ -256,7 +264,12 @@ impl Contract {
         let mut response = Response::new(axum::body::Body::from(body));
         *response.status_mut() = ready.status;
         let mut headers = ready.headers.clone();
-        headers.insert(self.request_id_header.clone(), request_id.header_value());
+        match headers.iter_mut().nth(ready.id_at) {
+            Some((_, value)) => *value = request_id.header_value(),
+            None => {
+                headers.insert(self.request_id_header.clone(), request_id.header_value());
+            }
+        }
         *response.headers_mut() = headers;
         response
     }

@@ -88,7 +88,7 @@ impl KeyFormat {
         key.push_str(&self.lead);
         key.extend(random.iter().map(|&b| char::from(b)));
         let checksum = encode_checksum(crc32fast::hash(key.as_bytes()));
-        key.push_str(&checksum);
+        key.extend(checksum.iter().map(|&b| char::from(b)));
         ApiKeySecret(key)
     }
 
@@ -113,7 +113,7 @@ impl KeyFormat {
         }
         let (body, checksum) = credential.split_at(credential.len() - CHECKSUM_LEN);
         let expected = encode_checksum(crc32fast::hash(body.as_bytes()));
-        if expected.as_bytes() == checksum.as_bytes() {
+        if expected == checksum.as_bytes() {
             Ok(())
         } else {
             Err(Malformed::BadChecksum)
@@ -121,13 +121,14 @@ impl KeyFormat {
     }
 }
 
-fn encode_checksum(mut value: u32) -> String {
+/// The checksum's base62 characters (ASCII), on the stack: checking a key allocates nothing.
+fn encode_checksum(mut value: u32) -> [u8; CHECKSUM_LEN] {
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(value % 62) as usize];
         value /= 62;
     }
-    out.iter().map(|&b| char::from(b)).collect()
+    out
 }
 
 /// A raw API key, as shown once at creation.
@@ -193,8 +194,9 @@ pub struct KeyDigest(pub [u8; 32]);
 
 impl std::hash::Hash for KeyDigest {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // Consistent with the constant-time `PartialEq`: equal digests have equal bytes.
-        self.0.hash(state);
+        // Consistent with the constant-time `PartialEq`: equal digests have equal bytes. The
+        // bytes alone, in one write: the length is always 32.
+        state.write(&self.0);
     }
 }
 
@@ -216,7 +218,19 @@ impl KeyDigest {
 
 impl PartialEq for KeyDigest {
     fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        // Compared as four words rather than 32 bytes: the same constant-time comparison,
+        // with an eighth of the optimisation barriers.
+        self.words().ct_eq(&other.words()).into()
+    }
+}
+
+impl KeyDigest {
+    fn words(&self) -> [u64; 4] {
+        let mut words = [0u64; 4];
+        for (word, bytes) in words.iter_mut().zip(self.0.chunks_exact(8)) {
+            *word = u64::from_le_bytes(bytes.try_into().expect("chunks of eight bytes"));
+        }
+        words
     }
 }
 

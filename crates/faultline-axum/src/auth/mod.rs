@@ -46,7 +46,7 @@ pub use layer::{Auth, AuthFuture, AuthLayer, VerifyFuture};
 pub use manager::{
     ChangeKeyError, CreateKeyError, DEFAULT_MAX_KEYS_PER_ORG, KeyAction, KeyManager, NewKey,
 };
-pub use principal::{MissingScopes, OrgScoped, Overreach, Principal};
+pub use principal::{MissingScopes, OrgScoped, Overreach, Principal, PrincipalData};
 pub use scope::{RequireScope, RequireScopeLayer, ScopeFuture};
 pub use store::{
     Inserted, KeyAdmin, KeyLookup, KeyPosition, KeyRecord, KeyStatus, MemoryKeyStore, OrgRecord,
@@ -55,6 +55,8 @@ pub use store::{
 
 /// How long a verified key is trusted from the cache before the store is asked again.
 pub const DEFAULT_CACHE_TTL_SECS: i64 = 10;
+/// The scheme of an `Authorization` header with an API key, and the space after it.
+const BEARER: &[u8] = b"bearer ";
 /// Entries the cache holds at most.
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -128,7 +130,7 @@ pub struct Authenticator {
     format: KeyFormat,
     lookup: Arc<dyn KeyLookup>,
     clock: Arc<dyn Clock>,
-    cache: RwLock<HashMap<KeyDigest, Slot>>,
+    cache: RwLock<HashMap<KeyDigest, Slot, DigestHashing>>,
     cache_ttl: i64,
 }
 
@@ -148,7 +150,7 @@ impl Authenticator {
             format,
             lookup,
             clock: Arc::new(SystemClock),
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::with_hasher(DigestHashing::random())),
             cache_ttl: DEFAULT_CACHE_TTL_SECS,
         }
     }
@@ -187,30 +189,29 @@ impl Authenticator {
             return Err(Situation::MissingApiKey);
         };
         let bytes = value.as_bytes();
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(Situation::MissingApiKey);
+        // The shape every client sends, `Bearer <visible ASCII without spaces>`, in one pass;
+        // anything else takes `parse_credential`, which gives the same answer for this
+        // shape too.
+        if bytes.len() <= MAX_CREDENTIAL_LEN
+            && let Some((scheme, token)) = bytes.split_at_checked(BEARER.len())
+            && scheme.eq_ignore_ascii_case(BEARER)
+            && !token.is_empty()
+            // Folded rather than `all`, so that it runs over whole vectors without a branch.
+            && token.iter().fold(true, |ok, b| ok & b.is_ascii_graphic())
+            && let Ok(token) = std::str::from_utf8(token)
+        {
+            return Ok(token);
         }
-        if bytes.len() > MAX_CREDENTIAL_LEN {
-            return Err(Situation::MalformedApiKey);
-        }
-        let text = value.to_str().map_err(|_| Situation::MalformedApiKey)?;
-        let (scheme, token) = text
-            .trim()
-            .split_once(' ')
-            .ok_or(Situation::MalformedApiKey)?;
-        let token = token.trim_start();
-        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
-            return Err(Situation::MalformedApiKey);
-        }
-        Ok(token)
+        parse_credential(value)
     }
 
     /// Verifies a raw key.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthFailure> {
-        let digest = self.precheck(token)?;
-        if let Some(slot) = self.cached(digest) {
-            return self.judge(slot.key.as_deref());
+        let digest = KeyDigest::of(token);
+        if let Some(verdict) = self.judge_cached(digest) {
+            return verdict;
         }
+        self.check_format(token)?;
         let found = self
             .lookup
             .find_by_digest(digest)
@@ -220,32 +221,58 @@ impl Authenticator {
             // guarantee for stores whose lookup is not exact (a prefix index, say).
             .filter(|(key, _)| key.digest == digest);
         let slot = self.remember(digest, found);
-        self.judge(slot.key.as_deref())
+        self.judge(slot.key.as_deref(), slot.fetched_at)
     }
 
     /// Verifies a key from the cache alone: `None` when the store would have to be asked.
     /// This is the path most requests take; see [`Authenticator`]'s cost section.
+    ///
+    /// # A malformed key is refused, never looked up
+    ///
+    /// The format (prefix, length, alphabet, checksum) is checked whenever the cache has no
+    /// answer, before the store could be asked. A cache hit skips the check: only a key that
+    /// passed it is ever cached, so a digest found there is one of a well-formed key.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use faultline::Situation;
+    /// use faultline_axum::auth::{AuthFailure, Authenticator, KeyFormat, MemoryKeyStore};
+    /// let auth = Authenticator::new(
+    ///     KeyFormat::new("cb", "live").unwrap(),
+    ///     Arc::new(MemoryKeyStore::new()),
+    /// );
+    /// let refused = auth.verify_cached("cb_live_not-a-key");
+    /// assert!(matches!(refused, Some(Err(AuthFailure::Refused(Situation::MalformedApiKey)))));
+    /// // A well-formed key the cache does not know needs the store.
+    /// let key = KeyFormat::new("cb", "live").unwrap().generate();
+    /// assert!(auth.verify_cached(key.expose()).is_none());
+    /// ```
     pub fn verify_cached(&self, token: &str) -> Option<Result<Principal, AuthFailure>> {
-        let digest = match self.precheck(token) {
-            Ok(digest) => digest,
-            Err(failure) => return Some(Err(failure)),
-        };
-        self.cached(digest)
-            .map(|slot| self.judge(slot.key.as_deref()))
+        let verdict = self.judge_cached(KeyDigest::of(token));
+        if verdict.is_none()
+            && let Err(failure) = self.check_format(token)
+        {
+            return Some(Err(failure));
+        }
+        verdict
     }
 
-    fn precheck(&self, token: &str) -> Result<KeyDigest, AuthFailure> {
+    fn check_format(&self, token: &str) -> Result<(), AuthFailure> {
         self.format
             .check(token)
-            .map_err(|_| AuthFailure::Refused(Situation::MalformedApiKey))?;
-        Ok(KeyDigest::of(token))
+            .map_err(|_| AuthFailure::Refused(Situation::MalformedApiKey))
     }
 
-    /// The store's last answer for `digest`, while it is fresh.
-    fn cached(&self, digest: KeyDigest) -> Option<Slot> {
+    /// The verdict on the store's last answer for `digest`, while it is fresh; `None` when
+    /// the store has to be asked.
+    ///
+    /// The verdict is reached under the read lock, with one clock reading for both the time
+    /// to live and the key's expiry, and only the principal is cloned out of the cache.
+    fn judge_cached(&self, digest: KeyDigest) -> Option<Result<Principal, AuthFailure>> {
         let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
         let slot = cache.get(&digest)?;
-        (self.clock.now() - slot.fetched_at < self.cache_ttl).then(|| slot.clone())
+        let now = self.clock.now();
+        (now - slot.fetched_at < self.cache_ttl).then(|| self.judge(slot.key.as_deref(), now))
     }
 
     /// Keeps the store's answer for `digest` (a key and its organisation, or nothing).
@@ -274,8 +301,9 @@ impl Authenticator {
         slot
     }
 
-    /// The verdict on a key as stored: the key's own state first, then its organisation's.
-    fn judge(&self, cached: Option<&Cached>) -> Result<Principal, AuthFailure> {
+    /// The verdict on a key as stored, at `now` (unix seconds): the key's own state first,
+    /// then its organisation's.
+    fn judge(&self, cached: Option<&Cached>, now: i64) -> Result<Principal, AuthFailure> {
         let refuse = |s| Err(AuthFailure::Refused(s));
         let Some(cached) = cached else {
             return refuse(Situation::InvalidApiKey);
@@ -285,11 +313,7 @@ impl Authenticator {
             KeyStatus::Paused => return refuse(Situation::ApiKeyPaused),
             KeyStatus::Active => {}
         }
-        if cached
-            .key
-            .expires_at
-            .is_some_and(|at| self.clock.now() >= at)
-        {
+        if cached.key.expires_at.is_some_and(|at| now >= at) {
             return refuse(Situation::ApiKeyExpired);
         }
         if !cached.org_in_good_standing {
@@ -311,5 +335,155 @@ impl Authenticator {
     fn forget(&self, matches: impl Fn(&KeyDigest, Option<&Cached>) -> bool) {
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
         cache.retain(|digest, slot| !matches(digest, slot.key.as_deref()));
+    }
+}
+
+/// How the cache hashes digests: a folded multiply under a random per-cache key.
+///
+/// The map's default, SipHash, is made for keys an attacker chooses. A digest is already the
+/// output of SHA-256, and the secret key keeps anyone from aiming keys at one bucket: that
+/// would need the hashes, which never leave the process. Two multiplies instead of SipHash's
+/// rounds.
+#[derive(Clone)]
+struct DigestHashing {
+    key: [u64; 2],
+}
+
+impl DigestHashing {
+    fn random() -> Self {
+        DigestHashing {
+            key: rand::random(),
+        }
+    }
+}
+
+impl std::hash::BuildHasher for DigestHashing {
+    type Hasher = DigestHasher;
+
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher {
+            key: self.key,
+            hash: self.key[0].rotate_left(23),
+        }
+    }
+}
+
+/// The hasher of [`DigestHashing`].
+struct DigestHasher {
+    key: [u64; 2],
+    hash: u64,
+}
+
+/// The two halves of a 128-bit product, folded into one word.
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+impl std::hash::Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut blocks = bytes.chunks_exact(16);
+        for block in &mut blocks {
+            let (a, b) = block.split_at(8);
+            self.mix(
+                u64::from_le_bytes(a.try_into().expect("eight bytes")),
+                u64::from_le_bytes(b.try_into().expect("eight bytes")),
+            );
+        }
+        let rest = blocks.remainder();
+        if !rest.is_empty() {
+            let mut block = [0u8; 16];
+            block[..rest.len()].copy_from_slice(rest);
+            let (a, b) = block.split_at(8);
+            self.mix(
+                u64::from_le_bytes(a.try_into().expect("eight bytes")),
+                u64::from_le_bytes(b.try_into().expect("eight bytes")) ^ rest.len() as u64,
+            );
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+impl DigestHasher {
+    fn mix(&mut self, a: u64, b: u64) {
+        self.hash = folded_multiply(a ^ self.key[0] ^ self.hash, b ^ self.key[1]);
+    }
+}
+
+/// [`Authenticator::credential`] for any header value: every rule in turn.
+fn parse_credential(value: &HeaderValue) -> Result<&str, Situation> {
+    let bytes = value.as_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Situation::MissingApiKey);
+    }
+    if bytes.len() > MAX_CREDENTIAL_LEN {
+        return Err(Situation::MalformedApiKey);
+    }
+    let text = value.to_str().map_err(|_| Situation::MalformedApiKey)?;
+    let (scheme, token) = text
+        .trim()
+        .split_once(' ')
+        .ok_or(Situation::MalformedApiKey)?;
+    let token = token.trim_start();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+        return Err(Situation::MalformedApiKey);
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The one-pass path answers exactly as the general rules do: for headers of the
+        /// usual shape (where it applies) and for any other header (where it must step aside).
+        #[test]
+        fn the_fast_path_agrees_with_the_rules(
+            scheme in "(?i:bearer)|Basic|bearer\t|",
+            gap in " {0,2}|\t",
+            token in "[ -~\t]{0,80}|[A-Za-z0-9_]{1,300}",
+            tail in " ?",
+        ) {
+            let text = format!("{scheme}{gap}{token}{tail}");
+            let Ok(value) = HeaderValue::from_str(&text) else { return Ok(()) };
+            prop_assert_eq!(Authenticator::credential(Some(&value)), parse_credential(&value));
+        }
+
+        #[test]
+        fn any_bytes_get_the_rules_answer(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let Ok(value) = HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+            prop_assert_eq!(Authenticator::credential(Some(&value)), parse_credential(&value));
+        }
+    }
+
+    #[test]
+    fn the_cache_hash_depends_on_every_byte_and_on_the_key() {
+        use std::hash::BuildHasher;
+        let hashing = DigestHashing::random();
+        let digest = KeyDigest::of("cb_live_x");
+        let hash = hashing.hash_one(digest);
+        assert_eq!(hash, hashing.hash_one(KeyDigest(digest.0)));
+        for at in 0..32 {
+            let mut other = digest.0;
+            other[at] ^= 1;
+            assert_ne!(hash, hashing.hash_one(KeyDigest(other)), "byte {at}");
+        }
+        assert_ne!(hash, DigestHashing::random().hash_one(digest));
+    }
+
+    #[test]
+    fn digests_equal_only_when_every_byte_is() {
+        let digest = KeyDigest::of("cb_live_x");
+        assert_eq!(digest, KeyDigest(digest.0));
+        for at in 0..32 {
+            let mut other = digest.0;
+            other[at] ^= 1;
+            assert_ne!(digest, KeyDigest(other), "byte {at}");
+        }
     }
 }

@@ -14,9 +14,30 @@ use super::store::KeyRecord;
 use crate::contract::Error;
 
 /// Who a request acts for: the key's organisation, the key, its scopes and its expiry.
+///
+/// Its fields are read through [`PrincipalData`] (`principal.org_id`, `principal.scopes`).
+///
+/// # Cheap to copy
+///
+/// A principal is one shared pointer: cloning it, as the auth layer does for every request
+/// and the extractor again, is one reference count, whatever the key holds.
+///
+/// ```
+/// use faultline_axum::auth::Principal;
+/// let me = Principal::new("org_a", "key_1", ["bots:read".to_string()]);
+/// assert_eq!(std::mem::size_of::<Principal>(), std::mem::size_of::<usize>());
+/// let copy = me.clone();
+/// assert!(std::sync::Arc::ptr_eq(&me.org_id, &copy.org_id));
+/// assert_eq!(&*copy.org_id, "org_a");
+/// assert_eq!(copy, me);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Principal(Arc<PrincipalData>);
+
+/// What a [`Principal`] holds; a principal derefs to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Principal {
+pub struct PrincipalData {
     /// The organisation (tenant) every resource of the request must belong to.
     pub org_id: Arc<str>,
     /// The key's public id.
@@ -25,6 +46,25 @@ pub struct Principal {
     pub scopes: Arc<[String]>,
     /// Unix seconds after which the key is refused; `None`: it does not expire.
     pub expires_at: Option<i64>,
+}
+
+impl std::ops::Deref for Principal {
+    type Target = PrincipalData;
+
+    fn deref(&self) -> &PrincipalData {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("org_id", &self.org_id)
+            .field("key_id", &self.key_id)
+            .field("scopes", &self.scopes)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// A resource that belongs to one organisation.
@@ -102,18 +142,18 @@ impl std::error::Error for Overreach {}
 impl Principal {
     /// The principal of key `key_id` of `org_id`, holding `scopes`, that does not expire.
     pub fn new(org_id: &str, key_id: &str, scopes: impl IntoIterator<Item = String>) -> Self {
-        Principal {
+        Principal(Arc::new(PrincipalData {
             org_id: org_id.into(),
             key_id: key_id.into(),
             scopes: scopes.into_iter().collect(),
             expires_at: None,
-        }
+        }))
     }
 
     /// The same principal, expiring at `expires_at` (unix seconds; `None`: never).
     #[must_use]
     pub fn with_expiry(mut self, expires_at: Option<i64>) -> Self {
-        self.expires_at = expires_at;
+        Arc::make_mut(&mut self.0).expires_at = expires_at;
         self
     }
 
