@@ -403,10 +403,12 @@ impl<I> ContractIo<I> {
     fn wrote(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let (used, event) = step(&mut self.framing, bytes);
+            let consumed = &bytes[..used];
             bytes = &bytes[used..];
             match event {
                 None => {}
-                Some(Event::HeadDone(head)) => self.head_done(&head),
+                Some(Event::HeadDone(Some(head))) => self.head_done(&head),
+                Some(Event::HeadDone(None)) => self.head_done(consumed),
                 Some(Event::BodyDone) => {
                     self.framing = Framing::Head(Vec::new());
                     self.response_done();
@@ -464,8 +466,8 @@ impl<I> ContractIo<I> {
 
 /// What a step of the framing tracker completed.
 enum Event {
-    /// A whole response head (its bytes).
-    HeadDone(Vec<u8>),
+    /// A whole response head: its bytes, or `None` when they are the bytes the step used.
+    HeadDone(Option<Vec<u8>>),
     /// The end of a response body.
     BodyDone,
 }
@@ -481,15 +483,17 @@ fn step(framing: &mut Framing, bytes: &[u8]) -> (usize, Option<Event>) {
                 find(look, b"\r\n\r\n")
             } else {
                 let mut window = head[head.len() - kept..].to_vec();
-                window.extend_from_slice(look);
-                find(&window, b"\r\n\r\n")
+                window.extend_from_slice(&look[..look.len().min(4)]);
+                find(&window, b"\r\n\r\n").or_else(|| find(look, b"\r\n\r\n").map(|at| at + kept))
             };
             match found {
+                // The usual case: the whole head in one write, read where it lies.
+                Some(at) if kept == 0 && head.is_empty() => (at + 4, Some(Event::HeadDone(None))),
                 Some(at) => {
                     let used = at + 4 - kept;
                     head.extend_from_slice(&bytes[..used]);
                     let head = std::mem::take(head);
-                    (used, Some(Event::HeadDone(head)))
+                    (used, Some(Event::HeadDone(Some(head))))
                 }
                 None if head.len() + bytes.len() > MAX_HEAD => {
                     *framing = Framing::Opaque;
@@ -580,18 +584,20 @@ fn step(framing: &mut Framing, bytes: &[u8]) -> (usize, Option<Event>) {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
-/// Reads a complete response head: interim, or final with its body's framing.
+/// Reads a complete response head: interim, or final with its body's framing. Only the status
+/// and the two framing headers matter, so the head is scanned rather than fully parsed.
 fn parse_head(head: &[u8]) -> Option<Head> {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
+    let rest = head.strip_prefix(b"HTTP/1.")?;
+    let digits = rest.get(2..5).filter(|_| rest.get(1) == Some(&b' '))?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
     }
-    let status = response.code?;
+    let status = digits
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
     if status == 101 {
         return Some(Head::Final(Framing::Opaque));
     }
@@ -602,13 +608,18 @@ fn parse_head(head: &[u8]) -> Option<Head> {
         return Some(Head::Final(Framing::Head(Vec::new())));
     }
     let mut length = None;
-    for header in response.headers.iter() {
-        if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            let chunked = std::str::from_utf8(header.value)
-                .ok()?
-                .rsplit(',')
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let chunked = value
+                .rsplit(|&b| b == b',')
                 .next()
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             return Some(Head::Final(if chunked {
                 Framing::ChunkSize {
                     size: 0,
@@ -619,13 +630,8 @@ fn parse_head(head: &[u8]) -> Option<Head> {
                 Framing::Opaque
             }));
         }
-        if header.name.eq_ignore_ascii_case("content-length") {
-            length = std::str::from_utf8(header.value)
-                .ok()?
-                .trim()
-                .parse::<u64>()
-                .ok();
-            length?;
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = Some(std::str::from_utf8(value).ok()?.parse::<u64>().ok()?);
         }
     }
     Some(Head::Final(match length {
@@ -991,5 +997,60 @@ mod tests {
             assert_eq!(io.inner.out, stream.as_bytes());
             assert_eq!(io.framing, Framing::Opaque);
         }
+    }
+
+    #[test]
+    fn heads_are_read_for_their_status_and_framing_only() {
+        let framing = |head: &str| match parse_head(head.as_bytes()) {
+            Some(Head::Final(framing)) => Some(framing),
+            Some(Head::Interim) => Some(Framing::ChunkEnd(0)),
+            None => None,
+        };
+        let chunked = Some(Framing::ChunkSize {
+            size: 0,
+            digits: false,
+            ext: false,
+        });
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"),
+            Some(Framing::Length(12))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length:0\r\n\r\n"),
+            Some(Framing::Head(Vec::new()))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
+            chunked
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            Some(Framing::Opaque)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n"),
+            Some(Framing::Head(Vec::new()))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 100 Continue\r\n\r\n"),
+            Some(Framing::ChunkEnd(0))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+            Some(Framing::Opaque)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\n\r\n"),
+            Some(Framing::Opaque),
+            "close-delimited"
+        );
+        // Anything that does not read as a head stops the tracker rather than guess.
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n"),
+            None
+        );
+        assert_eq!(framing("HTTP/1.1 2x0 OK\r\n\r\n"), None);
+        assert_eq!(framing("HTTP/1.1 200 OK\r\nno colon\r\n\r\n"), None);
+        assert_eq!(framing("HTTP/2 200\r\n\r\n"), None);
     }
 }
