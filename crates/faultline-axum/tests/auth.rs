@@ -12,9 +12,9 @@ use axum::routing::get;
 use faultline::Situation;
 use faultline::clock::ManualClock;
 use faultline_axum::auth::{
-    AuthFailure, AuthLayer, Authenticator, ChangeKeyError, CreateKeyError, KeyAction, KeyAdmin,
-    KeyFormat, KeyLookup, KeyManager, KeyPosition, KeyRecord, KeyStatus, Malformed, MemoryKeyStore,
-    NewKey, OrgRecord, Overreach, Principal, RequireScopeLayer, StatusChange,
+    AuthLayer, Authenticator, ChangeKeyError, CreateKeyError, KeyAction, KeyAdmin, KeyFormat,
+    KeyLookup, KeyManager, KeyRecord, KeyStatus, Malformed, MemoryKeyStore, NewKey, OrgRecord,
+    Overreach, Principal, RequireScopeLayer, StatusChange,
 };
 use faultline_axum::{Contract, Faultline};
 use http_body_util::BodyExt;
@@ -22,22 +22,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-const NOW: i64 = 1_900_000_000;
-
-fn format() -> KeyFormat {
-    KeyFormat::new("cb", "live").unwrap()
-}
-
-fn refused(result: Result<Principal, AuthFailure>) -> Situation {
-    match result {
-        Err(AuthFailure::Refused(situation)) => situation,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-fn new_key(scopes: &[&str]) -> NewKey {
-    NewKey::new("test", scopes.iter().copied())
-}
+use faultline_axum::auth::suite::{self, Fixture, NOW, format, new_key, refused};
 
 #[test]
 fn authorization_headers_are_read_strictly() {
@@ -106,161 +91,15 @@ proptest! {
     }
 }
 
-struct Fixture {
-    auth: Arc<Authenticator>,
-    keys: KeyManager,
-    clock: ManualClock,
-    org: OrgRecord,
-}
-
-/// A store that both looks keys up and manages them.
-trait BothSides: KeyLookup + KeyAdmin {}
-impl<T: KeyLookup + KeyAdmin> BothSides for T {}
-
-async fn fixture<S: BothSides>(store: Arc<S>) -> Fixture {
-    fixture_with(store, |auth| auth).await
-}
-
-async fn fixture_with<S: BothSides>(
-    store: Arc<S>,
-    configure: impl FnOnce(Authenticator) -> Authenticator,
-) -> Fixture {
-    let clock = ManualClock::at(NOW);
-    let auth = Arc::new(configure(
-        Authenticator::new(format(), store.clone()).with_clock(Arc::new(clock.clone())),
-    ));
-    let keys = KeyManager::new(Arc::clone(&auth), store);
-    let org = keys.ensure_org("acme").await.unwrap();
-    Fixture {
-        auth,
-        keys,
-        clock,
-        org,
-    }
-}
-
-/// Every state a key and its organisation can be in, against one store.
-async fn every_lifecycle_state(store: Arc<MemoryKeyStore>) {
-    let f = fixture(store.clone()).await;
-    let auth = &f.auth;
-    let keys = &f.keys;
-
-    // Malformed and unknown keys never reach a principal.
-    assert_eq!(
-        refused(auth.verify("cb_live_short").await),
-        Situation::MalformedApiKey
-    );
-    let stranger = format().generate();
-    assert_eq!(
-        refused(auth.verify(stranger.expose()).await),
-        Situation::InvalidApiKey
-    );
-
-    // Active: the principal carries org, key and scopes.
-    let (record, key) = keys
-        .create_key(&f.org.id, new_key(&["a:read"]))
-        .await
-        .unwrap();
-    let principal = auth.verify(key.expose()).await.unwrap();
-    assert_eq!(&*principal.org_id, f.org.id);
-    assert_eq!(&*principal.key_id, record.id);
-    assert_eq!(principal.expires_at, None);
-    assert!(principal.has_scope("a:read") && !principal.has_scope("a:write"));
-
-    // Paused, resumed, revoked: each holds at once although the key is cached.
-    let change = |action| keys.change_key(&f.org.id, &record.id, action);
-    use faultline_axum::auth::KeyAction::{Pause, Resume, Revoke};
-    assert!(matches!(
-        change(Pause).await.unwrap(),
-        StatusChange::Changed(_)
-    ));
-    assert_eq!(
-        refused(auth.verify(key.expose()).await),
-        Situation::ApiKeyPaused
-    );
-    assert!(matches!(
-        change(Resume).await.unwrap(),
-        StatusChange::Changed(_)
-    ));
-    assert!(auth.verify(key.expose()).await.is_ok());
-    assert!(matches!(
-        change(Revoke).await.unwrap(),
-        StatusChange::Changed(_)
-    ));
-    assert_eq!(
-        refused(auth.verify(key.expose()).await),
-        Situation::ApiKeyRevoked
-    );
-    match change(Resume).await.unwrap() {
-        StatusChange::Refused(key) => assert_eq!(key.status, KeyStatus::Revoked),
-        other => panic!("a revoked key cannot be resumed: {other:?}"),
-    }
-    // Another organisation cannot touch the key: it is not found.
-    assert_eq!(
-        keys.change_key("org_other", &record.id, Pause)
-            .await
-            .unwrap(),
-        StatusChange::NotFound
-    );
-
-    // Expired: refused from the second its expiry is reached.
-    let expiring = new_key(&["a:read"]).with_expiry(Some(NOW + 30));
-    let (_, short) = keys.create_key(&f.org.id, expiring).await.unwrap();
-    assert_eq!(
-        auth.verify(short.expose()).await.unwrap().expires_at,
-        Some(NOW + 30),
-        "the principal carries the key's expiry"
-    );
-    f.clock.advance_secs(29);
-    assert!(auth.verify(short.expose()).await.is_ok());
-    f.clock.advance_secs(1);
-    assert_eq!(
-        refused(auth.verify(short.expose()).await),
-        Situation::ApiKeyExpired
-    );
-
-    // Organisation inactive, then active again.
-    let (_, good) = keys
-        .create_key(&f.org.id, new_key(&["a:read"]))
-        .await
-        .unwrap();
-    assert!(auth.verify(good.expose()).await.is_ok());
-    assert!(keys.set_org_active(&f.org.id, false).await.unwrap());
-    assert_eq!(
-        refused(auth.verify(good.expose()).await),
-        Situation::OrgInactive
-    );
-    assert!(keys.set_org_active(&f.org.id, true).await.unwrap());
-    assert!(auth.verify(good.expose()).await.is_ok());
-
-    // A soft-deleted organisation is inactive too.
-    let mut deleted = OrgRecord::new("org_deleted", "deleted", NOW - 100);
-    deleted.deleted_at = Some(NOW - 10);
-    store.insert_org(deleted.clone()).await.unwrap();
-    let (_, orphan) = keys
-        .create_key(&deleted.id, new_key(&["a:read"]))
-        .await
-        .unwrap();
-    assert_eq!(
-        refused(auth.verify(orphan.expose()).await),
-        Situation::OrgInactive
-    );
-
-    // Listing shows every key of the org, none of another.
-    let listed = keys.list_keys(&f.org.id, None, 100).await.unwrap();
-    assert_eq!(listed.len(), 3);
-    assert!(listed.iter().all(|k| k.org_id == f.org.id));
-}
-
 #[tokio::test]
 async fn every_lifecycle_state_in_memory() {
-    every_lifecycle_state(Arc::new(MemoryKeyStore::new())).await;
+    suite::every_lifecycle_state(Arc::new(MemoryKeyStore::new())).await;
 }
 
 #[tokio::test]
 async fn a_change_made_elsewhere_is_seen_when_the_cache_entry_expires() {
     let store = Arc::new(MemoryKeyStore::new());
-    let f = fixture_with(store.clone(), |auth| auth.with_cache_ttl(10)).await;
+    let f = Fixture::with(store.clone(), |auth| auth.with_cache_ttl(10)).await;
     let auth = &f.auth;
     let (record, key) = f
         .keys
@@ -297,23 +136,12 @@ async fn a_change_made_elsewhere_is_seen_when_the_cache_entry_expires() {
 
 #[tokio::test]
 async fn the_cap_counts_unrevoked_keys_only() {
-    let f = fixture(Arc::new(MemoryKeyStore::new())).await;
-    let keys = f.keys.with_max_keys_per_org(2);
-    let (first, _) = keys.create_key(&f.org.id, new_key(&["a"])).await.unwrap();
-    keys.create_key(&f.org.id, new_key(&["a"])).await.unwrap();
-    assert!(matches!(
-        keys.create_key(&f.org.id, new_key(&["a"])).await,
-        Err(CreateKeyError::LimitReached { max: 2 })
-    ));
-    keys.change_key(&f.org.id, &first.id, KeyAction::Revoke)
-        .await
-        .unwrap();
-    assert!(keys.create_key(&f.org.id, new_key(&["a"])).await.is_ok());
+    suite::the_cap_counts_unrevoked_keys_only(Arc::new(MemoryKeyStore::new())).await;
 }
 
 #[tokio::test]
 async fn debug_output_never_shows_a_key() {
-    let f = fixture(Arc::new(MemoryKeyStore::new())).await;
+    let f = Fixture::new(Arc::new(MemoryKeyStore::new())).await;
     let (record, key) = f.keys.create_key(&f.org.id, new_key(&["a"])).await.unwrap();
     let principal = f.auth.verify(key.expose()).await.unwrap();
     let secret = &key.expose()[12..];
@@ -492,7 +320,7 @@ async fn principal_and_key(f: &Fixture, new: NewKey) -> (Principal, String) {
 
 #[tokio::test]
 async fn a_key_creates_no_key_stronger_than_itself() {
-    let f = fixture(Arc::new(MemoryKeyStore::new())).await;
+    let f = Fixture::new(Arc::new(MemoryKeyStore::new())).await;
     let writer = principal_of(&f, new_key(&["api_keys:write", "bots:read"])).await;
 
     match f
@@ -554,7 +382,7 @@ async fn a_key_creates_no_key_stronger_than_itself() {
 
 #[tokio::test]
 async fn a_key_changes_no_key_stronger_than_itself_and_never_pauses_itself() {
-    let f = fixture(Arc::new(MemoryKeyStore::new())).await;
+    let f = Fixture::new(Arc::new(MemoryKeyStore::new())).await;
     let admin = principal_of(&f, new_key(&["api_keys:write", "bots:write", "bots:read"])).await;
     let (helper, helper_key) =
         principal_and_key(&f, new_key(&["api_keys:write", "bots:read"])).await;
@@ -622,32 +450,5 @@ async fn a_key_changes_no_key_stronger_than_itself_and_never_pauses_itself() {
 
 #[tokio::test]
 async fn listings_page_by_creation_then_id() {
-    let f = fixture(Arc::new(MemoryKeyStore::new())).await;
-    let mut made = Vec::new();
-    for i in 0..5 {
-        // Two keys per second: the id orders keys of the same second.
-        f.clock.set(NOW + i / 2);
-        let (record, _) = f.keys.create_key(&f.org.id, new_key(&["a"])).await.unwrap();
-        made.push(record);
-    }
-    let other = f.keys.ensure_org("other").await.unwrap();
-    f.keys.create_key(&other.id, new_key(&["a"])).await.unwrap();
-    made.sort_by_key(KeyRecord::position);
-
-    let mut seen = Vec::new();
-    let mut after: Option<KeyPosition> = None;
-    // Bounded, so that a store that ignores `after` fails instead of looping.
-    for _ in 0..10 {
-        let page = f.keys.list_keys(&f.org.id, after, 2).await.unwrap();
-        assert!(page.len() <= 2);
-        if page.is_empty() {
-            break;
-        }
-        after = page.last().map(KeyRecord::position);
-        seen.extend(page);
-    }
-    assert_eq!(
-        seen, made,
-        "every key of the org once, in order, none of another"
-    );
+    suite::listings_page_by_creation_then_id(Arc::new(MemoryKeyStore::new())).await;
 }

@@ -6,16 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faultline::Situation;
-use faultline::clock::ManualClock;
-use faultline_axum::auth::{
-    AuthFailure, Authenticator, CreateKeyError, KeyAction, KeyFormat, KeyManager, KeyPosition,
-    KeyRecord, KeyStatus, NewKey, OrgRecord, Principal, StatusChange,
-};
+use faultline_axum::auth::{CreateKeyError, KeyRecord};
 use faultline_sqlite::{PoolOptions, SqliteKeyStore};
 use rusqlite::Connection;
 
-const NOW: i64 = 1_900_000_000;
+use faultline_axum::auth::suite::{self, Fixture, new_key};
 
 /// A fresh directory in the system's temporary directory, removed on drop.
 struct TempDir(PathBuf);
@@ -42,192 +37,27 @@ impl Drop for TempDir {
     }
 }
 
-fn format() -> KeyFormat {
-    KeyFormat::new("cb", "live").unwrap()
-}
-
-fn new_key(scopes: &[&str]) -> NewKey {
-    NewKey::new("test", scopes.iter().copied())
-}
-
-fn refused(result: Result<Principal, AuthFailure>) -> Situation {
-    match result {
-        Err(AuthFailure::Refused(situation)) => situation,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-struct Fixture {
-    auth: Arc<Authenticator>,
-    keys: KeyManager,
-    clock: ManualClock,
-    org: OrgRecord,
-}
-
 async fn fixture(store: SqliteKeyStore) -> Fixture {
-    let store = Arc::new(store);
-    let clock = ManualClock::at(NOW);
-    let auth =
-        Arc::new(Authenticator::new(format(), store.clone()).with_clock(Arc::new(clock.clone())));
-    let keys = KeyManager::new(Arc::clone(&auth), store);
-    let org = keys.ensure_org("acme").await.unwrap();
-    Fixture {
-        auth,
-        keys,
-        clock,
-        org,
-    }
+    Fixture::new(Arc::new(store)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_lifecycle_state_in_a_file() {
     let dir = TempDir::new("lifecycle");
-    let f = fixture(SqliteKeyStore::open(&dir.db(), PoolOptions::default()).unwrap()).await;
-    let (auth, keys) = (&f.auth, &f.keys);
-
-    assert_eq!(
-        refused(auth.verify(format().generate().expose()).await),
-        Situation::InvalidApiKey
-    );
-    let (record, key) = keys
-        .create_key(&f.org.id, new_key(&["a:read", "a:write"]))
-        .await
-        .unwrap();
-    let principal = auth.verify(key.expose()).await.unwrap();
-    assert_eq!(&*principal.key_id, record.id);
-    assert_eq!(&*principal.scopes, ["a:read", "a:write"]);
-
-    let change = |action| keys.change_key(&f.org.id, &record.id, action);
-    assert!(matches!(
-        change(KeyAction::Pause).await.unwrap(),
-        StatusChange::Changed(_)
-    ));
-    assert_eq!(
-        refused(auth.verify(key.expose()).await),
-        Situation::ApiKeyPaused
-    );
-    assert!(matches!(
-        change(KeyAction::Resume).await.unwrap(),
-        StatusChange::Changed(_)
-    ));
-    assert!(auth.verify(key.expose()).await.is_ok());
-    assert!(matches!(
-        change(KeyAction::Revoke).await.unwrap(),
-        StatusChange::Changed(_)
-    ));
-    assert_eq!(
-        refused(auth.verify(key.expose()).await),
-        Situation::ApiKeyRevoked
-    );
-    match change(KeyAction::Resume).await.unwrap() {
-        StatusChange::Refused(key) => assert_eq!(key.status, KeyStatus::Revoked),
-        other => panic!("a revoked key cannot be resumed: {other:?}"),
-    }
-    assert_eq!(
-        keys.change_key("org_other", &record.id, KeyAction::Pause)
-            .await
-            .unwrap(),
-        StatusChange::NotFound
-    );
-
-    let expiring = new_key(&["a:read"]).with_expiry(Some(NOW + 30));
-    let (_, short) = keys.create_key(&f.org.id, expiring).await.unwrap();
-    assert_eq!(
-        auth.verify(short.expose()).await.unwrap().expires_at,
-        Some(NOW + 30)
-    );
-    f.clock.advance_secs(30);
-    assert_eq!(
-        refused(auth.verify(short.expose()).await),
-        Situation::ApiKeyExpired
-    );
-
-    let (_, good) = keys
-        .create_key(&f.org.id, new_key(&["a:read"]))
-        .await
-        .unwrap();
-    assert!(keys.set_org_active(&f.org.id, false).await.unwrap());
-    assert_eq!(
-        refused(auth.verify(good.expose()).await),
-        Situation::OrgInactive
-    );
-    assert!(keys.set_org_active(&f.org.id, true).await.unwrap());
-    assert!(auth.verify(good.expose()).await.is_ok());
-
-    let mut deleted = OrgRecord::new("org_deleted", "deleted", NOW - 100);
-    deleted.deleted_at = Some(NOW - 10);
-    keys.admin().insert_org(deleted.clone()).await.unwrap();
-    let (_, orphan) = keys
-        .create_key(&deleted.id, new_key(&["a:read"]))
-        .await
-        .unwrap();
-    assert_eq!(
-        refused(auth.verify(orphan.expose()).await),
-        Situation::OrgInactive
-    );
-
-    assert_eq!(keys.count_orgs().await.unwrap(), 2);
-    assert_eq!(
-        keys.org_by_name("deleted").await.unwrap(),
-        Some(deleted),
-        "an organisation reads back as written"
-    );
-    let listed = keys.list_keys(&f.org.id, None, 100).await.unwrap();
-    assert_eq!(listed.len(), 3);
-    assert!(listed.iter().all(|k| k.org_id == f.org.id));
+    let store = SqliteKeyStore::open(&dir.db(), PoolOptions::default()).unwrap();
+    suite::every_lifecycle_state(Arc::new(store)).await;
 }
 
 #[tokio::test]
 async fn the_cap_is_kept_by_the_store() {
-    let f = fixture(SqliteKeyStore::in_memory().unwrap()).await;
-    let keys = f.keys.with_max_keys_per_org(2);
-    let (first, _) = keys.create_key(&f.org.id, new_key(&["a"])).await.unwrap();
-    keys.create_key(&f.org.id, new_key(&["a"])).await.unwrap();
-    assert!(matches!(
-        keys.create_key(&f.org.id, new_key(&["a"])).await,
-        Err(CreateKeyError::LimitReached { max: 2 })
-    ));
-    keys.change_key(&f.org.id, &first.id, KeyAction::Revoke)
-        .await
-        .unwrap();
-    assert!(keys.create_key(&f.org.id, new_key(&["a"])).await.is_ok());
+    let store = SqliteKeyStore::in_memory().unwrap();
+    suite::the_cap_counts_unrevoked_keys_only(Arc::new(store)).await;
 }
 
 #[tokio::test]
 async fn listings_page_by_creation_then_id() {
-    let f = fixture(SqliteKeyStore::in_memory().unwrap()).await;
-    let mut made = Vec::new();
-    for i in 0..5 {
-        f.clock.set(NOW + i / 2);
-        let (record, _) = f.keys.create_key(&f.org.id, new_key(&["a"])).await.unwrap();
-        made.push(record);
-    }
-    let other = f.keys.ensure_org("other").await.unwrap();
-    f.keys.create_key(&other.id, new_key(&["a"])).await.unwrap();
-    made.sort_by_key(KeyRecord::position);
-
-    let mut seen = Vec::new();
-    let mut after: Option<KeyPosition> = None;
-    // Bounded, so that a store that ignores `after` fails instead of looping.
-    for _ in 0..10 {
-        let page = f.keys.list_keys(&f.org.id, after, 2).await.unwrap();
-        assert!(page.len() <= 2);
-        if page.is_empty() {
-            break;
-        }
-        after = page.last().map(KeyRecord::position);
-        seen.extend(page);
-    }
-    assert_eq!(seen, made);
-    assert_eq!(
-        f.keys.admin().key(&f.org.id, &made[0].id).await.unwrap(),
-        Some(made[0].clone())
-    );
-    assert_eq!(
-        f.keys.admin().key(&other.id, &made[0].id).await.unwrap(),
-        None,
-        "a key is found in its own organisation only"
-    );
+    let store = SqliteKeyStore::in_memory().unwrap();
+    suite::listings_page_by_creation_then_id(Arc::new(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

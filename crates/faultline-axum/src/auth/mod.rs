@@ -25,6 +25,8 @@ mod manager;
 mod principal;
 mod scope;
 mod store;
+#[cfg(feature = "store-suite")]
+pub mod suite;
 
 use std::collections::HashMap;
 use std::fmt;
