@@ -4,11 +4,12 @@
 //! A store crate runs it from its tests, so the in-memory store, SQLite and any later engine
 //! are held to exactly the same assertions:
 //!
-//! ```ignore
-//! #[tokio::test]
-//! async fn lifecycle() {
-//!     faultline_axum::auth::suite::every_lifecycle_state(Arc::new(MyStore::new())).await;
-//! }
+//! ```
+//! # async fn lifecycle() {
+//! // In a store crate's test: `#[tokio::test] async fn lifecycle() { … }` with its own store.
+//! let store = std::sync::Arc::new(faultline_axum::auth::MemoryKeyStore::new());
+//! faultline_axum::auth::suite::every_lifecycle_state(store).await;
+//! # }
 //! ```
 #![allow(clippy::missing_panics_doc)] // panicking is how a suite reports a failure
 
