@@ -11,6 +11,7 @@ use faultline::details::IntoDetails;
 use faultline::{ApiError, Catalog, Profile, RenderContext, Situation};
 use serde_json::Value;
 
+use crate::metrics::Metrics;
 pub use crate::problems::Problems;
 use crate::request_id::RequestId;
 
@@ -46,6 +47,9 @@ pub struct Contract {
     /// Whether error bodies hold the path (problem+json's `instance`), found by
     /// [`Contract::prerender`].
     needs_path: bool,
+    /// The counters every rendered error goes into, with each situation's code position
+    /// (by [`slot`]) so a bound error is counted without a lookup by name.
+    metrics: Option<(Arc<Metrics>, Vec<Option<usize>>)>,
 }
 
 /// One bound error rendered ahead: the bytes before and after the request id.
@@ -99,6 +103,7 @@ impl Contract {
             declared: Vec::new(),
             strict: false,
             needs_path: true,
+            metrics: None,
         };
         contract.prerender();
         Ok(contract)
@@ -117,6 +122,39 @@ impl Contract {
     /// Whether [`Contract::strict`] is on.
     pub fn is_strict(&self) -> bool {
         self.strict
+    }
+
+    /// Counts every error rendered from now on in `metrics` (see [`crate::metrics`]).
+    ///
+    /// # Each error answered is counted once
+    ///
+    /// The count is taken where the error is rendered for a client (by the faultline layer,
+    /// [`Contract::render`], [`Contract::render_bound`] or the listener), never when the
+    /// contract renders ahead at start-up.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        let slots = Situation::ALL
+            .iter()
+            .map(|situation| {
+                self.catalog
+                    .bound(*situation)
+                    .and_then(|spec| metrics.code_index(&spec.code))
+            })
+            .collect();
+        self.metrics = Some((metrics, slots));
+        self
+    }
+
+    /// The counters attached with [`Contract::with_metrics`].
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref().map(|(metrics, _)| metrics)
+    }
+
+    /// Counts one error with `code` answered, when metrics are on.
+    pub(crate) fn count_error(&self, code: &str) {
+        if let Some((metrics, _)) = &self.metrics {
+            metrics.error(code);
+        }
     }
 
     /// Serves the same catalog in another envelope profile.
@@ -256,6 +294,11 @@ impl Contract {
         let Some(Some(ready)) = self.prerendered.get(slot(situation)) else {
             return self.render_unmarked(&self.bound(situation), request_id, path);
         };
+        if let Some((metrics, slots)) = &self.metrics
+            && let Some(Some(index)) = slots.get(slot(situation))
+        {
+            metrics.error_at(*index);
+        }
         let id = request_id.as_bytes();
         let mut body = Vec::with_capacity(ready.before.len() + id.len() + ready.after.len());
         body.extend_from_slice(&ready.before);
@@ -294,6 +337,7 @@ impl Contract {
         request_id: &RequestId,
         path: &str,
     ) -> Response {
+        self.count_error(error.code());
         let mut response = Response::new(axum::body::Body::empty());
         let (status, body) = self.render_into(error, request_id, path, response.headers_mut());
         *response.status_mut() = status;
@@ -524,7 +568,7 @@ pub(crate) enum Repr {
         problems: Option<Problems>,
         details: Option<Value>,
         headers: Vec<(&'static str, String)>,
-        /// The cause of an internal error, for the log line only.
+        /// The cause (of an internal error, a store outage), for the log line only.
         cause: Option<BoxError>,
     },
 }
@@ -568,6 +612,17 @@ impl Error {
             headers: Vec::new(),
             cause: Some(cause.into()),
         }))
+    }
+
+    /// Keeps `cause` for the log line (with the request id) of a bound situation; the body
+    /// says nothing of it. No effect on an application [`ApiError`], whose source is its own.
+    #[must_use]
+    pub fn with_cause(self, cause: impl Into<BoxError>) -> Self {
+        let mut repr = self.0;
+        if let Repr::Bound { cause: slot, .. } = &mut *repr {
+            *slot = Some(cause.into());
+        }
+        Error(repr)
     }
 
     /// Sets the details of the rendered error (see the type's `# Details and headers apply to

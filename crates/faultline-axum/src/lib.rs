@@ -37,8 +37,10 @@
 pub mod auth;
 pub mod contract;
 pub mod extract;
+pub mod health;
 pub mod layer;
 pub mod listener;
+pub mod metrics;
 mod problems;
 pub mod refuse;
 pub mod request_id;
@@ -48,7 +50,9 @@ pub use contract::{Contract, Error, MissingBindings, Problems};
 #[cfg(feature = "garde")]
 pub use extract::ValidJson;
 pub use extract::{Json, Path, Query, UnsupportedSchema, ensure_supported};
+pub use health::{Health, ReadinessCheck};
 pub use layer::{BodyLimit, DefaultStatusMapper, Faultline, FaultlineLayer, StatusMapper};
 pub use listener::{ContractIo, ContractListener, serve};
+pub use metrics::Metrics;
 pub use request_id::RequestId;
-pub use store::StoreError;
+pub use store::{StoreError, StoreFuture};

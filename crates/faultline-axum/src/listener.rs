@@ -184,6 +184,7 @@ async fn refuse_connection<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, answer:
 fn raw_response(contract: &Contract, error: &faultline::ApiError) -> Vec<u8> {
     let id = RequestId::generate(&contract.catalog().api.request_id_prefix);
     let mut headers = axum::http::HeaderMap::new();
+    contract.count_error(error.code());
     let (status, body) = contract.render_into(error, &id, "/", &mut headers);
     let mut out = format!(
         "HTTP/1.1 {} {}\r\n",

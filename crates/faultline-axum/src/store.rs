@@ -8,6 +8,11 @@ use faultline::Situation;
 
 use crate::contract::Error;
 
+/// The future a store method returns: boxed, so that stores can sit behind `dyn` traits
+/// (`dyn KeyLookup`, a readiness check, …).
+pub type StoreFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
 /// How long a client is told to wait when a store is unavailable, unless the store says.
 pub const DEFAULT_UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -97,14 +102,17 @@ impl std::error::Error for StoreError {
 }
 
 impl From<StoreError> for Error {
+    /// A busy or unreachable store becomes the bound service-unavailable code with
+    /// `Retry-After` (whole seconds, rounded up); any other failure the internal error. Either
+    /// way the store error stays the cause: the faultline layer logs it with the request id
+    /// (at warn for an outage, at error otherwise) and counts it in its metrics.
     fn from(e: StoreError) -> Self {
         match e.retry_after() {
             Some(wait) => {
-                // The cause is for operators; the request id is on the span.
-                tracing::warn!(cause = %e, "store unavailable");
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 Error::bound(Situation::ServiceUnavailable)
                     .with_header("Retry-After", seconds.max(1).to_string())
+                    .with_cause(e)
             }
             None => Error::internal(e),
         }

@@ -2,16 +2,10 @@
 //! (everything else) and an in-memory store that implements both.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::key::KeyDigest;
-pub use crate::store::StoreError;
-
-/// The future a store method returns (boxed, so that stores can sit behind `dyn KeyLookup` and
-/// `dyn KeyAdmin`).
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+pub use crate::store::{StoreError, StoreFuture};
 
 /// The state of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

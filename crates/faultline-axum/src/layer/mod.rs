@@ -9,7 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::HttpBody;
@@ -274,6 +274,7 @@ where
         let path = shared.needs_path.then(|| request.uri().path().into());
         let matched = request.extensions().get::<MatchedPath>().cloned();
         let finish = Finish {
+            started: contract.metrics().map(|_| Instant::now()),
             shared: Arc::clone(&self.shared),
             id,
             path,
@@ -326,6 +327,8 @@ pin_project! {
 
 /// What the future needs once the inner service has answered.
 struct Finish {
+    /// When the request entered the layer, only when metrics are on.
+    started: Option<Instant>,
     shared: Arc<Shared>,
     id: RequestId,
     /// The request's path, only when error bodies hold it.
@@ -371,7 +374,11 @@ where
             .finish
             .take()
             .expect("ResponseFuture polled after completion");
-        Poll::Ready(Ok(match outcome {
+        // Taken before `run` consumes `finish`; an `Arc` copy only when metrics are on.
+        let timing = finish
+            .started
+            .zip(finish.shared.contract.metrics().map(Arc::clone));
+        let response = match outcome {
             Outcome::Answered(response) => finish.run(response),
             Outcome::Panicked => {
                 // The payload is not logged: it may hold data from the request.
@@ -379,7 +386,11 @@ where
                 finish.render_bound(Situation::Internal)
             }
             Outcome::TimedOut => finish.render_bound(Situation::Timeout),
-        }))
+        };
+        if let Some((started, metrics)) = timing {
+            metrics.response(response.status().as_u16(), started.elapsed());
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -455,12 +466,26 @@ impl Finish {
         }
         let api = self.shared.contract.into_api(error);
         if let Some(cause) = api.source() {
-            tracing::error!(
-                request_id = %self.id,
-                code = api.code(),
-                cause = %Chain(cause),
-                "request failed"
-            );
+            match store_failure(cause) {
+                // An outage is expected to pass: a warning, with the request id and the cause.
+                Some(store) if store.is_unavailable() => tracing::warn!(
+                    request_id = %self.id,
+                    code = api.code(),
+                    cause = %Chain(cause),
+                    "store unavailable"
+                ),
+                _ => tracing::error!(
+                    request_id = %self.id,
+                    code = api.code(),
+                    cause = %Chain(cause),
+                    "request failed"
+                ),
+            }
+            if let (Some(store), Some(metrics)) =
+                (store_failure(cause), self.shared.contract.metrics())
+            {
+                metrics.store_error(store.is_unavailable());
+            }
         }
         self.render_api(&api)
     }
@@ -552,6 +577,18 @@ fn is_json(headers: &HeaderMap) -> bool {
             essence.eq_ignore_ascii_case("application/json")
                 || essence.to_ascii_lowercase().ends_with("+json")
         })
+}
+
+/// The store failure behind `cause`, if any link of its chain is one.
+fn store_failure<'e>(
+    mut cause: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e crate::StoreError> {
+    loop {
+        if let Some(store) = cause.downcast_ref::<crate::StoreError>() {
+            return Some(store);
+        }
+        cause = cause.source()?;
+    }
 }
 
 /// Displays an error and its sources, for the log line of an internal error.
