@@ -85,6 +85,9 @@ struct ConnectionArgs {
     /// Connections served at once; more are answered 503 and closed.
     #[arg(long, default_value_t = faultline_axum::listener::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C; then they are cut.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -301,6 +304,15 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
     }
 }
 
+/// Prints a line for the operator of `serve`; a closed standard output (`serve | head`) must
+/// not stop the server, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[allow(clippy::print_stdout)]
 fn serve(
     addr: std::net::SocketAddr,
@@ -322,15 +334,16 @@ fn serve(
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
     let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
-    let (app, contract) = reference::app_on_file(parsed, profile, db, Arc::clone(&keys))
+    let built = reference::app_on_file(parsed, profile, db, Arc::clone(&keys))
         .map_err(|e| UsageError(e.to_string()))?;
+    let (app, contract, health) = (built.router, built.contract, built.health);
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
-        println!("faultline reference API on http://{addr} (database {}, docs at http://{addr}/docs)", db.display());
+        say!("faultline reference API on http://{addr} (database {}, docs at http://{addr}/docs)", db.display());
         // An empty database gets a demo organisation and one key, shown this once.
         let fresh = keys.count_orgs().await.map_err(store_error)? == 0;
         if fresh {
@@ -341,25 +354,63 @@ fn serve(
                 .await
                 .map_err(|_| UsageError("cannot create the demo key".into()))?;
             // The key is printed once, on a line of its own; the hint refers to it by name.
-            println!("created organisation `demo` and a key with every scope (shown once):");
-            println!("export KEY={}", key.expose());
-            println!("try: curl -i -X POST http://{addr}/v1/chatbots -H \"authorization: Bearer $KEY\" -H 'content-type: application/json' -d '{{\"status\":\"live\"}}'");
+            say!("created organisation `demo` and a key with every scope (shown once):");
+            say!("export KEY={}", key.expose());
+            say!("try: curl -i -X POST http://{addr}/v1/chatbots -H \"authorization: Bearer $KEY\" -H 'content-type: application/json' -d '{{\"status\":\"live\"}}'");
         } else {
-            println!("create a key with: faultline keys create --db {} --org demo --scopes all", db.display());
+            say!("create a key with: faultline keys create --db {} --org demo --scopes all", db.display());
         }
         // Requests hyper cannot parse get the catalog's answer too.
         let listener = faultline_axum::ContractListener::new(listener, contract)
             .header_read_timeout(Duration::from_secs(connections.header_read_timeout))
             .idle_timeout(Duration::from_secs(connections.idle_timeout))
             .max_connections(connections.max_connections);
-        faultline_axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .map_err(|e| UsageError(format!("server error: {e}")))
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let server = faultline_axum::serve(listener, app).with_graceful_shutdown({
+            let stopping = Arc::clone(&stopping);
+            async move {
+                shutdown_signal().await;
+                // Not ready any more: a load balancer stops sending while requests finish.
+                health.start_draining();
+                tracing::info!("shutting down: no new connections, in-flight requests finish");
+                stopping.notify_one();
+            }
+        });
+        let deadline = Duration::from_secs(connections.shutdown_timeout);
+        tokio::select! {
+            served = server => served.map_err(|e| UsageError(format!("server error: {e}"))),
+            () = async { stopping.notified().await; tokio::time::sleep(deadline).await } => {
+                // Dropping the runtime drops the requests still running, which releases what
+                // they hold (leases, claims) through their guards.
+                tracing::warn!(seconds = deadline.as_secs(), "shutdown deadline passed: cutting the requests still in flight");
+                Ok(())
+            }
+        }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM (what orchestrators send) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(store_error)`

@@ -9,7 +9,7 @@ use faultline::{Catalog, Profile};
 use std::sync::Arc;
 
 use faultline_axum::auth::{Authenticator, KeyManager, MemoryKeyStore, NewKey};
-use faultline_cli::reference::{SCOPES, Settings, app, key_format, store::Store};
+use faultline_cli::reference::{SCOPES, Settings, app, build_parts, key_format, store::Store};
 use faultline_conformance::{Answer, CaseBody, Fixture, chatbot_cases, check};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -43,11 +43,16 @@ impl Api {
 }
 
 async fn reference(profile: Option<Profile>) -> Api {
+    reference_with_metrics(profile).await.0
+}
+
+/// [`reference`], and the counters it serves at `/metrics`.
+async fn reference_with_metrics(profile: Option<Profile>) -> (Api, Arc<faultline_axum::Metrics>) {
     let store = Arc::new(MemoryKeyStore::new());
     let verifier = Arc::new(Authenticator::new(key_format(), store.clone()));
     let auth = Arc::new(KeyManager::new(verifier, store));
     let org = auth.ensure_org("acme").await.unwrap().id;
-    let app = app(Settings {
+    let built = build_parts(Settings {
         catalog: catalog(),
         profile,
         store: Store::in_memory().unwrap(),
@@ -57,13 +62,13 @@ async fn reference(profile: Option<Profile>) -> Api {
     })
     .unwrap();
     let mut api = Api {
-        app,
+        app: built.router,
         auth,
         org,
         key: String::new(),
     };
     api.key = api.key_with(&SCOPES).await;
-    api
+    (api, built.metrics)
 }
 
 /// Sends a request with the fixture's key, unless the headers carry their own credentials.
@@ -155,6 +160,54 @@ async fn json_request(app: &Api, method: &str, path: &str, body: Value) -> Answe
 
 fn json_of(answer: &Answer) -> Value {
     serde_json::from_slice(&answer.body).unwrap()
+}
+
+/// # Metrics count each error exactly as often as it was answered
+#[tokio::test]
+async fn after_the_battery_metrics_count_every_code_as_answered() {
+    let catalog = catalog();
+    for profile in [Profile::Flat, Profile::Google] {
+        let (app, metrics) = reference_with_metrics(Some(profile)).await;
+        let created = json_request(&app, "POST", "/v1/chatbots", json!({"name": "Helper"})).await;
+        assert_eq!(created.status, 201);
+        let fixture = Fixture {
+            chatbot: json_of(&created)["id"].as_str().unwrap().to_owned(),
+            max_body: BODY_LIMIT,
+            key: app.key.clone(),
+            unknown_key: key_format().generate().expose().to_owned(),
+            read_only_key: app.key_with(&["chatbots:read"]).await,
+        };
+        let mut answered = std::collections::BTreeMap::<String, u64>::new();
+        for case in &chatbot_cases(&catalog, &fixture) {
+            let headers: Vec<(&str, &[u8])> = case
+                .headers
+                .iter()
+                .map(|(n, v)| (*n, v.as_slice()))
+                .collect();
+            let answer = send_raw(
+                &app.app,
+                case.method,
+                &case.path,
+                &headers,
+                case.body.clone(),
+            )
+            .await;
+            if answer.status >= 400 {
+                let (_, envelope) = faultline::parse_any(&answer.body).unwrap();
+                *answered.entry(envelope.code.clone()).or_default() += 1;
+            }
+        }
+        assert!(answered.len() >= 10, "{answered:?}");
+        for spec in catalog.errors() {
+            let expected = answered.get(&spec.code).copied().unwrap_or(0);
+            assert_eq!(
+                metrics.errors_answered(&spec.code),
+                expected,
+                "[{profile}] {}",
+                spec.code
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -99,6 +99,31 @@ pub fn app(settings: Settings) -> Result<Router, StartError> {
 
 /// Builds the reference app, and gives the contract it serves (for [`faultline_axum::ContractListener`]).
 pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> {
+    build_parts(settings).map(|built| (built.router, built.contract))
+}
+
+/// The reference app and what its operator needs beside it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Built {
+    /// The app, faultline installed.
+    pub router: Router,
+    /// The contract served (for [`faultline_axum::ContractListener`]).
+    pub contract: Arc<Contract>,
+    /// `/healthz` and `/readyz`: call [`faultline_axum::Health::start_draining`] on shutdown.
+    pub health: faultline_axum::Health,
+    /// The counters served at `/metrics`.
+    pub metrics: Arc<faultline_axum::Metrics>,
+}
+
+/// Builds the reference app with its health checks and metrics.
+///
+/// # Operations routes sit outside the key check
+///
+/// `GET /healthz`, `GET /readyz` (the database answers a read) and `GET /metrics`
+/// (Prometheus text) need no API key, like `/docs`; put `/metrics` behind the network's own
+/// access rules in production.
+pub fn build_parts(settings: Settings) -> Result<Built, StartError> {
     // The handlers raise codes of the compiled-in chatbots catalog; a catalog given at run time
     // must hold them with the same status, or the docs would not match what is served.
     for def in errors::defs::ALL {
@@ -120,7 +145,10 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
     }
     check_request_types()?;
     let docs_html = faultline::docs::html(&settings.catalog);
-    let mut contract = Contract::new(settings.catalog).map_err(|e| StartError(e.to_string()))?;
+    let metrics = Arc::new(faultline_axum::Metrics::new(&settings.catalog));
+    let mut contract = Contract::new(settings.catalog)
+        .map_err(|e| StartError(e.to_string()))?
+        .with_metrics(Arc::clone(&metrics));
     if let Some(profile) = settings.profile {
         contract = contract.with_profile(profile);
     }
@@ -129,6 +157,15 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
         .cursor_secret()
         .map_err(|_| StartError("cannot read the database".into()))?;
     let auth = AuthLayer::new(Arc::clone(settings.keys.authenticator()));
+    let probe = settings.store.clone();
+    let health = faultline_axum::Health::new().check("database", move || {
+        let store = probe.clone();
+        async move {
+            store
+                .read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+                .await
+        }
+    });
     let state = AppState {
         store: settings.store,
         auth: Arc::clone(settings.keys.authenticator()),
@@ -174,13 +211,20 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
             guard(post(keys::change), "api_keys:write"),
         )
         .route("/docs", get(docs))
-        .route("/health", get(health))
+        .route("/health", get(health_text))
+        .route("/metrics", get(metrics.handler()))
+        .merge(health.routes())
         .with_state(state);
     let faultline = Faultline::new(contract)
         .body_limit(settings.body_limit)
         .timeout(settings.timeout);
     let contract = Arc::clone(faultline.contract());
-    Ok((faultline.install(router), contract))
+    Ok(Built {
+        router: faultline.install(router),
+        contract,
+        health,
+        metrics,
+    })
 }
 
 /// The key manager (and its authenticator) of the reference API on a SQLite file.
@@ -207,10 +251,10 @@ pub fn app_on_file(
     profile: Option<faultline::Profile>,
     db: &FsPath,
     keys: Arc<KeyManager>,
-) -> Result<(Router, Arc<Contract>), StartError> {
+) -> Result<Built, StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
-    build(Settings {
+    build_parts(Settings {
         catalog,
         profile,
         store,
@@ -289,7 +333,7 @@ async fn docs(State(state): State<AppState>) -> Html<String> {
     Html(state.docs_html.as_ref().clone())
 }
 
-async fn health() -> &'static str {
+async fn health_text() -> &'static str {
     "ok"
 }
 
