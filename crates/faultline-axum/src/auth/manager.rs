@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::Authenticator;
+use super::invalidate::{Invalidation, InvalidationSink};
 use super::key::ApiKeySecret;
 use super::principal::{Overreach, Principal};
 use super::store::{
@@ -176,6 +177,7 @@ pub struct KeyManager {
     auth: Arc<Authenticator>,
     admin: Arc<dyn KeyAdmin>,
     max_keys_per_org: usize,
+    invalidations: Option<Arc<dyn InvalidationSink>>,
 }
 
 impl fmt::Debug for KeyManager {
@@ -194,6 +196,28 @@ impl KeyManager {
             auth,
             admin,
             max_keys_per_org: DEFAULT_MAX_KEYS_PER_ORG,
+            invalidations: None,
+        }
+    }
+
+    /// Announces every key or organisation change through `sink`, so that other instances'
+    /// authenticators drop their cached verdicts at once (see [`Invalidation`]).
+    ///
+    /// # The change is committed first
+    ///
+    /// The store's write has succeeded when the event is published; a failed publish is logged
+    /// and leaves the other instances to the cache's time to live, never undoes the change.
+    #[must_use]
+    pub fn with_invalidations(mut self, sink: Arc<dyn InvalidationSink>) -> Self {
+        self.invalidations = Some(sink);
+        self
+    }
+
+    async fn announce(&self, event: Invalidation) {
+        if let Some(sink) = &self.invalidations
+            && let Err(e) = sink.publish(event.clone()).await
+        {
+            tracing::warn!(%event, cause = %e, "cannot tell other instances of a key change");
         }
     }
 
@@ -280,6 +304,7 @@ impl KeyManager {
         let change = self.admin.set_key_status(org_id, key_id, from, to).await?;
         if let StatusChange::Changed(key) = &change {
             self.auth.forget_key(key.digest);
+            self.announce(Invalidation::Key(key.id.clone())).await;
         }
         Ok(change)
     }
@@ -344,6 +369,9 @@ impl KeyManager {
     pub async fn set_org_active(&self, org_id: &str, active: bool) -> Result<bool, StoreError> {
         let found = self.admin.set_org_active(org_id, active).await?;
         self.auth.forget_org(org_id);
+        if found {
+            self.announce(Invalidation::Org(org_id.to_owned())).await;
+        }
         Ok(found)
     }
 }

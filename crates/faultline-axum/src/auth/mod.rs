@@ -19,6 +19,7 @@
 //!
 //! The two layers share one response future, [`crate::refuse::RefuseOr`].
 
+mod invalidate;
 mod key;
 mod layer;
 mod manager;
@@ -38,6 +39,7 @@ use faultline::clock::{Clock, SystemClock};
 
 use crate::contract::Error;
 
+pub use invalidate::{Invalidation, InvalidationSink, MAX_INVALIDATION_ID_LEN};
 pub use key::{
     ApiKeySecret, CHECKSUM_LEN, InvalidKeyFormat, KeyDigest, KeyFormat, MAX_CREDENTIAL_LEN,
     Malformed, RANDOM_LEN,
@@ -332,6 +334,41 @@ impl Authenticator {
     /// Drops every cached key of `org_id`.
     pub fn forget_org(&self, org_id: &str) {
         self.forget(|_, cached| cached.is_some_and(|c| &*c.principal.org_id == org_id));
+    }
+
+    /// Applies a change another instance announced (see [`Invalidation`]): the next request
+    /// with an affected key asks the store.
+    ///
+    /// # A revocation elsewhere is refused here once applied
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use faultline_axum::auth::*;
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let store = Arc::new(MemoryKeyStore::new());
+    /// let format = KeyFormat::new("cb", "live").unwrap();
+    /// // Two instances on one store: each has its own cache.
+    /// let here = Arc::new(Authenticator::new(format.clone(), store.clone()));
+    /// let there = Arc::new(Authenticator::new(format, store.clone()));
+    /// let manager = KeyManager::new(Arc::clone(&here), store.clone());
+    /// let org = manager.ensure_org("acme").await.unwrap();
+    /// let (record, key) = manager.create_key(&org.id, NewKey::new("ci", Vec::<String>::new())).await.unwrap();
+    /// assert!(there.verify(key.expose()).await.is_ok()); // now cached there
+    /// manager.change_key(&org.id, &record.id, KeyAction::Revoke).await.unwrap();
+    /// assert!(there.verify(key.expose()).await.is_ok()); // stale until told
+    /// there.apply(&Invalidation::Key(record.id.clone()));
+    /// assert!(there.verify(key.expose()).await.is_err());
+    /// # });
+    /// ```
+    pub fn apply(&self, event: &Invalidation) {
+        match event {
+            Invalidation::Key(id) => {
+                self.forget(|_, cached| cached.is_some_and(|c| c.key.id == *id))
+            }
+            Invalidation::Org(id) => self.forget_org(id),
+            Invalidation::All => self.forget(|_, _| true),
+        }
     }
 
     fn forget(&self, matches: impl Fn(&KeyDigest, Option<&Cached>) -> bool) {
