@@ -364,7 +364,7 @@ impl Authenticator {
     pub fn apply(&self, event: &Invalidation) {
         match event {
             Invalidation::Key(id) => {
-                self.forget(|_, cached| cached.is_some_and(|c| c.key.id == *id))
+                self.forget(|_, cached| cached.is_some_and(|c| c.key.id == *id));
             }
             Invalidation::Org(id) => self.forget_org(id),
             Invalidation::All => self.forget(|_, _| true),
