@@ -94,7 +94,7 @@ mod tests {
     proptest! {
         #[test]
         fn encoded_events_decode_to_themselves(id in "[!-~]{1,128}") {
-            for event in [Invalidation::Key(id.clone()), Invalidation::Org(id.clone())] {
+            for event in [Invalidation::Key(id.clone()), Invalidation::Org(id)] {
                 prop_assert_eq!(Invalidation::decode(&event.encode()), Some(event));
             }
         }
