@@ -516,3 +516,163 @@ async fn the_principal_names_the_caller_and_its_org_tier() {
         header(&enterprise, "ratelimit")
     );
 }
+
+// ---- the store against a reference model ---------------------------------------------------
+
+/// A model of the same limits written differently: rates as a leaky bucket whose level drains
+/// one microsecond per microsecond (GCRA's other formulation), quotas as a counter per period,
+/// concurrency as a list of lease expiries.
+#[derive(Debug, Clone, Default)]
+struct Model {
+    rates: Vec<(i64, i64)>,    // (level, last)
+    quota: Option<(i64, u64)>, // (resets_at, used)
+    leases: Vec<(u64, i64)>,   // (id, expires_at)
+}
+
+/// What the model expects of one request: admitted, and per check (remaining, retry_after).
+type Expected = (bool, Vec<(u64, i64)>);
+
+impl Model {
+    fn request(
+        &mut self,
+        now: i64,
+        rates: &[(u64, i64)],
+        quota: (u64, u64),
+        concurrency: (u64, i64),
+        lease: u64,
+    ) -> Expected {
+        let mut answers = Vec::new();
+        let mut levels = Vec::new();
+        for (i, &(limit, window)) in rates.iter().enumerate() {
+            let t = (window / i64::try_from(limit).unwrap()).max(1);
+            let tau = t * i64::try_from(limit).unwrap();
+            let (level, last) = self.rates.get(i).copied().unwrap_or((0, now));
+            let level = (level - (now - last)).max(0);
+            let next = level + t;
+            if next <= tau {
+                answers.push((true, u64::try_from((tau - next) / t).unwrap(), 0));
+            } else {
+                answers.push((false, 0, next - tau));
+            }
+            levels.push(next);
+        }
+        let day = 86_400_000_000_i64;
+        let (resets_at, used) = match self.quota {
+            Some((at, used)) if at > now => (at, used),
+            _ => ((now / day + 1) * day, 0),
+        };
+        let (qlimit, cost) = quota;
+        if used + cost <= qlimit {
+            answers.push((true, qlimit - used - cost, 0));
+        } else {
+            answers.push((false, qlimit - used, resets_at - now));
+        }
+        let live: Vec<(u64, i64)> = self.leases.iter().copied().filter(|l| l.1 > now).collect();
+        let (climit, ttl) = concurrency;
+        if (live.len() as u64) < climit {
+            answers.push((true, climit - live.len() as u64 - 1, 0));
+        } else {
+            let earliest = live
+                .iter()
+                .map(|l| l.1)
+                .min()
+                .map_or(1_000_000, |at| (at - now).min(1_000_000));
+            answers.push((false, 0, earliest));
+        }
+        let admitted = answers.iter().all(|a| a.0);
+        if admitted {
+            self.rates = levels.into_iter().map(|level| (level, now)).collect();
+            self.quota = Some((resets_at, used + cost));
+            self.leases = live;
+            self.leases.push((lease, now + ttl));
+            (true, answers.into_iter().map(|a| (a.1, a.2)).collect())
+        } else {
+            // Nothing is spent: the admitting checks report their state before this request.
+            let mut out = Vec::new();
+            for (i, a) in answers.iter().enumerate() {
+                let remaining = match (a.0, i) {
+                    (false, _) => a.1,
+                    (true, i) if i == rates.len() => a.1 + cost,
+                    (true, _) => a.1 + 1,
+                };
+                out.push((remaining, a.2));
+            }
+            (false, out)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Advance(i64),
+    Request,
+    ReleaseOldest,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => (0i64..3_000_000).prop_map(Op::Advance),
+        5 => Just(Op::Request),
+        1 => Just(Op::ReleaseOldest),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    #[test]
+    fn the_memory_store_agrees_with_the_model(
+        rates in proptest::collection::vec((1u64..8, 1i64..20), 1..3),
+        quota in (1u64..30, 1u64..3),
+        concurrency in (1u64..4, 1i64..10),
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        use faultline::limits::Rule;
+        let store = MemoryLimitStore::new();
+        let rates: Vec<(u64, i64)> = rates.into_iter().map(|(l, w)| (l, w * 1_000_000)).collect();
+        let concurrency = (concurrency.0, concurrency.1 * 1_000_000);
+        let mut checks: Vec<Check> = rates
+            .iter()
+            .enumerate()
+            .map(|(i, &(limit, window_us))| Check::new(format!("r{i}"), Rule::Rate { limit, window_us }))
+            .collect();
+        checks.push(Check::new("q", Rule::Quota { limit: quota.0, period: Period::Day, cost: quota.1 }));
+        checks.push(Check::new("c", Rule::Concurrency { limit: concurrency.0, lease_ttl_us: concurrency.1 }));
+        let mut model = Model::default();
+        let mut now = suite::NOW_US;
+        let mut held: Vec<(u64, Lease)> = Vec::new();
+        let mut next = 0;
+        for op in ops {
+            match op {
+                Op::Advance(us) => now += us,
+                Op::ReleaseOldest => {
+                    if !held.is_empty() {
+                        let (id, lease) = held.remove(0);
+                        store.release_now(&lease);
+                        model.leases.retain(|l| l.0 != id);
+                    }
+                }
+                Op::Request => {
+                    next += 1;
+                    let decision = store.decide_now("g", &checks, Some(now));
+                    let (admitted, expected) = model.request(now, &rates, quota, concurrency, next);
+                    proptest::prop_assert_eq!(decision.admitted, admitted);
+                    let got: Vec<(u64, i64)> = decision
+                        .outcomes
+                        .iter()
+                        .map(|o| (o.remaining, if o.admitted { 0 } else { o.retry_after_us }))
+                        .collect();
+                    let expected: Vec<(u64, i64)> = expected
+                        .into_iter()
+                        .zip(&decision.outcomes)
+                        .map(|(e, o)| (e.0, if o.admitted { 0 } else { e.1 }))
+                        .collect();
+                    proptest::prop_assert_eq!(got, expected);
+                    if let Some(lease) = decision.lease {
+                        held.push((next, lease));
+                    }
+                }
+            }
+        }
+    }
+}
