@@ -529,8 +529,9 @@ struct Model {
     leases: Vec<(u64, i64)>,   // (id, expires_at)
 }
 
-/// What the model expects of one request: admitted, and per check (remaining, retry_after).
-type Expected = (bool, Vec<(u64, i64)>);
+/// What the model expects of one request: admitted, and per check (remaining, retry_after,
+/// reset), the numbers the headers are written from.
+type Expected = (bool, Vec<(u64, i64, i64)>);
 
 impl Model {
     fn request(
@@ -550,9 +551,9 @@ impl Model {
             let level = (level - (now - last)).max(0);
             let next = level + t;
             if next <= tau {
-                answers.push((true, u64::try_from((tau - next) / t).unwrap(), 0));
+                answers.push((true, u64::try_from((tau - next) / t).unwrap(), 0, next));
             } else {
-                answers.push((false, 0, next - tau));
+                answers.push((false, 0, next - tau, level));
             }
             levels.push(next);
         }
@@ -563,21 +564,21 @@ impl Model {
         };
         let (qlimit, cost) = quota;
         if used + cost <= qlimit {
-            answers.push((true, qlimit - used - cost, 0));
+            answers.push((true, qlimit - used - cost, 0, resets_at - now));
         } else {
-            answers.push((false, qlimit - used, resets_at - now));
+            answers.push((false, qlimit - used, resets_at - now, resets_at - now));
         }
         let live: Vec<(u64, i64)> = self.leases.iter().copied().filter(|l| l.1 > now).collect();
         let (climit, ttl) = concurrency;
         if (live.len() as u64) < climit {
-            answers.push((true, climit - live.len() as u64 - 1, 0));
+            answers.push((true, climit - live.len() as u64 - 1, 0, 0));
         } else {
             let earliest = live
                 .iter()
                 .map(|l| l.1)
                 .min()
                 .map_or(1_000_000, |at| (at - now).min(1_000_000));
-            answers.push((false, 0, earliest));
+            answers.push((false, 0, earliest, 0));
         }
         let admitted = answers.iter().all(|a| a.0);
         if admitted {
@@ -585,17 +586,25 @@ impl Model {
             self.quota = Some((resets_at, used + cost));
             self.leases = live;
             self.leases.push((lease, now + ttl));
-            (true, answers.into_iter().map(|a| (a.1, a.2)).collect())
+            (true, answers.into_iter().map(|a| (a.1, a.2, a.3)).collect())
         } else {
             // Nothing is spent: the admitting checks report their state before this request.
             let mut out = Vec::new();
             for (i, a) in answers.iter().enumerate() {
-                let remaining = match (a.0, i) {
-                    (false, _) => a.1,
-                    (true, i) if i == rates.len() => a.1 + cost,
-                    (true, _) => a.1 + 1,
+                let (remaining, reset) = match (a.0, i) {
+                    (false, _) => (a.1, a.3),
+                    (true, i) if i == rates.len() => (a.1 + cost, a.3),
+                    (true, i) if i > rates.len() => (a.1 + 1, a.3),
+                    // A rate that admitted reports the level before this request.
+                    (true, i) => {
+                        let (limit, window) = rates[i];
+                        (
+                            a.1 + 1,
+                            a.3 - (window / i64::try_from(limit).unwrap()).max(1),
+                        )
+                    }
                 };
-                out.push((remaining, a.2));
+                out.push((remaining, a.2, reset));
             }
             (false, out)
         }
@@ -657,15 +666,15 @@ proptest::proptest! {
                     let decision = store.decide_now("g", &checks, Some(now));
                     let (admitted, expected) = model.request(now, &rates, quota, concurrency, next);
                     proptest::prop_assert_eq!(decision.admitted, admitted);
-                    let got: Vec<(u64, i64)> = decision
+                    let got: Vec<(u64, i64, i64)> = decision
                         .outcomes
                         .iter()
-                        .map(|o| (o.remaining, if o.admitted { 0 } else { o.retry_after_us }))
+                        .map(|o| (o.remaining, if o.admitted { 0 } else { o.retry_after_us }, o.reset_us))
                         .collect();
-                    let expected: Vec<(u64, i64)> = expected
+                    let expected: Vec<(u64, i64, i64)> = expected
                         .into_iter()
                         .zip(&decision.outcomes)
-                        .map(|(e, o)| (e.0, if o.admitted { 0 } else { e.1 }))
+                        .map(|(e, o)| (e.0, if o.admitted { 0 } else { e.1 }, e.2))
                         .collect();
                     proptest::prop_assert_eq!(got, expected);
                     if let Some(lease) = decision.lease {

@@ -1703,7 +1703,33 @@ impl fmt::Display for HeaderParseError {
 
 impl std::error::Error for HeaderParseError {}
 
+/// Appends `n` in decimal (without `fmt`'s machinery: this runs for every response).
+pub fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
 fn write_sf_string(out: &mut String, text: &str) {
+    if text
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     out.push('"');
     for c in text.chars() {
         // Structured-field strings hold printable ASCII only; anything else becomes `?`.
@@ -1756,15 +1782,17 @@ pub fn format_policy_header(items: &[PolicyItem]) -> String {
 /// assert_eq!(value, r#""minute";r=42;t=17"#);
 /// ```
 pub fn format_state_header(items: &[StateItem]) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(items.iter().map(|i| i.name.len() + 24).sum());
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
         write_sf_string(&mut out, &item.name);
-        let _ = write!(out, ";r={}", item.remaining);
+        out.push_str(";r=");
+        push_decimal(&mut out, item.remaining);
         if let Some(t) = item.reset_secs {
-            let _ = write!(out, ";t={t}");
+            out.push_str(";t=");
+            push_decimal(&mut out, t);
         }
     }
     out
@@ -2353,6 +2381,13 @@ limit = 2
                 })
                 .collect();
             prop_assert_eq!(parse_policy_header(&format_policy_header(&items)).unwrap(), items);
+        }
+
+        #[test]
+        fn decimals_match_display(n in any::<u64>()) {
+            let mut out = String::new();
+            push_decimal(&mut out, n);
+            prop_assert_eq!(out, n.to_string());
         }
 
         #[test]

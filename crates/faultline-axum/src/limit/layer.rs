@@ -437,11 +437,9 @@ impl Shared {
                 .map(|(_, o)| (o.limit, o.remaining, ceil_secs(o.reset_us)))
                 .collect();
             if let Some(legacy) = LegacyHeaders::most_restrictive(&trio) {
-                for (j, value) in legacy.values().into_iter().enumerate() {
-                    if let Ok(value) = HeaderValue::try_from(value) {
-                        out.push((2 + j, value));
-                    }
-                }
+                out.push((2, HeaderValue::from(legacy.limit)));
+                out.push((3, HeaderValue::from(legacy.remaining)));
+                out.push((4, HeaderValue::from(legacy.reset_secs)));
             }
         }
         out

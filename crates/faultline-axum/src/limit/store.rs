@@ -403,7 +403,13 @@ impl MemoryLimitStore {
             .iter()
             .any(|c| matches!(c.rule, Rule::Concurrency { .. }));
         let lease_id = if has_lease {
-            format!("l{}", self.inner.next_lease.fetch_add(1, Ordering::Relaxed))
+            let mut id = String::with_capacity(12);
+            id.push('l');
+            limits::push_decimal(
+                &mut id,
+                self.inner.next_lease.fetch_add(1, Ordering::Relaxed),
+            );
+            id
         } else {
             String::new()
         };
