@@ -64,6 +64,9 @@ enum Command {
         /// process given the same URL [default: in this process].
         #[arg(long)]
         redis_url: Option<String>,
+        /// Serve without the catalog's rate, quota and concurrency limits (for benchmarks).
+        #[arg(long, conflicts_with = "redis_url")]
+        no_limits: bool,
     },
     /// Manage the reference API's keys in its database.
     Keys {
@@ -203,13 +206,14 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             profile,
             connections,
             redis_url,
+            no_limits,
         } => serve(
             addr,
             &db,
             catalog.as_deref(),
             profile,
             &connections,
-            redis_url.as_deref(),
+            (!no_limits).then_some(redis_url.as_deref()),
         ),
         Command::Keys {
             command:
@@ -339,7 +343,7 @@ fn serve(
     catalog: Option<&Path>,
     profile: Option<Profile>,
     connections: &ConnectionArgs,
-    redis_url: Option<&str>,
+    limits: Option<Option<&str>>,
 ) -> Result<ExitCode, UsageError> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -354,9 +358,12 @@ fn serve(
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
     let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
-    let limits = reference::limits::limit_store(redis_url).map_err(|e| UsageError(e.0))?;
+    // `limits`: `None` serves without limits, `Some(redis_url)` with them.
+    let limits = limits
+        .map(|redis_url| reference::limits::limit_store(redis_url).map_err(|e| UsageError(e.0)))
+        .transpose()?;
     let (app, contract) =
-        reference::app_on_file_limited(parsed, profile, db, Arc::clone(&keys), limits)
+        reference::app_on_file_with(parsed, profile, db, Arc::clone(&keys), limits)
             .map_err(|e| UsageError(e.to_string()))?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;

@@ -236,6 +236,17 @@ pub fn app_on_file_limited(
     keys: Arc<KeyManager>,
     limits: Arc<dyn faultline_axum::limit::LimitStore>,
 ) -> Result<(Router, Arc<Contract>), StartError> {
+    app_on_file_with(catalog, profile, db, keys, Some(limits))
+}
+
+/// [`app_on_file`] with its limit buckets in `limits`, or without limits when `None`.
+pub fn app_on_file_with(
+    catalog: Catalog,
+    profile: Option<faultline::Profile>,
+    db: &FsPath,
+    keys: Arc<KeyManager>,
+    limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+) -> Result<(Router, Arc<Contract>), StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
     build_limited(
@@ -247,7 +258,7 @@ pub fn app_on_file_limited(
             body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
             timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
         },
-        Some(limits),
+        limits,
     )
 }
 
