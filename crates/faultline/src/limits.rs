@@ -2350,6 +2350,26 @@ limit = 2
     }
 
     #[test]
+    fn the_docs_section_has_a_row_per_tier_in_both_formats() {
+        let source = include_str!("../../../examples/catalogs/chatbots.toml");
+        let catalog = Catalog::from_toml_str(source).unwrap();
+        let html = docs_section(&catalog, true);
+        assert!(html.contains("<tr><td><code>free</code> (default)</td><td>10</td><td>2</td>"));
+        assert!(
+            html.contains("<td><a href=\"#quota_exceeded\"><code>quota_exceeded</code></a></td>")
+        );
+        let markdown = docs_section(&catalog, false);
+        assert!(markdown.contains("| `enterprise` | 600 | 50 | 300 | 15000 | 10000000 |"));
+        assert_eq!(
+            docs_raised_by(&catalog, "too_many_concurrent_requests", false).as_deref(),
+            Some("Raised by the policy `org_in_flight`.")
+        );
+        assert_eq!(docs_raised_by(&catalog, "not_found", false), None);
+        let bare = Catalog::from_toml_str(BASE).unwrap();
+        assert_eq!(docs_section(&bare, false), "", "no policies, no section");
+    }
+
+    #[test]
     fn durations_and_periods_parse_and_refuse() {
         assert_eq!(parse_duration("90s"), Some(90 * S));
         assert_eq!(parse_duration("1d"), Some(86_400 * S));
