@@ -57,7 +57,9 @@
 //!
 //! [`decide`] evaluates every check against the state as it is, admits only if every check
 //! admits, and only then returns the new states to store. A refused request changes no state,
-//! on any policy. The decision's wait is the **maximum** `retry_after_us` over the refusing
+//! on any policy, and the checks that would have admitted it report their state as it stays
+//! (the numbers before this request): a rate check `remaining + 1` and `reset_us - T`, a quota
+//! check `remaining + cost` and `used - cost`, a concurrency check `remaining + 1`. The decision's wait is the **maximum** `retry_after_us` over the refusing
 //! checks, and `Retry-After` is that wait rounded **up** to whole seconds ([`ceil_secs`]), so a
 //! client that waits it is never early.
 //!
