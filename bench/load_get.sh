@@ -19,7 +19,8 @@ dir=$(mktemp -d)
 db=$dir/bench.db
 export RUST_LOG=${RUST_LOG:-info}
 # The reference server with its default logging (info, to a file: a terminal would be measured).
-target/release/faultline serve --addr "$FULL" --db "$db" >"$dir/serve.out" 2>"$dir/serve.log" &
+# Without limits: this compares the stack with bare axum (bench/load_limits.sh measures limits).
+target/release/faultline serve --no-limits --addr "$FULL" --db "$db" >"$dir/serve.out" 2>"$dir/serve.log" &
 full_pid=$!
 trap 'kill $full_pid ${bare_pid:-} 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do grep -q '^export KEY=' "$dir/serve.out" 2>/dev/null && break; sleep 0.1; done

@@ -1,6 +1,9 @@
 //! The faultline stack in process, beside bare axum: a 200, a 200 behind `AuthLayer` on a
 //! cache hit, and a 404 for an unknown route; each also with the reference server's default
-//! logging (a fmt subscriber at `info`, writing to a sink). Routers are eager
+//! logging (a fmt subscriber at `info`, writing to a sink). With feature `limit`, one more
+//! 200: behind `AuthLayer` on a cache hit and `LimitLayer` on the in-memory store (a rate per
+//! key, a rate per organisation and a concurrency limit per organisation, high enough never to
+//! refuse), answering the same small JSON body. Routers are eager
 //! (`.with_state(())`), as `axum::serve` makes them. Compare the figures of one run: the
 //! machine is shared. `bench/stack_ratios.sh` runs it and prints the ratios.
 #![allow(missing_docs)] // criterion_group! generates an undocumented public function
@@ -70,12 +73,50 @@ fn stack(c: &mut Criterion) {
             Router::new()
                 .route(
                     "/bots",
-                    get(|| async { "[]" }).route_layer(AuthLayer::new(auth)),
+                    get(|| async { "[]" }).route_layer(AuthLayer::new(Arc::clone(&auth))),
                 )
                 .route("/open", get(|| async { "[]" })),
         )
         .with_state(());
     let bearer = format!("Bearer {key}");
+    #[cfg(feature = "limit")]
+    let limited = {
+        use faultline::limits::{Amount, Per, Policy};
+        use faultline_axum::limit::{LimitLayer, MemoryLimitStore};
+        let catalog = catalog();
+        let mut layer = LimitLayer::new(&catalog, Arc::new(MemoryLimitStore::new()));
+        for policy in &catalog.limits().policies {
+            layer = layer.without_policy(&policy.name);
+        }
+        let layer = layer
+            .policy(Policy::rate(
+                "key_per_minute",
+                Per::Key,
+                Amount::Every(10_000_000),
+                60_000_000,
+            ))
+            .policy(Policy::rate(
+                "org_per_minute",
+                Per::Org,
+                Amount::Every(10_000_000),
+                60_000_000,
+            ))
+            .policy(Policy::concurrency(
+                "org_in_flight",
+                Per::Org,
+                Amount::Every(1_000_000),
+            ));
+        Faultline::new(Contract::new(catalog).expect("bindings"))
+            .install(
+                Router::new().route(
+                    "/bots",
+                    get(|| async { "[]" })
+                        .route_layer(layer)
+                        .route_layer(AuthLayer::new(Arc::clone(&auth))),
+                ),
+            )
+            .with_state(())
+    };
 
     let call = |app: &Router, uri: &str, authorization: Option<&str>, status: u16| {
         let mut request = Request::get(uri);
@@ -106,6 +147,13 @@ fn stack(c: &mut Criterion) {
         group.bench_function(format!("{logging}/200/faultline_with_key"), |b| {
             b.iter(|| call(&full, "/bots", Some(&bearer), 200));
         });
+        #[cfg(feature = "limit")]
+        group.bench_function(
+            format!("{logging}/200/faultline_with_key_and_limits"),
+            |b| {
+                b.iter(|| call(&limited, "/bots", Some(&bearer), 200));
+            },
+        );
         group.bench_function(format!("{logging}/404/bare_axum"), |b| {
             b.iter(|| call(&bare, "/v1/nope", None, 404));
         });

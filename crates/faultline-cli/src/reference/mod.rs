@@ -8,6 +8,7 @@ mod categories;
 mod chatbots;
 pub mod cursor;
 pub mod keys;
+pub mod limits;
 pub mod store;
 
 use std::path::Path as FsPath;
@@ -99,7 +100,15 @@ pub fn app(settings: Settings) -> Result<Router, StartError> {
 
 /// Builds the reference app, and gives the contract it serves (for [`faultline_axum::ContractListener`]).
 pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> {
-    build_parts(settings).map(|built| (built.router, built.contract))
+    build_limited(settings, None)
+}
+
+/// [`build`], with the catalog's limits on every `/v1` route when `limits` gives a store.
+pub fn build_limited(
+    settings: Settings,
+    limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+) -> Result<(Router, Arc<Contract>), StartError> {
+    build_parts_with(settings, limits).map(|built| (built.router, built.contract))
 }
 
 /// The reference app and what its operator needs beside it.
@@ -116,14 +125,23 @@ pub struct Built {
     pub metrics: Arc<faultline_axum::Metrics>,
 }
 
-/// Builds the reference app with its health checks and metrics.
+/// Builds the reference app (without limits) with its health checks and metrics.
+pub fn build_parts(settings: Settings) -> Result<Built, StartError> {
+    build_parts_with(settings, None)
+}
+
+/// Builds the reference app with its health checks and metrics, and the catalog's limits on
+/// every `/v1` route when `limits` gives a store.
 ///
 /// # Operations routes sit outside the key check
 ///
 /// `GET /healthz`, `GET /readyz` (the database answers a read) and `GET /metrics`
 /// (Prometheus text) need no API key, like `/docs`; put `/metrics` behind the network's own
 /// access rules in production.
-pub fn build_parts(settings: Settings) -> Result<Built, StartError> {
+pub fn build_parts_with(
+    settings: Settings,
+    limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+) -> Result<Built, StartError> {
     // The handlers raise codes of the compiled-in chatbots catalog; a catalog given at run time
     // must hold them with the same status, or the docs would not match what is served.
     for def in errors::defs::ALL {
@@ -145,6 +163,8 @@ pub fn build_parts(settings: Settings) -> Result<Built, StartError> {
     }
     check_request_types()?;
     let docs_html = faultline::docs::html(&settings.catalog);
+    let limit =
+        limits.map(|store| faultline_axum::limit::LimitLayer::new(&settings.catalog, store));
     let metrics = Arc::new(faultline_axum::Metrics::new(&settings.catalog));
     let mut contract = Contract::new(settings.catalog)
         .map_err(|e| StartError(e.to_string()))?
@@ -160,11 +180,7 @@ pub fn build_parts(settings: Settings) -> Result<Built, StartError> {
     let probe = settings.store.clone();
     let health = faultline_axum::Health::new().check("database", move || {
         let store = probe.clone();
-        async move {
-            store
-                .read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
-                .await
-        }
+        async move { store.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await }
     });
     let state = AppState {
         store: settings.store,
@@ -176,6 +192,11 @@ pub fn build_parts(settings: Settings) -> Result<Built, StartError> {
     // Each method of a route gets its own scope; the key check wraps only routed methods, so
     // an unknown route or method is answered 404 or 405 whatever the credentials.
     let guard = |route: MethodRouter<AppState>, scope: &str| {
+        // Limits run last, so a request refused for its key or scope spends nothing.
+        let route = match &limit {
+            Some(limit) => route.route_layer(limit.clone()),
+            None => route,
+        };
         route
             .route_layer(RequireScopeLayer::new(scope))
             .route_layer(auth.clone())
@@ -242,7 +263,8 @@ pub fn keys_on_file(db: &FsPath) -> Result<Arc<KeyManager>, StartError> {
     Ok(Arc::new(KeyManager::new(auth, store)))
 }
 
-/// Builds the app on a SQLite file (chatbots and keys share the database), with its contract.
+/// Builds the app on a SQLite file (chatbots and keys share the database), with its contract,
+/// its limits in memory.
 ///
 /// The file is opened through a [`faultline_sqlite::Pool`]: created readable by its owner
 /// only, in WAL mode, with readers that never wait for the writer.
@@ -252,16 +274,41 @@ pub fn app_on_file(
     db: &FsPath,
     keys: Arc<KeyManager>,
 ) -> Result<Built, StartError> {
+    app_on_file_limited(catalog, profile, db, keys, limits::limit_store(None)?)
+}
+
+/// [`app_on_file`] with its limit buckets in `limits`.
+pub fn app_on_file_limited(
+    catalog: Catalog,
+    profile: Option<faultline::Profile>,
+    db: &FsPath,
+    keys: Arc<KeyManager>,
+    limits: Arc<dyn faultline_axum::limit::LimitStore>,
+) -> Result<Built, StartError> {
+    app_on_file_with(catalog, profile, db, keys, Some(limits))
+}
+
+/// [`app_on_file`] with its limit buckets in `limits`, or without limits when `None`.
+pub fn app_on_file_with(
+    catalog: Catalog,
+    profile: Option<faultline::Profile>,
+    db: &FsPath,
+    keys: Arc<KeyManager>,
+    limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+) -> Result<Built, StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
-    build_parts(Settings {
-        catalog,
-        profile,
-        store,
-        keys,
-        body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
-        timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
-    })
+    build_parts_with(
+        Settings {
+            catalog,
+            profile,
+            store,
+            keys,
+            body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
+            timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
+        },
+        limits,
+    )
 }
 
 /// Calls `$check::<T>()?` for every type the app reads from a request body or query string.
