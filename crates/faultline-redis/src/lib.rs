@@ -1,0 +1,9 @@
+//! faultline's Redis stores.
+//!
+//! [`RedisPool`] is a small pool of multiplexed connections with a deadline on every call: an
+//! unreachable, refusing or stalled Redis gives [`faultline_axum::StoreError::unavailable`]
+//! within the deadline, never a hang.
+
+mod pool;
+
+pub use pool::{PoolOptions, RedisPool};
