@@ -38,6 +38,8 @@ pub mod auth;
 pub mod contract;
 pub mod extract;
 pub mod layer;
+#[cfg(feature = "limit")]
+pub mod limit;
 pub mod listener;
 mod problems;
 pub mod refuse;

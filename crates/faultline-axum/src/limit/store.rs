@@ -1,0 +1,387 @@
+//! [`LimitStore`]: the one trait every limit backend implements, and [`MemoryLimitStore`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use faultline::clock::{Clock, SystemClock};
+use faultline::limits::{self, BucketState, Outcome, Rule};
+
+pub use crate::store::StoreError;
+
+/// The future a store method returns (boxed, so that stores can sit behind `dyn LimitStore`).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// One bucket to check for a request: its key and its rule.
+///
+/// The key is unique within its group (e.g. `minute:key_123`); a store may prefix it, and keeps
+/// every key of one group together (Redis: under one hash tag, so one script can touch them
+/// all on a cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Check {
+    /// The bucket's key within the group.
+    pub key: String,
+    /// What it limits, with the numbers.
+    pub rule: Rule,
+}
+
+impl Check {
+    /// A check of `rule` on the bucket `key`.
+    pub fn new(key: impl Into<String>, rule: Rule) -> Self {
+        Check {
+            key: key.into(),
+            rule,
+        }
+    }
+}
+
+/// The concurrency leases one admitted request holds: give them back with
+/// [`LimitStore::release`] when its response is over.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Lease {
+    /// The group the buckets are in.
+    pub group: String,
+    /// The lease's id (unique per decision).
+    pub id: String,
+    /// The keys of the concurrency buckets that hold it.
+    pub keys: Vec<String>,
+}
+
+impl Lease {
+    /// A lease `id` held in the buckets `keys` of `group`.
+    pub fn new(group: impl Into<String>, id: impl Into<String>, keys: Vec<String>) -> Self {
+        Lease {
+            group: group.into(),
+            id: id.into(),
+            keys,
+        }
+    }
+}
+
+/// A store's answer for one request: every check decided as one step.
+///
+/// # Several policies, one decision
+///
+/// `admitted` is true only when every check admits; then every check's state was spent. When
+/// any check refuses, no state changed, and [`Decision::retry_after_us`] is the longest exact
+/// wait among the refusing checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Decision {
+    /// Whether the request may go on.
+    pub admitted: bool,
+    /// One outcome per check, in the order of the checks.
+    pub outcomes: Vec<Outcome>,
+    /// The exact wait in microseconds before the same request would be admitted (0 when it
+    /// is).
+    pub retry_after_us: i64,
+    /// The concurrency lease taken, when admitted with at least one concurrency check.
+    pub lease: Option<Lease>,
+}
+
+impl Decision {
+    /// A decision from its parts; `retry_after_us` is derived from the outcomes (the maximum
+    /// over refusing ones).
+    pub fn new(admitted: bool, outcomes: Vec<Outcome>, lease: Option<Lease>) -> Self {
+        let retry_after_us = outcomes
+            .iter()
+            .filter(|o| !o.admitted)
+            .map(|o| o.retry_after_us)
+            .max()
+            .unwrap_or(0);
+        Decision {
+            admitted,
+            outcomes,
+            retry_after_us,
+            lease,
+        }
+    }
+
+    /// `Retry-After` in whole seconds: the exact wait rounded **up**, at least 1 for a refusal
+    /// (0 when admitted).
+    pub fn retry_after_secs(&self) -> u64 {
+        if self.admitted {
+            0
+        } else {
+            limits::ceil_secs(self.retry_after_us).max(1)
+        }
+    }
+
+    /// The indexes of the refusing checks.
+    pub fn refusing(&self) -> impl Iterator<Item = usize> + '_ {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !o.admitted)
+            .map(|(i, _)| i)
+    }
+}
+
+/// Where limit buckets live.
+///
+/// # What every store promises
+///
+/// - [`LimitStore::decide`] gives exactly the answer of [`faultline::limits::decide`] on its
+///   stored states, and stores the new states only when every check admits, atomically: two
+///   concurrent decisions never both spend the last unit;
+/// - the store owns the clock (the in-memory store its [`Clock`], Redis its `TIME`), but `now_us`
+///   (unix microseconds), when given, replaces it for that call: that is how the shared suite
+///   (`limit::suite`, feature `store-suite`) drives any store through time;
+/// - a state the model says is idle ([`BucketState::idle_at_us`]) may be forgotten;
+/// - an unreachable or slow backend answers [`StoreError::unavailable`], never hangs.
+pub trait LimitStore: Send + Sync + 'static {
+    /// Decides `checks` for one request, all buckets in `group` (e.g. the org id).
+    fn decide<'a>(
+        &'a self,
+        group: &'a str,
+        checks: &'a [Check],
+        now_us: Option<i64>,
+    ) -> StoreFuture<'a, Decision>;
+
+    /// Gives a concurrency lease back; a lease already gone (lapsed, released) is fine.
+    fn release(&self, lease: Lease) -> StoreFuture<'_, ()>;
+}
+
+impl<S: LimitStore + ?Sized> LimitStore for Arc<S> {
+    fn decide<'a>(
+        &'a self,
+        group: &'a str,
+        checks: &'a [Check],
+        now_us: Option<i64>,
+    ) -> StoreFuture<'a, Decision> {
+        (**self).decide(group, checks, now_us)
+    }
+
+    fn release(&self, lease: Lease) -> StoreFuture<'_, ()> {
+        (**self).release(lease)
+    }
+}
+
+/// Shards of the in-memory store, unless told otherwise.
+pub const DEFAULT_SHARDS: usize = 64;
+/// Decisions a shard takes between sweeps of its idle buckets.
+const SWEEP_EVERY: u32 = 1024;
+
+/// Buckets in memory, for one process: sharded by group, with no lock shared by all groups.
+///
+/// # One lock per shard, not per store
+///
+/// A group's buckets live in one of [`DEFAULT_SHARDS`] shards, chosen by a hash of the group,
+/// each behind its own mutex: decisions for groups in different shards never wait for each
+/// other. Idle buckets ([`BucketState::idle_at_us`] passed) are swept out of a shard every
+/// 1024 decisions it takes, so memory follows the active callers, not every caller ever seen.
+///
+/// ```
+/// # async fn demo() {
+/// use faultline::limits::{Rule, MICROS_PER_SECOND as S};
+/// use faultline_axum::limit::{Check, LimitStore, MemoryLimitStore};
+/// let store = MemoryLimitStore::new();
+/// let checks = [Check::new("minute:key_1", Rule::Rate { limit: 1, window_us: 60 * S })];
+/// assert!(store.decide("org_1", &checks, None).await.unwrap().admitted);
+/// let refused = store.decide("org_1", &checks, None).await.unwrap();
+/// assert!(!refused.admitted);
+/// assert!(refused.retry_after_secs() >= 59);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MemoryLimitStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    clock: Arc<dyn Clock>,
+    next_lease: AtomicU64,
+}
+
+#[derive(Default)]
+struct Shard {
+    groups: HashMap<Box<str>, HashMap<Box<str>, BucketState>>,
+    since_sweep: u32,
+}
+
+impl std::fmt::Debug for MemoryLimitStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryLimitStore")
+            .field("shards", &self.inner.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryLimitStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryLimitStore {
+    /// An empty store on the system clock with [`DEFAULT_SHARDS`] shards.
+    pub fn new() -> Self {
+        Self::with_shards(DEFAULT_SHARDS, Arc::new(SystemClock))
+    }
+
+    /// An empty store on `clock` with `shards` shards (at least one).
+    pub fn with_shards(shards: usize, clock: Arc<dyn Clock>) -> Self {
+        let shards = (0..shards.max(1))
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
+        MemoryLimitStore {
+            inner: Arc::new(Inner {
+                shards,
+                hasher: RandomState::new(),
+                clock,
+                next_lease: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The same store reading time from `clock`.
+    #[must_use]
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self::with_shards(self.inner.shards.len(), clock)
+    }
+
+    fn shard(&self, group: &str) -> &Mutex<Shard> {
+        let hash = self.inner.hasher.hash_one(group);
+        let i = (hash % self.inner.shards.len() as u64) as usize;
+        &self.inner.shards[i]
+    }
+
+    fn now_us(&self) -> i64 {
+        self.inner.clock.now_unix_nanos().div_euclid(1_000)
+    }
+
+    /// [`LimitStore::decide`] without a future: the same decision, taken at once.
+    pub fn decide_now(&self, group: &str, checks: &[Check], now_us: Option<i64>) -> Decision {
+        let now = now_us.unwrap_or_else(|| self.now_us());
+        let has_lease = checks
+            .iter()
+            .any(|c| matches!(c.rule, Rule::Concurrency { .. }));
+        let lease_id = if has_lease {
+            format!("l{}", self.inner.next_lease.fetch_add(1, Ordering::Relaxed))
+        } else {
+            String::new()
+        };
+        // A panic cannot happen while the lock is held with a half-written group: states are
+        // replaced whole, after every check was evaluated.
+        let mut shard = self
+            .shard(group)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.since_sweep += 1;
+        if shard.since_sweep >= SWEEP_EVERY {
+            shard.since_sweep = 0;
+            sweep(&mut shard.groups, now);
+        }
+        let buckets = shard.groups.get(group);
+        let pairs: Vec<(&Rule, Option<&BucketState>)> = checks
+            .iter()
+            .map(|c| (&c.rule, buckets.and_then(|b| b.get(c.key.as_str()))))
+            .collect();
+        let verdict = limits::decide(now, &pairs, &lease_id);
+        drop(pairs);
+        let lease = match verdict.commit {
+            Some(states) => {
+                let buckets = match shard.groups.get_mut(group) {
+                    Some(buckets) => buckets,
+                    None => shard.groups.entry(group.into()).or_default(),
+                };
+                for (check, state) in checks.iter().zip(states) {
+                    match buckets.get_mut(check.key.as_str()) {
+                        Some(slot) => *slot = state,
+                        None => {
+                            buckets.insert(check.key.as_str().into(), state);
+                        }
+                    }
+                }
+                has_lease.then(|| {
+                    let keys = checks
+                        .iter()
+                        .filter(|c| matches!(c.rule, Rule::Concurrency { .. }))
+                        .map(|c| c.key.clone())
+                        .collect();
+                    Lease::new(group, lease_id, keys)
+                })
+            }
+            None => None,
+        };
+        Decision {
+            admitted: verdict.admitted,
+            outcomes: verdict.outcomes,
+            retry_after_us: verdict.retry_after_us,
+            lease,
+        }
+    }
+
+    /// [`LimitStore::release`] without a future.
+    pub fn release_now(&self, lease: &Lease) {
+        let mut shard = self
+            .shard(&lease.group)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(buckets) = shard.groups.get_mut(lease.group.as_str()) {
+            for key in &lease.keys {
+                if let Some(BucketState::Concurrency { leases }) = buckets.get_mut(key.as_str()) {
+                    leases.retain(|(id, _)| *id != lease.id);
+                }
+            }
+        }
+    }
+
+    /// How many buckets the store holds (idle ones included until swept).
+    pub fn len(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| {
+                let shard = s.lock().unwrap_or_else(PoisonError::into_inner);
+                shard.groups.values().map(HashMap::len).sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Whether the store holds no bucket.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets every idle bucket now (what the periodic sweep does), on the store's clock.
+    pub fn sweep(&self) {
+        let now = self.now_us();
+        for shard in &self.inner.shards {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            sweep(&mut shard.groups, now);
+        }
+    }
+}
+
+fn sweep(groups: &mut HashMap<Box<str>, HashMap<Box<str>, BucketState>>, now_us: i64) {
+    groups.retain(|_, buckets| {
+        buckets.retain(|_, state| state.idle_at_us() > now_us);
+        !buckets.is_empty()
+    });
+}
+
+impl LimitStore for MemoryLimitStore {
+    fn decide<'a>(
+        &'a self,
+        group: &'a str,
+        checks: &'a [Check],
+        now_us: Option<i64>,
+    ) -> StoreFuture<'a, Decision> {
+        Box::pin(std::future::ready(Ok(
+            self.decide_now(group, checks, now_us)
+        )))
+    }
+
+    fn release(&self, lease: Lease) -> StoreFuture<'_, ()> {
+        self.release_now(&lease);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}

@@ -1,0 +1,1175 @@
+//! Rate limits, quotas and concurrency limits without I/O: the decision model every store
+//! implements, and the wire formats of the headers that report it.
+//!
+//! Every store (in memory in `faultline-axum`, Redis in `faultline-redis`) must give exactly
+//! the answers of the pure functions here, so the formulas are spelt out below. All times are
+//! **integer microseconds since the Unix epoch** (`i64`): they fit in the 2^53 integers a
+//! double holds exactly (Lua's numbers in Redis), which nanoseconds do not.
+//!
+//! # Rate policies: GCRA
+//!
+//! A rate rule admits `limit` requests per `window_us`. With integer division:
+//!
+//! - emission interval `T = max(1, window_us / limit)` (rounded down);
+//! - burst tolerance `tau = limit * T`;
+//! - the state is the theoretical arrival time `tat` (absent means `tat = now`).
+//!
+//! For a request at `now`: `tat0 = max(tat, now)`, `new_tat = tat0 + T`. It is admitted when
+//! `new_tat - now <= tau`; an empty bucket therefore admits exactly `limit` requests at one
+//! instant. Then
+//!
+//! - admitted: `remaining = (tau - (new_tat - now)) / T` (rounded down),
+//!   `reset_us = new_tat - now`, `retry_after_us = 0`, and `new_tat` is stored (on commit);
+//! - refused: `remaining = 0`, `reset_us = tat0 - now`,
+//!   `retry_after_us = new_tat - now - tau` (the exact wait: at `now + retry_after_us` the same
+//!   request is admitted), nothing is stored.
+//!
+//! With `limit = 0`, `T = window_us` and `tau = 0`: every request is refused.
+//!
+//! # Quota policies: counters over periods
+//!
+//! A quota rule admits `limit` units per [`Period`]; each request spends `cost` units. The
+//! state is `(resets_at_us, used)`; a state whose `resets_at_us <= now` counts as absent. An
+//! absent state starts a period: `used = 0`, `resets_at_us = period.end_after(now)`
+//! ([`Period::end_after`]: the next UTC midnight, the first instant of the next UTC month, or
+//! `now + days * 86_400_000_000` for a rolling period that starts with its first request).
+//!
+//! - admitted when `used + cost <= limit`: `used += cost`, `remaining = limit - used`;
+//! - refused: `remaining = limit - used` (saturating), `retry_after_us = resets_at_us - now`;
+//! - both: `reset_us = resets_at_us - now`, `resets_at_us` and `used` are reported.
+//!
+//! # Concurrency policies: leases
+//!
+//! A concurrency rule admits `limit` requests in flight. The state is a set of leases
+//! `(id, expires_at_us)`; a lease with `expires_at_us <= now` is gone (a crashed process's
+//! leases expire after `lease_ttl_us`). With `active` the live leases:
+//!
+//! - admitted when `active + 1 <= limit`: the lease `(id, now + lease_ttl_us)` is added,
+//!   `remaining = limit - active - 1`;
+//! - refused: `remaining = 0`, `retry_after_us = min(CONCURRENCY_RETRY_US, earliest - now)`
+//!   where `earliest` is the soonest lease expiry ([`CONCURRENCY_RETRY_US`] alone when there is
+//!   none): a slot usually frees when a request ends, which no store can foresee;
+//! - both: `reset_us = 0`.
+//!
+//! Releasing removes the lease by id (a lease already gone changes nothing).
+//!
+//! # Several policies: one decision
+//!
+//! [`decide`] evaluates every check against the state as it is, admits only if every check
+//! admits, and only then returns the new states to store. A refused request changes no state,
+//! on any policy. The decision's wait is the **maximum** `retry_after_us` over the refusing
+//! checks, and `Retry-After` is that wait rounded **up** to whole seconds ([`ceil_secs`]), so a
+//! client that waits it is never early.
+//!
+//! ```
+//! use faultline::limits::{decide, Rule, MICROS_PER_SECOND as S};
+//! let minute = Rule::Rate { limit: 2, window_us: 60 * S };
+//! let hour = Rule::Rate { limit: 3, window_us: 3600 * S };
+//! let mut states = [None, None];
+//! let mut admitted = 0;
+//! for _ in 0..3 {
+//!     let d = decide(0, &[(&minute, states[0].as_ref()), (&hour, states[1].as_ref())], "l");
+//!     if let Some(new) = d.commit {
+//!         admitted += 1;
+//!         states = [Some(new[0].clone()), Some(new[1].clone())];
+//!     } else {
+//!         // Refused by the minute policy: the hour policy spent nothing.
+//!         assert_eq!(d.outcomes[1].remaining, 1);
+//!         assert_eq!(d.retry_after_us, 30 * S);
+//!     }
+//! }
+//! assert_eq!(admitted, 2);
+//! ```
+
+use std::fmt::{self, Write as _};
+
+/// Microseconds in a second.
+pub const MICROS_PER_SECOND: i64 = 1_000_000;
+/// Microseconds in a day.
+pub const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
+/// The wait a refused concurrency check suggests at most: one second.
+pub const CONCURRENCY_RETRY_US: i64 = MICROS_PER_SECOND;
+
+/// Whole seconds of a wait in microseconds, rounded **up** (0 and negatives give 0).
+///
+/// # Never early
+///
+/// `ceil_secs(us) * 1_000_000 >= us` for every `us`, and it is the smallest such count.
+///
+/// ```
+/// use faultline::limits::ceil_secs;
+/// assert_eq!(ceil_secs(0), 0);
+/// assert_eq!(ceil_secs(1), 1);
+/// assert_eq!(ceil_secs(1_000_000), 1);
+/// assert_eq!(ceil_secs(1_000_001), 2);
+/// ```
+pub fn ceil_secs(us: i64) -> u64 {
+    if us <= 0 {
+        return 0;
+    }
+    let secs = us / MICROS_PER_SECOND + i64::from(us % MICROS_PER_SECOND != 0);
+    secs.unsigned_abs()
+}
+
+/// The length of a quota's counting period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Period {
+    /// A calendar day in UTC: resets at midnight UTC.
+    Day,
+    /// A calendar month in UTC: resets at 00:00 UTC on the first of the next month.
+    Month,
+    /// A rolling period of this many days, starting with the first request counted in it.
+    RollingDays(u32),
+}
+
+impl Period {
+    /// The end of the period that a request at `now_us` starts or falls in, when no period is
+    /// running (see the module docs).
+    ///
+    /// # Calendar periods end on UTC boundaries
+    ///
+    /// ```
+    /// use faultline::limits::{Period, MICROS_PER_SECOND as S};
+    /// // 2026-01-31T13:00:00Z
+    /// let now = 1_769_864_400 * S;
+    /// assert_eq!(Period::Day.end_after(now), 1_769_904_000 * S); // 2026-02-01T00:00:00Z
+    /// assert_eq!(Period::Month.end_after(now), 1_769_904_000 * S);
+    /// assert_eq!(Period::RollingDays(2).end_after(now), now + 2 * 86_400 * S);
+    /// ```
+    pub fn end_after(self, now_us: i64) -> i64 {
+        match self {
+            Period::Day => (now_us.div_euclid(MICROS_PER_DAY) + 1) * MICROS_PER_DAY,
+            Period::Month => {
+                let (year, month, _) = civil_from_days(now_us.div_euclid(MICROS_PER_DAY));
+                let (year, month) = if month == 12 {
+                    (year + 1, 1)
+                } else {
+                    (year, month + 1)
+                };
+                days_from_civil(year, month, 1) * MICROS_PER_DAY
+            }
+            Period::RollingDays(days) => {
+                now_us.saturating_add(i64::from(days).saturating_mul(MICROS_PER_DAY))
+            }
+        }
+    }
+
+    /// The period's name in the catalog: `day`, `month` or `Nd` (e.g. `30d`).
+    pub fn name(self) -> String {
+        match self {
+            Period::Day => "day".to_owned(),
+            Period::Month => "month".to_owned(),
+            Period::RollingDays(days) => format!("{days}d"),
+        }
+    }
+
+    /// Parses [`Period::name`]: `day`, `month`, or `Nd` with `N` from 1 to 3660.
+    pub fn parse(text: &str) -> Option<Period> {
+        match text {
+            "day" => Some(Period::Day),
+            "month" => Some(Period::Month),
+            _ => {
+                let days: u32 = text.strip_suffix('d')?.parse().ok()?;
+                (1..=3660)
+                    .contains(&days)
+                    .then_some(Period::RollingDays(days))
+            }
+        }
+    }
+
+    /// A typical length in seconds (a month counts 30 days), for the `w` of `RateLimit-Policy`.
+    pub fn typical_secs(self) -> u64 {
+        match self {
+            Period::Day => 86_400,
+            Period::Month => 30 * 86_400,
+            Period::RollingDays(days) => u64::from(days) * 86_400,
+        }
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let month = i64::from(month);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The proleptic Gregorian date `(year, month, day)` of a count of days since 1970-01-01.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // Both are in range by construction (1..=31 and 1..=12).
+    (year, month as u32, day as u32)
+}
+
+/// A point in time as ISO-8601 in UTC with an explicit offset, to the second (rounded down):
+/// `2026-02-01T00:00:00+00:00`, the form quota details carry.
+///
+/// ```
+/// use faultline::limits::{iso8601, MICROS_PER_SECOND as S};
+/// assert_eq!(iso8601(1_769_904_000 * S), "2026-02-01T00:00:00+00:00");
+/// ```
+pub fn iso8601(unix_us: i64) -> String {
+    let secs = unix_us.div_euclid(MICROS_PER_SECOND);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let of_day = secs.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// What a check limits, with its numbers: the input of [`evaluate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Rule {
+    /// At most `limit` requests per `window_us`, by GCRA.
+    Rate {
+        /// Requests per window.
+        limit: u64,
+        /// The window in microseconds.
+        window_us: i64,
+    },
+    /// At most `limit` requests in flight; a lease not released lapses after `lease_ttl_us`.
+    Concurrency {
+        /// Requests in flight at once.
+        limit: u64,
+        /// How long a lease lives unless released.
+        lease_ttl_us: i64,
+    },
+    /// At most `limit` units per period, each request spending `cost`.
+    Quota {
+        /// Units per period.
+        limit: u64,
+        /// The counting period.
+        period: Period,
+        /// Units this request spends.
+        cost: u64,
+    },
+}
+
+impl Rule {
+    /// The rule's limit (requests per window, in flight, or units per period).
+    pub fn limit(&self) -> u64 {
+        match *self {
+            Rule::Rate { limit, .. }
+            | Rule::Concurrency { limit, .. }
+            | Rule::Quota { limit, .. } => limit,
+        }
+    }
+
+    /// GCRA's `(T, tau)` of a rate rule (see the module docs); `None` for other rules.
+    pub fn gcra(&self) -> Option<(i64, i64)> {
+        let Rule::Rate { limit, window_us } = *self else {
+            return None;
+        };
+        let window_us = window_us.max(1);
+        if limit == 0 {
+            return Some((window_us, 0));
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let t = (window_us / limit).max(1);
+        Some((t, t.saturating_mul(limit)))
+    }
+}
+
+/// What a store keeps for one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BucketState {
+    /// A rate bucket: the theoretical arrival time.
+    Rate {
+        /// Unix microseconds.
+        tat_us: i64,
+    },
+    /// A quota counter for the running period.
+    Quota {
+        /// When the period ends, unix microseconds.
+        resets_at_us: i64,
+        /// Units spent in it.
+        used: u64,
+    },
+    /// The leases of a concurrency bucket.
+    Concurrency {
+        /// `(lease id, expires at in unix microseconds)`.
+        leases: Vec<(String, i64)>,
+    },
+}
+
+impl BucketState {
+    /// From when the state means the same as no state at all (a store may forget it then):
+    /// the `tat` of a rate bucket, the end of a quota period, the latest lease expiry.
+    pub fn idle_at_us(&self) -> i64 {
+        match self {
+            BucketState::Rate { tat_us } => *tat_us,
+            BucketState::Quota { resets_at_us, .. } => *resets_at_us,
+            BucketState::Concurrency { leases } => {
+                leases.iter().map(|(_, at)| *at).max().unwrap_or(i64::MIN)
+            }
+        }
+    }
+
+    /// The state without the lease `lease_id` (other states are returned as they are).
+    #[must_use]
+    pub fn release(mut self, lease_id: &str) -> BucketState {
+        if let BucketState::Concurrency { leases } = &mut self {
+            leases.retain(|(id, _)| id != lease_id);
+        }
+        self
+    }
+}
+
+/// The answer of one check: its verdict and the numbers the headers and details report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// Whether this check alone admits the request.
+    pub admitted: bool,
+    /// The rule's limit.
+    pub limit: u64,
+    /// What is left once the decision is stored (after this request when the whole decision
+    /// admits it, before it otherwise).
+    pub remaining: u64,
+    /// Microseconds until the bucket is full again (rate) or the period ends (quota); 0 for
+    /// concurrency.
+    pub reset_us: i64,
+    /// Microseconds until this check would admit the request; 0 when it admits.
+    pub retry_after_us: i64,
+    /// Quotas: when the period ends, unix microseconds.
+    pub resets_at_us: Option<i64>,
+    /// Quotas: units used once the decision is stored.
+    pub used: Option<u64>,
+}
+
+impl Outcome {
+    /// An outcome from its parts (for stores that compute it elsewhere, e.g. in a script).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        admitted: bool,
+        limit: u64,
+        remaining: u64,
+        reset_us: i64,
+        retry_after_us: i64,
+        resets_at_us: Option<i64>,
+        used: Option<u64>,
+    ) -> Self {
+        Outcome {
+            admitted,
+            limit,
+            remaining,
+            reset_us,
+            retry_after_us,
+            resets_at_us,
+            used,
+        }
+    }
+}
+
+/// Evaluates one check at `now_us` against its stored state (`None`: nothing stored, or a
+/// state of another kind). Returns the outcome and the state to store if the whole decision
+/// admits the request; the formulas are in the module docs. `lease_id` names the lease a
+/// concurrency check takes.
+pub fn evaluate(
+    rule: &Rule,
+    state: Option<&BucketState>,
+    now_us: i64,
+    lease_id: &str,
+) -> (Outcome, BucketState) {
+    match *rule {
+        Rule::Rate { limit, .. } => {
+            let (t, tau) = rule.gcra().unwrap_or((1, 0));
+            let tat = match state {
+                Some(BucketState::Rate { tat_us }) => (*tat_us).max(now_us),
+                _ => now_us,
+            };
+            let new_tat = tat.saturating_add(t);
+            let ahead = new_tat - now_us;
+            if ahead <= tau {
+                let remaining = ((tau - ahead) / t).unsigned_abs();
+                let outcome = Outcome::new(true, limit, remaining, ahead, 0, None, None);
+                (outcome, BucketState::Rate { tat_us: new_tat })
+            } else {
+                let outcome = Outcome::new(false, limit, 0, tat - now_us, ahead - tau, None, None);
+                (outcome, BucketState::Rate { tat_us: tat })
+            }
+        }
+        Rule::Quota {
+            limit,
+            period,
+            cost,
+        } => {
+            let (resets_at, used) = match state {
+                Some(BucketState::Quota { resets_at_us, used }) if *resets_at_us > now_us => {
+                    (*resets_at_us, *used)
+                }
+                _ => (period.end_after(now_us), 0),
+            };
+            let reset = resets_at - now_us;
+            let after = used.saturating_add(cost);
+            if after <= limit {
+                let outcome = Outcome::new(
+                    true,
+                    limit,
+                    limit - after,
+                    reset,
+                    0,
+                    Some(resets_at),
+                    Some(after),
+                );
+                let state = BucketState::Quota {
+                    resets_at_us: resets_at,
+                    used: after,
+                };
+                (outcome, state)
+            } else {
+                let outcome = Outcome::new(
+                    false,
+                    limit,
+                    limit.saturating_sub(used),
+                    reset,
+                    reset,
+                    Some(resets_at),
+                    Some(used),
+                );
+                let state = BucketState::Quota {
+                    resets_at_us: resets_at,
+                    used,
+                };
+                (outcome, state)
+            }
+        }
+        Rule::Concurrency {
+            limit,
+            lease_ttl_us,
+        } => {
+            let mut leases: Vec<(String, i64)> = match state {
+                Some(BucketState::Concurrency { leases }) => leases
+                    .iter()
+                    .filter(|(_, at)| *at > now_us)
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let active = leases.len() as u64;
+            if active < limit {
+                leases.push((lease_id.to_owned(), now_us.saturating_add(lease_ttl_us)));
+                let outcome = Outcome::new(true, limit, limit - active - 1, 0, 0, None, None);
+                (outcome, BucketState::Concurrency { leases })
+            } else {
+                let earliest = leases.iter().map(|(_, at)| *at).min();
+                let wait = earliest.map_or(CONCURRENCY_RETRY_US, |at| {
+                    (at - now_us).min(CONCURRENCY_RETRY_US)
+                });
+                let outcome = Outcome::new(false, limit, 0, 0, wait, None, None);
+                (outcome, BucketState::Concurrency { leases })
+            }
+        }
+    }
+}
+
+/// The answer to a request checked against several policies at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Verdict {
+    /// Whether every check admits the request.
+    pub admitted: bool,
+    /// One outcome per check, in the checks' order.
+    pub outcomes: Vec<Outcome>,
+    /// The exact wait: the maximum `retry_after_us` over the refusing checks (0 if admitted).
+    pub retry_after_us: i64,
+    /// The states to store, one per check, when admitted; `None` when refused (nothing
+    /// changes).
+    pub commit: Option<Vec<BucketState>>,
+}
+
+impl Verdict {
+    /// `Retry-After` in whole seconds, rounded up (0 when admitted).
+    pub fn retry_after_secs(&self) -> u64 {
+        ceil_secs(self.retry_after_us)
+    }
+}
+
+/// The multi-policy rule: evaluates every `(rule, state)` at `now_us`, admits only if all
+/// admit, and returns the states to store only then (see the module docs).
+///
+/// # A refused request spends nothing
+///
+/// When one check refuses, [`Verdict::commit`] is `None` and every outcome reports the state
+/// as it was: the other checks' `remaining` counts did not move.
+pub fn decide(now_us: i64, checks: &[(&Rule, Option<&BucketState>)], lease_id: &str) -> Verdict {
+    let mut outcomes = Vec::with_capacity(checks.len());
+    let mut states = Vec::with_capacity(checks.len());
+    for (rule, state) in checks {
+        let (outcome, new) = evaluate(rule, *state, now_us, lease_id);
+        outcomes.push(outcome);
+        states.push(new);
+    }
+    let admitted = outcomes.iter().all(|o| o.admitted);
+    let retry_after_us = outcomes
+        .iter()
+        .filter(|o| !o.admitted)
+        .map(|o| o.retry_after_us)
+        .max()
+        .unwrap_or(0);
+    if !admitted {
+        // Report the state as it stays: nothing was spent on the checks that admitted.
+        for (outcome, (rule, state)) in outcomes.iter_mut().zip(checks) {
+            if outcome.admitted {
+                *outcome = unspent(rule, *state, now_us, *outcome);
+            }
+        }
+    }
+    Verdict {
+        admitted,
+        outcomes,
+        retry_after_us,
+        commit: admitted.then_some(states),
+    }
+}
+
+/// The outcome of a check that admitted, reported as if nothing was spent (the decision was
+/// refused by another check).
+fn unspent(rule: &Rule, state: Option<&BucketState>, now_us: i64, spent: Outcome) -> Outcome {
+    match *rule {
+        Rule::Rate { .. } => {
+            let (t, _) = rule.gcra().unwrap_or((1, 0));
+            // One emission interval less ahead: one more remaining, reset one T sooner.
+            let reset = (spent.reset_us - t).max(0);
+            let tat = match state {
+                Some(BucketState::Rate { tat_us }) => (*tat_us).max(now_us),
+                _ => now_us,
+            };
+            debug_assert_eq!(reset, tat - now_us);
+            Outcome {
+                remaining: spent.remaining + 1,
+                reset_us: reset,
+                ..spent
+            }
+        }
+        Rule::Quota { cost, .. } => Outcome {
+            remaining: spent.remaining + cost,
+            used: spent.used.map(|u| u - cost),
+            ..spent
+        },
+        Rule::Concurrency { .. } => Outcome {
+            remaining: spent.remaining + 1,
+            ..spent
+        },
+    }
+}
+
+// ---- wire formats ----------------------------------------------------------------------------
+
+/// One member of a `RateLimit-Policy` field: `"name";q=100;w=60`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PolicyItem {
+    /// The policy's name.
+    pub name: String,
+    /// `q`: the quota (requests per window, in flight, or units per period).
+    pub quota: u64,
+    /// `w`: the window in seconds, when the policy has one.
+    pub window_secs: Option<u64>,
+    /// `qu`: the quota unit (`requests`, `content-bytes`, `concurrent-requests`), when not
+    /// the default `requests`.
+    pub unit: Option<String>,
+}
+
+impl PolicyItem {
+    /// A policy item without a unit.
+    pub fn new(name: &str, quota: u64, window_secs: Option<u64>) -> Self {
+        PolicyItem {
+            name: name.to_owned(),
+            quota,
+            window_secs,
+            unit: None,
+        }
+    }
+
+    /// The same item with a `qu` unit.
+    #[must_use]
+    pub fn with_unit(mut self, unit: &str) -> Self {
+        self.unit = Some(unit.to_owned());
+        self
+    }
+}
+
+/// One member of a `RateLimit` field: `"name";r=42;t=17`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StateItem {
+    /// The policy's name.
+    pub name: String,
+    /// `r`: what remains.
+    pub remaining: u64,
+    /// `t`: seconds until the quota is whole again, when known.
+    pub reset_secs: Option<u64>,
+}
+
+impl StateItem {
+    /// A state item.
+    pub fn new(name: &str, remaining: u64, reset_secs: Option<u64>) -> Self {
+        StateItem {
+            name: name.to_owned(),
+            remaining,
+            reset_secs,
+        }
+    }
+}
+
+/// A header value that is not what its parser expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderParseError {
+    /// The byte offset where reading stopped.
+    pub at: usize,
+    /// What was wrong.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for HeaderParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at byte {}", self.reason, self.at)
+    }
+}
+
+impl std::error::Error for HeaderParseError {}
+
+fn write_sf_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        // Structured-field strings hold printable ASCII only; anything else becomes `?`.
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+}
+
+/// Formats a `RateLimit-Policy` field value: one list member per policy.
+///
+/// ```
+/// use faultline::limits::{format_policy_header, PolicyItem};
+/// let value = format_policy_header(&[
+///     PolicyItem::new("minute", 60, Some(60)),
+///     PolicyItem::new("in_flight", 10, None).with_unit("concurrent-requests"),
+/// ]);
+/// assert_eq!(value, r#""minute";q=60;w=60, "in_flight";q=10;qu="concurrent-requests""#);
+/// ```
+pub fn format_policy_header(items: &[PolicyItem]) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_sf_string(&mut out, &item.name);
+        let _ = write!(out, ";q={}", item.quota);
+        if let Some(unit) = &item.unit {
+            out.push_str(";qu=");
+            write_sf_string(&mut out, unit);
+        }
+        if let Some(w) = item.window_secs {
+            let _ = write!(out, ";w={w}");
+        }
+    }
+    out
+}
+
+/// Formats a `RateLimit` field value: one list member per policy.
+///
+/// ```
+/// use faultline::limits::{format_state_header, StateItem};
+/// let value = format_state_header(&[StateItem::new("minute", 42, Some(17))]);
+/// assert_eq!(value, r#""minute";r=42;t=17"#);
+/// ```
+pub fn format_state_header(items: &[StateItem]) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_sf_string(&mut out, &item.name);
+        let _ = write!(out, ";r={}", item.remaining);
+        if let Some(t) = item.reset_secs {
+            let _ = write!(out, ";t={t}");
+        }
+    }
+    out
+}
+
+/// A parameter value of a structured-field list member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SfValue {
+    Integer(i64),
+    Text(String),
+    Other,
+}
+
+/// A list member: its string and its parameters.
+type SfMember = (String, Vec<(String, SfValue)>);
+
+/// A structured-field list of string members with parameters (RFC 9651 §3.1), the shape of
+/// both rate-limit fields. Inner lists and other bare items are refused.
+fn parse_sf_list(value: &str) -> Result<Vec<SfMember>, HeaderParseError> {
+    let bytes = value.as_bytes();
+    let mut at = 0;
+    let err = |at: usize, reason: &'static str| HeaderParseError { at, reason };
+    let skip = |at: &mut usize, ows: bool| {
+        while *at < bytes.len() && (bytes[*at] == b' ' || (ows && bytes[*at] == b'\t')) {
+            *at += 1;
+        }
+    };
+    let mut members = Vec::new();
+    skip(&mut at, false);
+    if at == bytes.len() {
+        return Ok(members);
+    }
+    loop {
+        // The member: a string.
+        if bytes.get(at) != Some(&b'"') {
+            return Err(err(at, "expected a string naming a policy"));
+        }
+        let (name, next) = parse_sf_string(bytes, at)?;
+        at = next;
+        // Its parameters.
+        let mut params = Vec::new();
+        while bytes.get(at) == Some(&b';') {
+            at += 1;
+            skip(&mut at, false);
+            let start = at;
+            while at < bytes.len()
+                && (bytes[at].is_ascii_lowercase()
+                    || bytes[at].is_ascii_digit()
+                    || matches!(bytes[at], b'_' | b'-' | b'.' | b'*'))
+            {
+                at += 1;
+            }
+            if start == at || !(bytes[start].is_ascii_lowercase() || bytes[start] == b'*') {
+                return Err(err(start, "expected a parameter key"));
+            }
+            let key = value[start..at].to_owned();
+            let param = if bytes.get(at) == Some(&b'=') {
+                at += 1;
+                match bytes.get(at) {
+                    Some(b'"') => {
+                        let (text, next) = parse_sf_string(bytes, at)?;
+                        at = next;
+                        SfValue::Text(text)
+                    }
+                    Some(b) if b.is_ascii_digit() || *b == b'-' => {
+                        let start = at;
+                        at += 1;
+                        while at < bytes.len() && (bytes[at].is_ascii_digit() || bytes[at] == b'.')
+                        {
+                            at += 1;
+                        }
+                        let text = &value[start..at];
+                        if text.contains('.') {
+                            SfValue::Other
+                        } else if text.len() > 16 {
+                            return Err(err(start, "integer too long"));
+                        } else {
+                            text.parse()
+                                .map(SfValue::Integer)
+                                .map_err(|_| err(start, "malformed integer"))?
+                        }
+                    }
+                    Some(b'?') | Some(b':') | Some(b'@') | Some(b'%') => {
+                        // Booleans, byte sequences, dates, display strings: read over.
+                        at += 1;
+                        let end = bytes[at..]
+                            .iter()
+                            .position(|b| matches!(b, b';' | b',' | b' ' | b'\t'))
+                            .map_or(bytes.len(), |p| at + p);
+                        at = end;
+                        SfValue::Other
+                    }
+                    Some(b) if b.is_ascii_alphabetic() || *b == b'*' => {
+                        let end = bytes[at..]
+                            .iter()
+                            .position(|b| matches!(b, b';' | b',' | b' ' | b'\t'))
+                            .map_or(bytes.len(), |p| at + p);
+                        let token = value[at..end].to_owned();
+                        at = end;
+                        SfValue::Text(token)
+                    }
+                    _ => return Err(err(at, "expected a parameter value")),
+                }
+            } else {
+                SfValue::Other
+            };
+            params.push((key, param));
+        }
+        members.push((name, params));
+        skip(&mut at, true);
+        if at == bytes.len() {
+            return Ok(members);
+        }
+        if bytes[at] != b',' {
+            return Err(err(at, "expected `,` between list members"));
+        }
+        at += 1;
+        skip(&mut at, true);
+        if at == bytes.len() {
+            return Err(err(at, "a list must not end with `,`"));
+        }
+    }
+}
+
+fn parse_sf_string(bytes: &[u8], start: usize) -> Result<(String, usize), HeaderParseError> {
+    let mut at = start + 1;
+    let mut out = String::new();
+    loop {
+        match bytes.get(at) {
+            None => {
+                return Err(HeaderParseError {
+                    at,
+                    reason: "unterminated string",
+                });
+            }
+            Some(b'"') => return Ok((out, at + 1)),
+            Some(b'\\') => match bytes.get(at + 1) {
+                Some(&c @ (b'"' | b'\\')) => {
+                    out.push(char::from(c));
+                    at += 2;
+                }
+                _ => {
+                    return Err(HeaderParseError {
+                        at,
+                        reason: "bad escape in string",
+                    });
+                }
+            },
+            Some(&c @ b' '..=b'~') => {
+                out.push(char::from(c));
+                at += 1;
+            }
+            Some(_) => {
+                return Err(HeaderParseError {
+                    at,
+                    reason: "non-printable byte in string",
+                });
+            }
+        }
+    }
+}
+
+fn non_negative(params: &[(String, SfValue)], key: &str) -> Result<Option<u64>, HeaderParseError> {
+    match params.iter().rev().find(|(k, _)| k == key) {
+        None => Ok(None),
+        Some((_, SfValue::Integer(n))) if *n >= 0 => Ok(Some(n.unsigned_abs())),
+        Some(_) => Err(HeaderParseError {
+            at: 0,
+            reason: "a rate-limit parameter must be a non-negative integer",
+        }),
+    }
+}
+
+/// Parses a `RateLimit-Policy` field value; unknown parameters are ignored, `q` is required.
+///
+/// # Round trip
+///
+/// `parse_policy_header(&format_policy_header(items)) == items` for names of printable ASCII
+/// (proved by a property test).
+pub fn parse_policy_header(value: &str) -> Result<Vec<PolicyItem>, HeaderParseError> {
+    parse_sf_list(value)?
+        .into_iter()
+        .map(|(name, params)| {
+            let quota = non_negative(&params, "q")?.ok_or(HeaderParseError {
+                at: 0,
+                reason: "a policy needs `q`",
+            })?;
+            let window_secs = non_negative(&params, "w")?;
+            let unit = params
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "qu")
+                .and_then(|(_, v)| match v {
+                    SfValue::Text(t) => Some(t.clone()),
+                    _ => None,
+                });
+            Ok(PolicyItem {
+                name,
+                quota,
+                window_secs,
+                unit,
+            })
+        })
+        .collect()
+}
+
+/// Parses a `RateLimit` field value; unknown parameters are ignored, `r` is required.
+///
+/// # Round trip
+///
+/// `parse_state_header(&format_state_header(items)) == items` for names of printable ASCII
+/// (proved by a property test).
+pub fn parse_state_header(value: &str) -> Result<Vec<StateItem>, HeaderParseError> {
+    parse_sf_list(value)?
+        .into_iter()
+        .map(|(name, params)| {
+            let remaining = non_negative(&params, "r")?.ok_or(HeaderParseError {
+                at: 0,
+                reason: "a policy state needs `r`",
+            })?;
+            Ok(StateItem {
+                name,
+                remaining,
+                reset_secs: non_negative(&params, "t")?,
+            })
+        })
+        .collect()
+}
+
+/// The legacy `X-RateLimit-*` trio, for the policy closest to refusing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegacyHeaders {
+    /// `X-RateLimit-Limit`.
+    pub limit: u64,
+    /// `X-RateLimit-Remaining`.
+    pub remaining: u64,
+    /// `X-RateLimit-Reset`: seconds until the quota is whole again.
+    pub reset_secs: u64,
+}
+
+impl LegacyHeaders {
+    /// The header names, in the order of [`LegacyHeaders::values`].
+    pub const NAMES: [&'static str; 3] = [
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+    ];
+
+    /// The trio for several policies: the one with the least remaining (then the latest
+    /// reset) stands for all; `None` without policies.
+    ///
+    /// ```
+    /// use faultline::limits::LegacyHeaders;
+    /// let trio = LegacyHeaders::most_restrictive(&[(60, 59, 1), (1000, 3, 3000)]).unwrap();
+    /// assert_eq!(trio.values(), ["1000", "3", "3000"]);
+    /// ```
+    pub fn most_restrictive(policies: &[(u64, u64, u64)]) -> Option<LegacyHeaders> {
+        policies
+            .iter()
+            .min_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)))
+            .map(|&(limit, remaining, reset_secs)| LegacyHeaders {
+                limit,
+                remaining,
+                reset_secs,
+            })
+    }
+
+    /// The three values, formatted.
+    pub fn values(&self) -> [String; 3] {
+        [
+            self.limit.to_string(),
+            self.remaining.to_string(),
+            self.reset_secs.to_string(),
+        ]
+    }
+
+    /// Parses the three values (each a non-negative decimal integer).
+    pub fn parse(limit: &str, remaining: &str, reset: &str) -> Option<LegacyHeaders> {
+        Some(LegacyHeaders {
+            limit: parse_delta_seconds(limit)?,
+            remaining: parse_delta_seconds(remaining)?,
+            reset_secs: parse_delta_seconds(reset)?,
+        })
+    }
+}
+
+/// Formats `Retry-After` for a wait in microseconds: whole seconds, rounded up, at least 1.
+///
+/// ```
+/// use faultline::limits::format_retry_after;
+/// assert_eq!(format_retry_after(1), "1");
+/// assert_eq!(format_retry_after(2_000_001), "3");
+/// ```
+pub fn format_retry_after(wait_us: i64) -> String {
+    ceil_secs(wait_us).max(1).to_string()
+}
+
+/// Parses `Retry-After` as delta-seconds (digits only; an HTTP date gives `None`).
+pub fn parse_retry_after(value: &str) -> Option<u64> {
+    parse_delta_seconds(value.trim())
+}
+
+fn parse_delta_seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const S: i64 = MICROS_PER_SECOND;
+
+    fn rate(limit: u64, window_s: i64) -> Rule {
+        Rule::Rate {
+            limit,
+            window_us: window_s * S,
+        }
+    }
+
+    #[test]
+    fn an_empty_bucket_admits_exactly_the_limit_then_waits_one_interval() {
+        let rule = rate(10, 60);
+        let mut state = None;
+        for i in 0..10 {
+            let v = decide(0, &[(&rule, state.as_ref())], "l");
+            assert!(v.admitted, "request {i}");
+            assert_eq!(v.outcomes[0].remaining, 9 - i);
+            state = v.commit.map(|mut s| s.remove(0));
+        }
+        let v = decide(0, &[(&rule, state.as_ref())], "l");
+        assert!(!v.admitted);
+        assert_eq!(v.retry_after_us, 6 * S);
+        assert_eq!(v.outcomes[0].reset_us, 60 * S);
+        let v = decide(6 * S - 1, &[(&rule, state.as_ref())], "l");
+        assert!(!v.admitted);
+        assert_eq!(v.retry_after_us, 1);
+        assert_eq!(v.retry_after_secs(), 1);
+        let v = decide(6 * S, &[(&rule, state.as_ref())], "l");
+        assert!(v.admitted);
+    }
+
+    #[test]
+    fn a_quota_resets_on_the_calendar_month() {
+        // 2026-12-31T23:59:59Z rolls into January 2027.
+        let now = days_from_civil(2026, 12, 31) * MICROS_PER_DAY + 86_399 * S;
+        let jan = days_from_civil(2027, 1, 1) * MICROS_PER_DAY;
+        assert_eq!(Period::Month.end_after(now), jan);
+        assert_eq!(iso8601(jan), "2027-01-01T00:00:00+00:00");
+        let rule = Rule::Quota {
+            limit: 2,
+            period: Period::Month,
+            cost: 2,
+        };
+        let v = decide(now, &[(&rule, None)], "l");
+        assert_eq!(v.outcomes[0].used, Some(2));
+        let state = v.commit.map(|mut s| s.remove(0));
+        let v = decide(now, &[(&rule, state.as_ref())], "l");
+        assert!(!v.admitted);
+        assert_eq!(v.retry_after_us, S);
+        assert_eq!(v.outcomes[0].resets_at_us, Some(jan));
+        assert!(decide(jan, &[(&rule, state.as_ref())], "l").admitted);
+    }
+
+    #[test]
+    fn concurrency_leases_lapse_and_release() {
+        let rule = Rule::Concurrency {
+            limit: 1,
+            lease_ttl_us: 30 * S,
+        };
+        let v = decide(0, &[(&rule, None)], "a");
+        let state = v.commit.map(|mut s| s.remove(0));
+        let v = decide(S, &[(&rule, state.as_ref())], "b");
+        assert!(!v.admitted);
+        assert_eq!(v.retry_after_us, CONCURRENCY_RETRY_US);
+        let v = decide(29 * S + S / 2, &[(&rule, state.as_ref())], "b");
+        assert_eq!(v.retry_after_us, S / 2);
+        assert!(decide(30 * S, &[(&rule, state.as_ref())], "b").admitted);
+        let released = state.map(|s| s.release("a"));
+        assert!(decide(S, &[(&rule, released.as_ref())], "b").admitted);
+    }
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for days in (-800_000..800_000).step_by(997) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        "[ -~]{0,12}"
+    }
+
+    proptest! {
+        #[test]
+        fn policy_headers_round_trip(items in prop::collection::vec(
+            (name(), any::<u32>(), prop::option::of(any::<u32>()), prop::option::of("[a-z-]{1,20}")),
+            0..5,
+        )) {
+            let items: Vec<PolicyItem> = items
+                .into_iter()
+                .map(|(n, q, w, u)| PolicyItem {
+                    name: n,
+                    quota: u64::from(q),
+                    window_secs: w.map(u64::from),
+                    unit: u,
+                })
+                .collect();
+            prop_assert_eq!(parse_policy_header(&format_policy_header(&items)).unwrap(), items);
+        }
+
+        #[test]
+        fn state_headers_round_trip(items in prop::collection::vec(
+            (name(), any::<u32>(), prop::option::of(any::<u32>())),
+            0..5,
+        )) {
+            let items: Vec<StateItem> = items
+                .into_iter()
+                .map(|(n, r, t)| StateItem::new(&n, u64::from(r), t.map(u64::from)))
+                .collect();
+            prop_assert_eq!(parse_state_header(&format_state_header(&items)).unwrap(), items);
+        }
+
+        #[test]
+        fn header_parsers_never_panic(text in "[ -~]{0,60}") {
+            let _ = parse_policy_header(&text);
+            let _ = parse_state_header(&text);
+            let _ = parse_retry_after(&text);
+        }
+
+        #[test]
+        fn retry_after_round_trips_and_is_never_early(us in 1..i64::MAX / 2) {
+            let secs = parse_retry_after(&format_retry_after(us)).unwrap();
+            prop_assert!(i64::try_from(secs).unwrap() * S >= us);
+            prop_assert!((i64::try_from(secs).unwrap() - 1) * S < us);
+        }
+
+        #[test]
+        fn waiting_the_retry_after_admits(limit in 1u64..50, window_s in 1i64..4000, n in 1usize..120, gaps in prop::collection::vec(0i64..3 * S, 1..120)) {
+            let rule = rate(limit, window_s);
+            let mut state = None;
+            let mut now = 0;
+            for gap in gaps.iter().take(n) {
+                now += gap;
+                let v = decide(now, &[(&rule, state.as_ref())], "l");
+                if let Some(mut s) = v.commit {
+                    state = Some(s.remove(0));
+                } else {
+                    let wait = v.retry_after_us;
+                    prop_assert!(!decide(now + wait - 1, &[(&rule, state.as_ref())], "l").admitted);
+                    let secs = i64::try_from(v.retry_after_secs()).unwrap() * S;
+                    prop_assert!(decide(now + wait, &[(&rule, state.as_ref())], "l").admitted);
+                    prop_assert!(decide(now + secs, &[(&rule, state.as_ref())], "l").admitted);
+                }
+            }
+        }
+    }
+}
