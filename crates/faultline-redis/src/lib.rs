@@ -4,6 +4,8 @@
 //! unreachable, refusing or stalled Redis gives [`faultline_axum::StoreError::unavailable`]
 //! within the deadline, never a hang.
 
+mod limit;
 mod pool;
 
+pub use limit::{DEFAULT_PREFIX, RedisLimitStore};
 pub use pool::{PoolOptions, RedisPool};

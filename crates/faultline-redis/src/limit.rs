@@ -138,6 +138,15 @@ impl RedisLimitStore {
         out
     }
 
+    /// The same store asking Redis for a script by a hash Redis cannot know, so that every
+    /// decision takes the `NOSCRIPT` fallback (for tests of that path).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_unknown_script_for_tests(mut self) -> RedisLimitStore {
+        self.sha = "0".repeat(40);
+        self
+    }
+
     fn new_lease_id(&self) -> String {
         let n = self.next_lease.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}-{n:x}", self.lease_seed)
@@ -197,21 +206,22 @@ impl RedisLimitStore {
             return Ok(Decision::new(true, Vec::new(), None));
         }
         let evalsha = self.command(false, group, checks, now_us, &lease_id)?;
+        let lease = lease_id.as_str();
         let reply: Vec<i64> = self
             .pool
             .run(|mut connection| async move {
                 match evalsha.query_async(&mut connection).await {
                     Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                         // The server lost the script: send it whole (this also caches it).
-                        let eval = self
-                            .command(true, group, checks, now_us, &lease_id)
-                            .map_err(|e| {
-                                redis::RedisError::from((
-                                    ErrorKind::Client,
-                                    "bad check",
-                                    e.to_string(),
-                                ))
-                            })?;
+                        let eval =
+                            self.command(true, group, checks, now_us, lease)
+                                .map_err(|e| {
+                                    redis::RedisError::from((
+                                        ErrorKind::Client,
+                                        "bad check",
+                                        e.to_string(),
+                                    ))
+                                })?;
                         eval.query_async(&mut connection).await
                     }
                     other => other,
@@ -220,9 +230,11 @@ impl RedisLimitStore {
             .await?;
         let decision = read_reply(&reply, checks)?;
         Ok(match decision {
-            (true, outcomes) if !concurrency.is_empty() => {
-                Decision::new(true, outcomes, Some(Lease::new(group, lease_id, concurrency)))
-            }
+            (true, outcomes) if !concurrency.is_empty() => Decision::new(
+                true,
+                outcomes,
+                Some(Lease::new(group, lease_id, concurrency)),
+            ),
             (admitted, outcomes) => Decision::new(admitted, outcomes, None),
         })
     }
@@ -369,7 +381,11 @@ mod tests {
         let store = store();
         let first = store.new_lease_id();
         assert_ne!(first, store.new_lease_id());
-        assert_ne!(first, self::store().new_lease_id(), "another store, another seed");
+        assert_ne!(
+            first,
+            self::store().new_lease_id(),
+            "another store, another seed"
+        );
     }
 
     #[test]
