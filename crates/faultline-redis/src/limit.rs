@@ -57,7 +57,10 @@ pub const DEFAULT_PREFIX: &str = "faultline";
 ///
 /// Every call has the pool's deadline ([`PoolOptions::with_deadline`]): Redis unreachable,
 /// refusing or stalled gives [`StoreError::unavailable`] within it, never a hang; the layer
-/// then fails open or closed as configured.
+/// then fails open or closed as configured. A decision that ran out of time may still reach
+/// Redis later (its command was already on the wire when the path stalled): it then counts
+/// against the limit although its caller was answered without it, which errs on the side of
+/// refusing, never of admitting too much.
 pub struct RedisLimitStore {
     pool: Arc<RedisPool>,
     prefix: String,

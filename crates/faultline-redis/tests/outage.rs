@@ -118,3 +118,118 @@ async fn nothing_listening_is_unavailable_within_the_deadline() {
     let pool = RedisPool::new(&format!("redis://{addr}"), options()).expect("pool");
     all_unavailable(&pool, "any", 3).await;
 }
+
+/// Decisions through the proxy: the store's answer during an outage and after it.
+mod store {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use faultline::limits::{MICROS_PER_SECOND as S, Rule};
+    use faultline_axum::limit::{Check, Decision, LimitStore};
+    use faultline_redis::{RedisLimitStore, RedisPool};
+    use faultline_testkit::TcpProxy;
+
+    use super::{CONNECTIONS, DEADLINE, SLACK, common, options};
+
+    fn checks() -> [Check; 2] {
+        [
+            Check::new(
+                "day",
+                Rule::Rate {
+                    limit: 6,
+                    window_us: 86_400 * S,
+                },
+            ),
+            Check::new(
+                "flight",
+                Rule::Concurrency {
+                    limit: 100,
+                    lease_ttl_us: 60 * S,
+                },
+            ),
+        ]
+    }
+
+    async fn decide(store: &RedisLimitStore) -> Result<Decision, faultline_axum::StoreError> {
+        store.decide("org", &checks(), None).await
+    }
+
+    async fn refused_within_the_deadline(store: &RedisLimitStore) {
+        for _ in 0..2 * CONNECTIONS {
+            let started = Instant::now();
+            let error = decide(store)
+                .await
+                .expect_err("no decision during the outage");
+            assert!(error.is_unavailable(), "{error}");
+            assert!(
+                started.elapsed() < DEADLINE + SLACK,
+                "{:?}",
+                started.elapsed()
+            );
+            // A lease cannot be given back either, and says so in time.
+            let lease = faultline_axum::limit::Lease::new("org", "x", vec!["flight".into()]);
+            let started = Instant::now();
+            assert!(
+                store
+                    .release(lease)
+                    .await
+                    .expect_err("down")
+                    .is_unavailable()
+            );
+            assert!(started.elapsed() < DEADLINE + SLACK);
+        }
+    }
+
+    async fn outage_then_recovery(cut: bool) {
+        let Some(direct) = common::redis_or_skip("store outage").await else {
+            return;
+        };
+        let prefix = common::unique_prefix(if cut { "storecut" } else { "storestall" });
+        let proxy = TcpProxy::start(common::redis_addr()).await.expect("proxy");
+        let pool = RedisPool::new(&format!("redis://{}", proxy.addr()), options()).expect("pool");
+        let store = RedisLimitStore::new(Arc::new(pool)).with_prefix(&prefix);
+        for _ in 0..3 {
+            assert!(decide(&store).await.expect("decided").admitted);
+        }
+
+        if cut {
+            proxy.cut();
+        } else {
+            proxy.stall().expect("stall");
+        }
+        refused_within_the_deadline(&store).await;
+
+        proxy.restore().expect("restore");
+        // Nothing restarted: the same store decides again, on the state Redis kept (6 a day,
+        // 3 spent before the outage).
+        let mut admitted = 0;
+        let mut last = None;
+        for _ in 0..5 {
+            let decision = decide(&store).await.expect("decided after restore");
+            if decision.admitted {
+                admitted += 1;
+            }
+            last = Some(decision);
+        }
+        if cut {
+            // A cut loses what was on the wire: exactly the 3 left are admitted.
+            assert_eq!(admitted, 3);
+        } else {
+            // A stalled command reaches Redis when the path comes back, although its caller
+            // was told "unavailable" long before: it spends, in the safe direction.
+            assert!((1..=3).contains(&admitted), "{admitted}");
+        }
+        assert!(!last.expect("decided").admitted, "the day's 6 are spent");
+        common::clean(&direct, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn redis_cut_mid_run_is_unavailable_within_the_deadline_then_recovers() {
+        outage_then_recovery(true).await;
+    }
+
+    #[tokio::test]
+    async fn redis_stalled_mid_run_is_unavailable_within_the_deadline_then_recovers() {
+        outage_then_recovery(false).await;
+    }
+}
