@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use faultline_redis::{PoolOptions, RedisPool};
+use faultline::limits::{Period, Rule};
+use faultline_axum::limit::{Check, LimitStore};
+use faultline_redis::{PoolOptions, RedisLimitStore, RedisPool};
 
 const CALLERS: u64 = 32;
 
@@ -54,15 +56,50 @@ fn bench(c: &mut Criterion) {
     let prefix = format!("flbench-{}", std::process::id());
     let counter = format!("{{{prefix}:incr}}:n");
 
+    // Each caller counts on its own key, and decides on its own group (its own buckets).
     let incr = {
         let (pool, counter) = (pool.clone(), counter.clone());
-        Arc::new(move |_: u64| {
-            let (pool, counter) = (pool.clone(), counter.clone());
+        Arc::new(move |op: u64| {
+            let pool = pool.clone();
+            let key = format!("{counter}:{}", op / 1_000_000);
             async move {
-                let _: i64 = pool.query(redis::cmd("INCR").arg(&counter)).await.unwrap();
+                let _: i64 = pool.query(redis::cmd("INCR").arg(&key)).await.unwrap();
             }
         })
     };
+    let store = Arc::new(RedisLimitStore::new(pool.clone()).with_prefix(&prefix));
+    // A limit no caller reaches: every decision is admitted and writes its bucket.
+    let one = Arc::new(vec![Check::new(
+        "second",
+        Rule::Rate {
+            limit: 1_000_000_000,
+            window_us: 1_000_000,
+        },
+    )]);
+    let two = Arc::new(vec![
+        one[0].clone(),
+        Check::new(
+            "day",
+            Rule::Quota {
+                limit: 1_000_000_000,
+                period: Period::Day,
+                cost: 1,
+            },
+        ),
+    ]);
+    let decide = |checks: Arc<Vec<Check>>| {
+        let store = store.clone();
+        Arc::new(move |op: u64| {
+            let (store, checks) = (store.clone(), checks.clone());
+            async move {
+                let group = format!("caller-{}", op / 1_000_000);
+                let decision = store.decide(&group, &checks, None).await.unwrap();
+                assert!(decision.admitted);
+            }
+        })
+    };
+    let decide_one = decide(one);
+    let decide_two = decide(two);
 
     let mut group = c.benchmark_group("redis_32_callers");
     group.throughput(Throughput::Elements(1));
@@ -70,12 +107,61 @@ fn bench(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter_custom(|iters| spread(iters, incr.clone()));
     });
+    group.bench_function("decide_one_policy", |b| {
+        b.to_async(&runtime)
+            .iter_custom(|iters| spread(iters, decide_one.clone()));
+    });
+    group.bench_function("decide_two_policies", |b| {
+        b.to_async(&runtime)
+            .iter_custom(|iters| spread(iters, decide_two.clone()));
+    });
     group.finish();
 
+    // The ratio in one run: rounds of INCR and decisions in turn, same pool, same callers.
+    let ops = 20_000;
+    let mut ratios = Vec::new();
+    for round in 0..3 {
+        let incr_rate = ops as f64 / runtime.block_on(spread(ops, incr.clone())).as_secs_f64();
+        let one_rate = ops as f64
+            / runtime
+                .block_on(spread(ops, decide_one.clone()))
+                .as_secs_f64();
+        let two_rate = ops as f64
+            / runtime
+                .block_on(spread(ops, decide_two.clone()))
+                .as_secs_f64();
+        eprintln!(
+            "round {round}: INCR {incr_rate:.0}/s, decide (1 policy) {one_rate:.0}/s = {:.2}x, \
+             decide (2 policies) {two_rate:.0}/s = {:.2}x",
+            one_rate / incr_rate,
+            two_rate / incr_rate
+        );
+        ratios.push(one_rate / incr_rate);
+    }
+    ratios.sort_by(f64::total_cmp);
+    eprintln!(
+        "redis_32_callers: median decide/INCR ratio {:.2} (target >= 0.60)",
+        ratios[1]
+    );
+
     runtime.block_on(async {
-        let _: i64 = pool.query(redis::cmd("DEL").arg(&counter)).await.unwrap();
+        for caller in 0..CALLERS {
+            let keys = [
+                format!("{counter}:{caller}"),
+                store.bucket_key(&format!("caller-{caller}"), "second"),
+                store.bucket_key(&format!("caller-{caller}"), "day"),
+            ];
+            let _: i64 = pool.query(redis::cmd("DEL").arg(&keys)).await.unwrap();
+        }
     });
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    targets = bench
+}
 criterion_main!(benches);

@@ -2,7 +2,8 @@
 --
 -- The formulas are those of `faultline::limits` (GCRA, quota periods, leases, the
 -- multi-policy rule), in integer microseconds. Lua numbers are doubles: every value here stays
--- below 2^53, so they are exact, and every number written back is formatted with %d.
+-- below 2^52, so sums, products and floored quotients of them are exact, and every number
+-- written back is formatted with %d (Lua would print 1.9e+15).
 --
 -- KEYS[i]   the bucket of check i (all under one hash tag)
 -- ARGV[1]   now in unix microseconds, or "" for Redis's own TIME
@@ -17,130 +18,111 @@
 
 local DAY = 86400000000
 local CONCURRENCY_RETRY = 1000000
+local floor, fmt, tonumber = math.floor, string.format, tonumber
+local call = redis.call
 
 local now
 if ARGV[1] ~= '' then
   now = tonumber(ARGV[1])
 else
-  local t = redis.call('TIME')
+  local t = call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local lease = ARGV[2]
 
--- a // b for integers a >= 0, b > 0, corrected for the rounding of the double quotient.
-local function idiv(a, b)
-  local q = math.floor(a / b)
-  if q * b > a then
-    q = q - 1
-  elseif (q + 1) * b <= a then
-    q = q + 1
-  end
-  return q
+-- How long to keep a key whose state is idle `us` microseconds from now: at least 1 ms. On
+-- Redis's clock an absolute expiry (PXAT), which Redis need not rewrite for propagation; on a
+-- given clock (tests) a relative one, so keys of a made-up time still expire in real time.
+local at_option, in_option = 'PX', 'PEXPIRE'
+if ARGV[1] == '' then
+  at_option, in_option = 'PXAT', 'PEXPIREAT'
 end
-
-local function int(x)
-  return string.format('%d', x)
-end
-
--- Milliseconds to keep a key whose state is idle `us` microseconds from now (at least 1).
-local function ttl_ms(us)
-  local ms = idiv(us + 999, 1000)
+local function expiry(us)
+  local ms = floor((us + 999) / 1000)
   if ms < 1 then
     ms = 1
   end
-  return int(ms)
+  if at_option == 'PXAT' then
+    ms = ms + floor(now / 1000)
+  end
+  return fmt('%d', ms)
 end
 
--- Days since 1970-01-01 of a proleptic Gregorian date, and back (Howard Hinnant's).
-local function days_from_civil(y, m, d)
-  if m <= 2 then
-    y = y - 1
-  end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-
-local function civil_from_days(days)
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local m
-  if mp < 10 then
-    m = mp + 3
-  else
-    m = mp - 9
-  end
-  local y = yoe + era * 400
-  if m <= 2 then
-    y = y + 1
-  end
-  return y, m
-end
-
--- The end of the quota period a request at `now` starts.
-local function end_after(period)
-  if period == 0 then
-    return (math.floor(now / DAY) + 1) * DAY
-  elseif period < 0 then
-    local y, m = civil_from_days(math.floor(now / DAY))
-    if m == 12 then
-      y, m = y + 1, 1
-    else
-      m = m + 1
-    end
-    return days_from_civil(y, m, 1) * DAY
-  else
-    return now + period * DAY
-  end
-end
-
--- A string value, or nil when the key holds another type.
+-- A string value, or nil when the key is absent or holds another type.
 local function get(key)
-  local ok, value = pcall(redis.call, 'GET', key)
+  local ok, value = pcall(call, 'GET', key)
   if ok and value then
     return value
   end
   return nil
 end
 
+-- The end of the quota period a request at `now` starts (0 = UTC day, -1 = UTC month, N days).
+local function end_after(period)
+  if period == 0 then
+    return (floor(now / DAY) + 1) * DAY
+  elseif period > 0 then
+    return now + period * DAY
+  end
+  -- The first instant of the next UTC month, by Howard Hinnant's civil-date algorithms.
+  local z = floor(now / DAY) + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local y, m = yoe + era * 400, mp + 3
+  if mp >= 10 then
+    m = mp - 9
+    y = y + 1
+  end
+  -- the month after (y, m), then days since 1970-01-01 of its first day
+  if m == 12 then
+    y, m = y + 1, 1
+  else
+    m = m + 1
+  end
+  if m <= 2 then
+    y = y - 1
+  end
+  era = floor(y / 400)
+  yoe = y - era * 400
+  doy = floor((153 * ((m + 9) % 12) + 2) / 5)
+  doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+  return (era * 146097 + doe - 719468) * DAY
+end
+
 local n = #KEYS
 local all = true
--- Per check: the outcome if spent, the outcome if not, and what to write.
-local spent, kept, writes = {}, {}, {}
+-- The reply as if every check spends; `undo[i]` holds what check i reports if the decision is
+-- refused and it admitted (nothing spent); `put[i]` what it writes if the decision admits.
+local reply = { 1 }
+local undo, put = {}, {}
 
 for i = 1, n do
   local key = KEYS[i]
-  local base = 3 + 4 * (i - 1)
+  local base = 4 * i - 1
   local kind = ARGV[base]
   local a, b, c = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  local at = 6 * i - 4
   if kind == 'r' then
     local t, tau = a, b
     local tat = tonumber(get(key) or '') or now
     if tat < now then
       tat = now
     end
-    local new_tat = tat + t
-    local ahead = new_tat - now
+    local ahead = tat + t - now
     if ahead <= tau then
-      local remaining = idiv(tau - ahead, t)
-      spent[i] = { 1, remaining, ahead, 0, 0, 0 }
-      kept[i] = { 1, remaining + 1, tat - now, 0, 0, 0 }
-      writes[i] = { 'r', int(new_tat), ttl_ms(ahead) }
+      local remaining = floor((tau - ahead) / t)
+      reply[at], reply[at + 1], reply[at + 2], reply[at + 3] = 1, remaining, ahead, 0
+      undo[i] = { remaining + 1, tat - now, 0 }
+      put[i] = { 's', fmt('%d', tat + t), expiry(ahead) }
     else
       all = false
-      spent[i] = { 0, 0, tat - now, ahead - tau, 0, 0 }
-      kept[i] = spent[i]
+      reply[at], reply[at + 1], reply[at + 2], reply[at + 3] = 0, 0, tat - now, ahead - tau
     end
+    reply[at + 4], reply[at + 5] = 0, 0
   elseif kind == 'q' then
-    local limit, cost, period = a, b, c
+    local limit, cost = a, b
     local resets_at, used
     local value = get(key)
     if value then
@@ -148,7 +130,7 @@ for i = 1, n do
       resets_at, used = tonumber(r), tonumber(u)
     end
     if not resets_at or resets_at <= now then
-      resets_at, used = end_after(period), 0
+      resets_at, used = end_after(c), 0
     end
     local reset = resets_at - now
     local after = used + cost
@@ -157,31 +139,30 @@ for i = 1, n do
       left = 0
     end
     if after <= limit then
-      spent[i] = { 1, limit - after, reset, 0, resets_at, after }
-      kept[i] = { 1, left, reset, 0, resets_at, used }
-      writes[i] = { 'q', int(resets_at) .. ':' .. int(after), ttl_ms(reset) }
+      reply[at], reply[at + 1], reply[at + 2], reply[at + 3] = 1, limit - after, reset, 0
+      reply[at + 4], reply[at + 5] = resets_at, after
+      undo[i] = { left, reset, used }
+      put[i] = { 's', fmt('%d', resets_at) .. ':' .. fmt('%d', after), expiry(reset) }
     else
       all = false
-      spent[i] = { 0, left, reset, reset, resets_at, used }
-      kept[i] = spent[i]
+      reply[at], reply[at + 1], reply[at + 2], reply[at + 3] = 0, left, reset, reset
+      reply[at + 4], reply[at + 5] = resets_at, used
     end
   elseif kind == 'c' then
     local limit, ttl = a, b
-    if redis.call('TYPE', key).ok ~= 'zset' then
-      writes[i] = { 'replace' }
-    end
+    local fresh = call('TYPE', key).ok ~= 'zset'
     local live = 0
-    if not writes[i] then
-      live = redis.call('ZCOUNT', key, '(' .. int(now), '+inf')
+    if not fresh then
+      live = call('ZCOUNT', key, '(' .. fmt('%d', now), '+inf')
     end
     if live < limit then
-      spent[i] = { 1, limit - live - 1, 0, 0, 0, 0 }
-      kept[i] = { 1, limit - live, 0, 0, 0, 0 }
-      writes[i] = { 'c', int(now + ttl), writes[i] ~= nil }
+      reply[at], reply[at + 1], reply[at + 2], reply[at + 3] = 1, limit - live - 1, 0, 0
+      undo[i] = { limit - live, 0, 0 }
+      put[i] = { 'z', now + ttl, fresh }
     else
       all = false
       local wait = CONCURRENCY_RETRY
-      local first = redis.call('ZRANGEBYSCORE', key, '(' .. int(now), '+inf', 'WITHSCORES',
+      local first = call('ZRANGEBYSCORE', key, '(' .. fmt('%d', now), '+inf', 'WITHSCORES',
         'LIMIT', 0, 1)
       if first[2] then
         local soonest = tonumber(first[2]) - now
@@ -189,38 +170,42 @@ for i = 1, n do
           wait = soonest
         end
       end
-      spent[i] = { 0, 0, 0, wait, 0, 0 }
-      kept[i] = spent[i]
+      reply[at], reply[at + 1], reply[at + 2], reply[at + 3] = 0, 0, 0, wait
     end
+    reply[at + 4], reply[at + 5] = 0, 0
   else
     return redis.error_reply('faultline: unknown check kind ' .. tostring(kind))
   end
 end
 
-local reply = { all and 1 or 0 }
-for i = 1, n do
-  local outcome = all and spent[i] or kept[i]
-  for j = 1, 6 do
-    reply[#reply + 1] = outcome[j]
-  end
-end
 if not all then
+  reply[1] = 0
+  for i = 1, n do
+    local u = undo[i]
+    if u then
+      local at = 6 * i - 4
+      reply[at + 1], reply[at + 2] = u[1], u[2]
+      if put[i][1] == 's' and reply[at + 4] ~= 0 then
+        reply[at + 5] = u[3] -- a quota's used count
+      end
+    end
+  end
   return reply
 end
 
 for i = 1, n do
-  local key, w = KEYS[i], writes[i]
-  if w[1] == 'c' then
-    if w[3] then
-      redis.call('DEL', key)
-    else
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now))
-    end
-    redis.call('ZADD', key, w[2], lease)
-    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    redis.call('PEXPIRE', key, ttl_ms(tonumber(last[2]) - now))
+  local key, w = KEYS[i], put[i]
+  if w[1] == 's' then
+    call('SET', key, w[2], at_option, w[3])
   else
-    redis.call('SET', key, w[2], 'PX', w[3])
+    if w[3] then
+      call('DEL', key)
+    else
+      call('ZREMRANGEBYSCORE', key, '-inf', fmt('%d', now))
+    end
+    call('ZADD', key, fmt('%d', w[2]), ARGV[2])
+    local last = call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    call(in_option, key, expiry(tonumber(last[2]) - now))
   end
 end
 return reply

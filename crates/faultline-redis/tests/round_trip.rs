@@ -27,6 +27,7 @@ const SCRIPT_COMMANDS: &[&str] = &[
     "zadd",
     "zrange",
     "pexpire",
+    "pexpireat",
     "del",
 ];
 
@@ -134,5 +135,19 @@ async fn every_decision_is_exactly_one_evalsha() {
     let after = command_calls(&direct).await;
     let expected: HashMap<String, u64> = [("zrem".to_owned(), 1), ("info".to_owned(), 1)].into();
     assert_eq!(delta(&before, &after), expected);
+    // On Redis's clock the keys get absolute expiries: each still expires, and no later than
+    // its state becomes idle (minute: one interval of 20 s per request; month: its end).
+    for (name, most_ms) in [
+        ("minute", 60_000),
+        ("hour", 3_600_000),
+        ("month", 31 * 86_400_000),
+        ("flight", 60_000),
+    ] {
+        let ttl: i64 = direct
+            .query(redis::cmd("PTTL").arg(store.bucket_key("org", name)))
+            .await
+            .expect("PTTL");
+        assert!(ttl > 0 && ttl <= most_ms, "{name}: {ttl}");
+    }
     common::clean(&direct, &prefix).await;
 }
