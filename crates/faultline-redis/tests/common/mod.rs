@@ -1,6 +1,6 @@
 //! What the Redis tests share: where Redis is, skipping when it is not there, and a key prefix
 //! of each test's own that is deleted after.
-#![allow(dead_code, clippy::print_stderr, unreachable_pub)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,7 +42,14 @@ pub async fn redis_or_skip(test: &str) -> Option<RedisPool> {
             if std::env::var_os("FAULTLINE_REQUIRE_REDIS").is_some() {
                 panic!("Redis not reachable at {url} and FAULTLINE_REQUIRE_REDIS is set: {error}");
             }
-            eprintln!("{test}: skipped: Redis not reachable at {url} ({error})");
+            // Straight to stderr, past the test harness's capture, so the skip is seen.
+            use std::io::Write as _;
+            // One write, so that lines of tests running in parallel do not interleave.
+            let line = format!(
+                "{test}: skipped: Redis not reachable at {url} ({error}); set \
+                 FAULTLINE_REQUIRE_REDIS=1 to make this a failure\n"
+            );
+            let _ = std::io::stderr().write_all(line.as_bytes());
             None
         }
     }
