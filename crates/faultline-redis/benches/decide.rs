@@ -45,7 +45,15 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let pool = Arc::new(RedisPool::new(&url(), PoolOptions::default()).unwrap());
+    // `FAULTLINE_BENCH_CONNECTIONS` sets the pool's size (default: the pool's default, 4).
+    let mut options = PoolOptions::default();
+    if let Some(n) = std::env::var("FAULTLINE_BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        options = options.with_connections(n);
+    }
+    let pool = Arc::new(RedisPool::new(&url(), options).unwrap());
     if runtime
         .block_on(pool.query::<String>(&redis::cmd("PING")))
         .is_err()
@@ -140,7 +148,8 @@ fn bench(c: &mut Criterion) {
     }
     ratios.sort_by(f64::total_cmp);
     eprintln!(
-        "redis_32_callers: median decide/INCR ratio {:.2} (target >= 0.60)",
+        "redis_32_callers ({} connections): median decide/INCR ratio {:.2} (target >= 0.60)",
+        pool.options().connections(),
         ratios[1]
     );
 
