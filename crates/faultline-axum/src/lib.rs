@@ -28,6 +28,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `auth` | yes | [`auth`]: API keys (checksum format, SHA-256 digests, constant-time checks, a cache), scopes, tenancy, `KeyLookup`/`KeyAdmin` with an in-memory store |
+//! | `limit` | no | [`limit`]: rate limits (GCRA), quotas and concurrency limits from the catalog's `[limits]`, one atomic decision per request, IETF `RateLimit` headers, `LimitStore` with a sharded in-memory store |
 //! | `garde` | no | `ValidJson`: garde's rules after the schema, in the same details |
 //!
 //! Without any feature the crate still gives the layer, the renderer, the extractors, the

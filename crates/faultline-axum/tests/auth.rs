@@ -452,3 +452,8 @@ async fn a_key_changes_no_key_stronger_than_itself_and_never_pauses_itself() {
 async fn listings_page_by_creation_then_id() {
     suite::listings_page_by_creation_then_id(Arc::new(MemoryKeyStore::new())).await;
 }
+
+#[tokio::test]
+async fn org_tiers_reach_the_principal() {
+    suite::org_tiers_reach_the_principal(Arc::new(MemoryKeyStore::new())).await;
+}

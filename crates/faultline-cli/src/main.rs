@@ -60,6 +60,10 @@ enum Command {
         profile: Option<Profile>,
         #[command(flatten)]
         connections: ConnectionArgs,
+        /// Keep rate-limit buckets in this Redis (e.g. redis://127.0.0.1:6379), shared by every
+        /// process given the same URL [default: in this process].
+        #[arg(long)]
+        redis_url: Option<String>,
     },
     /// Manage the reference API's keys in its database.
     Keys {
@@ -127,6 +131,19 @@ enum OrgsCommand {
         #[arg(long, default_value = "faultline.db")]
         db: PathBuf,
     },
+    /// Put the organisation on a plan tier of the catalog's `[limits]` (e.g. free, pro).
+    SetTier {
+        /// The organisation's name.
+        name: String,
+        /// The tier.
+        tier: String,
+        /// SQLite database file.
+        #[arg(long, default_value = "faultline.db")]
+        db: PathBuf,
+        /// The catalog whose tiers are allowed [default: the built-in chatbots catalog].
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -185,7 +202,15 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             catalog,
             profile,
             connections,
-        } => serve(addr, &db, catalog.as_deref(), profile, &connections),
+            redis_url,
+        } => serve(
+            addr,
+            &db,
+            catalog.as_deref(),
+            profile,
+            &connections,
+            redis_url.as_deref(),
+        ),
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -235,6 +260,12 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             let (name, db, active) = match command {
                 OrgsCommand::Activate { name, db } => (name, db, true),
                 OrgsCommand::Deactivate { name, db } => (name, db, false),
+                OrgsCommand::SetTier {
+                    name,
+                    tier,
+                    db,
+                    catalog,
+                } => return set_tier(&name, &tier, &db, catalog.as_deref()),
             };
             let keys = reference::keys_on_file(&db).map_err(|e| UsageError(e.0))?;
             let found = block_on(async {
@@ -308,6 +339,7 @@ fn serve(
     catalog: Option<&Path>,
     profile: Option<Profile>,
     connections: &ConnectionArgs,
+    redis_url: Option<&str>,
 ) -> Result<ExitCode, UsageError> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -322,8 +354,10 @@ fn serve(
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
     let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
-    let (app, contract) = reference::app_on_file(parsed, profile, db, Arc::clone(&keys))
-        .map_err(|e| UsageError(e.to_string()))?;
+    let limits = reference::limits::limit_store(redis_url).map_err(|e| UsageError(e.0))?;
+    let (app, contract) =
+        reference::app_on_file_limited(parsed, profile, db, Arc::clone(&keys), limits)
+            .map_err(|e| UsageError(e.to_string()))?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
@@ -359,6 +393,34 @@ fn serve(
             .await
             .map_err(|e| UsageError(format!("server error: {e}")))
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `faultline orgs set-tier NAME TIER`.
+#[allow(clippy::print_stdout)]
+fn set_tier(
+    name: &str,
+    tier: &str,
+    db: &Path,
+    catalog: Option<&Path>,
+) -> Result<ExitCode, UsageError> {
+    let parsed = match catalog {
+        Some(path) => load(path)?,
+        None => Catalog::from_toml_str(reference::errors::SOURCE)
+            .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
+    };
+    reference::limits::known_tier(&parsed, tier).map_err(|e| UsageError(e.0))?;
+    let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
+    let found = block_on(async {
+        match keys.org_by_name(name).await? {
+            Some(org) => keys.set_org_tier(&org.id, Some(tier)).await,
+            None => Ok(false),
+        }
+    })?;
+    if !found {
+        return Err(UsageError(format!("no organisation named `{name}`")));
+    }
+    println!("{name} is now on the {tier} tier");
     Ok(ExitCode::SUCCESS)
 }
 

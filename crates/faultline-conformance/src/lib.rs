@@ -480,3 +480,71 @@ pub fn check(catalog: &Catalog, profile: Profile, case: &Case, answer: &Answer) 
     }
     problems
 }
+
+/// Checks the rate-limit headers of an answer (names compared case-insensitively): a 429 must
+/// carry `Retry-After` in whole seconds (at least 1) and both IETF fields, `RateLimit-Policy`
+/// and `RateLimit`, parsed by the same functions a client uses and naming the same policies;
+/// any other answer that carries one of the two fields must carry both, in that agreement.
+///
+/// ```
+/// use faultline_conformance::check_limit_headers;
+/// let headers = [
+///     ("retry-after".to_owned(), "6".to_owned()),
+///     ("ratelimit-policy".to_owned(), r#""minute";q=10;w=60"#.to_owned()),
+///     ("ratelimit".to_owned(), r#""minute";r=0;t=60"#.to_owned()),
+/// ];
+/// assert!(check_limit_headers(429, &headers).is_empty());
+/// assert_eq!(check_limit_headers(429, &headers[1..]).len(), 1);
+/// ```
+pub fn check_limit_headers(status: u16, headers: &[(String, String)]) -> Vec<String> {
+    use faultline::limits::{parse_policy_header, parse_retry_after, parse_state_header};
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let mut problems = Vec::new();
+    let policy = get("RateLimit-Policy");
+    let state = get("RateLimit");
+    if status == 429 {
+        match get("Retry-After").map(parse_retry_after) {
+            None => problems.push("a 429 without Retry-After".to_owned()),
+            Some(None) => problems.push("Retry-After is not whole seconds".to_owned()),
+            Some(Some(0)) => problems.push("Retry-After is 0 on a 429".to_owned()),
+            Some(Some(_)) => {}
+        }
+        if policy.is_none() || state.is_none() {
+            problems.push("a 429 without both RateLimit-Policy and RateLimit".to_owned());
+            return problems;
+        }
+    }
+    match (policy, state) {
+        (None, None) => {}
+        (Some(policy), Some(state)) => {
+            match (parse_policy_header(policy), parse_state_header(state)) {
+                (Ok(policies), Ok(states)) => {
+                    let named: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+                    let reported: Vec<&str> = states.iter().map(|s| s.name.as_str()).collect();
+                    if named != reported {
+                        problems.push(format!(
+                            "RateLimit names {reported:?}, RateLimit-Policy {named:?}"
+                        ));
+                    }
+                    for (p, s) in policies.iter().zip(&states) {
+                        if s.remaining > p.quota {
+                            problems.push(format!(
+                                "policy `{}`: {} remaining of a quota of {}",
+                                p.name, s.remaining, p.quota
+                            ));
+                        }
+                    }
+                }
+                (Err(e), _) => problems.push(format!("RateLimit-Policy does not parse: {e}")),
+                (_, Err(e)) => problems.push(format!("RateLimit does not parse: {e}")),
+            }
+        }
+        _ => problems.push("only one of RateLimit-Policy and RateLimit".to_owned()),
+    }
+    problems
+}

@@ -68,6 +68,7 @@ impl SqliteKeyStore {
     /// The store on `pool` (which other stores may share), creating its tables if needed.
     pub fn new(pool: Pool) -> Result<Self, StoreError> {
         pool.write_blocking(|conn| conn.execute_batch(SCHEMA))?;
+        pool.write_blocking(add_tier_column)?;
         Ok(SqliteKeyStore { pool })
     }
 
@@ -75,6 +76,24 @@ impl SqliteKeyStore {
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
+}
+
+/// The migration to plan tiers: `orgs.tier` (nullable: an organisation without one is on the
+/// catalog's default tier), added to a file written before it.
+///
+/// # Safe on an existing file, and when processes race
+///
+/// The column is looked up and added in one immediate transaction, so two processes opening
+/// the same old file add it once; rows keep their values and get no tier.
+fn add_tier_column(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let present = tx
+        .prepare("SELECT 1 FROM pragma_table_info('orgs') WHERE name = 'tier'")?
+        .exists([])?;
+    if !present {
+        tx.execute_batch("ALTER TABLE orgs ADD COLUMN tier TEXT")?;
+    }
+    tx.commit()
 }
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
@@ -110,6 +129,7 @@ fn org_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<OrgRecord> {
     let mut org = OrgRecord::new(&id, &name, row.get(first + 4)?);
     org.active = row.get(first + 2)?;
     org.deleted_at = row.get(first + 3)?;
+    org.tier = row.get(first + 5)?;
     Ok(org)
 }
 
@@ -127,7 +147,7 @@ impl KeyLookup for SqliteKeyStore {
         Box::pin(self.pool.read(move |conn| {
             conn.query_row(
                 &format!(
-                    "SELECT {KEY_COLUMNS}, o.id, o.name, o.active, o.deleted_at, o.created_at \
+                    "SELECT {KEY_COLUMNS}, o.id, o.name, o.active, o.deleted_at, o.created_at, o.tier \
                      FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_sha256 = ?1"
                 ),
                 params![digest.0.as_slice()],
@@ -241,9 +261,16 @@ impl KeyAdmin for SqliteKeyStore {
     fn insert_org(&self, org: OrgRecord) -> StoreFuture<'_, ()> {
         Box::pin(self.pool.write(move |conn| {
             conn.execute(
-                "INSERT INTO orgs (id, name, active, deleted_at, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![org.id, org.name, org.active, org.deleted_at, org.created_at],
+                "INSERT INTO orgs (id, name, active, deleted_at, created_at, tier) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    org.id,
+                    org.name,
+                    org.active,
+                    org.deleted_at,
+                    org.created_at,
+                    org.tier
+                ],
             )?;
             Ok(())
         }))
@@ -253,7 +280,7 @@ impl KeyAdmin for SqliteKeyStore {
         let name = name.to_owned();
         Box::pin(self.pool.read(move |conn| {
             conn.query_row(
-                "SELECT id, name, active, deleted_at, created_at FROM orgs WHERE name = ?1",
+                "SELECT id, name, active, deleted_at, created_at, tier FROM orgs WHERE name = ?1",
                 params![name],
                 |row| org_from_row(row, 0),
             )
@@ -267,6 +294,18 @@ impl KeyAdmin for SqliteKeyStore {
             let changed = conn.execute(
                 "UPDATE orgs SET active = ?1 WHERE id = ?2",
                 params![active, org_id],
+            )?;
+            Ok(changed > 0)
+        }))
+    }
+
+    fn set_org_tier(&self, org_id: &str, tier: Option<&str>) -> StoreFuture<'_, bool> {
+        let org_id = org_id.to_owned();
+        let tier = tier.map(str::to_owned);
+        Box::pin(self.pool.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE orgs SET tier = ?1 WHERE id = ?2",
+                params![tier, org_id],
             )?;
             Ok(changed > 0)
         }))

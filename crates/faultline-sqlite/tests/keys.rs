@@ -137,3 +137,41 @@ async fn a_write_lock_held_elsewhere_is_unavailable_and_lookups_go_on() {
     other.execute_batch("COMMIT").unwrap();
     assert!(f.keys.create_key(&f.org.id, new_key(&["a"])).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_tiers_are_kept_in_a_file() {
+    let dir = TempDir::new("tiers");
+    let store = SqliteKeyStore::open(&dir.db(), PoolOptions::default()).unwrap();
+    suite::org_tiers_reach_the_principal(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_before_tiers_gets_the_column_and_keeps_its_rows() {
+    let dir = TempDir::new("migrate");
+    {
+        let conn = Connection::open(dir.db()).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE orgs (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, \
+             active INTEGER NOT NULL, deleted_at INTEGER, created_at INTEGER NOT NULL);
+             INSERT INTO orgs VALUES ('org_old', 'old', 1, NULL, 5);",
+        )
+        .unwrap();
+    }
+    // Opened twice, as two processes would: the column is added once.
+    let first = SqliteKeyStore::open(&dir.db(), PoolOptions::default()).unwrap();
+    let second = SqliteKeyStore::open(&dir.db(), PoolOptions::default()).unwrap();
+    use faultline_axum::auth::KeyAdmin;
+    let old = first.org_by_name("old").await.unwrap().unwrap();
+    assert_eq!(
+        (old.id.as_str(), old.created_at, old.tier),
+        ("org_old", 5, None)
+    );
+    assert!(
+        second
+            .set_org_tier("org_old", Some("enterprise"))
+            .await
+            .unwrap()
+    );
+    let old = first.org_by_name("old").await.unwrap().unwrap();
+    assert_eq!(old.tier.as_deref(), Some("enterprise"));
+}

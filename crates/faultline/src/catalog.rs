@@ -55,6 +55,7 @@ pub struct Catalog {
     bindings: BTreeMap<Situation, String>,
     errors: Vec<ErrorSpec>,
     index: HashMap<String, usize>,
+    limits: crate::limits::LimitSettings,
 }
 
 /// The `[api]` table.
@@ -157,6 +158,12 @@ impl Catalog {
         self.bindings
             .get(&situation)
             .and_then(|code| self.get(code))
+    }
+
+    /// The `[limits]` section: tiers and rate, quota and concurrency policies (empty when the
+    /// catalog has none).
+    pub fn limits(&self) -> &crate::limits::LimitSettings {
+        &self.limits
     }
 
     /// The documentation link of `code`, from the `docs_url` template.
@@ -296,6 +303,7 @@ struct RawDoc {
     api: Option<Spanned<RawTable>>,
     bindings: Option<Spanned<RawTable>>,
     errors: Option<Vec<Spanned<RawTable>>>,
+    limits: Option<Spanned<crate::limits::RawLimits>>,
 }
 
 const API_KEYS: [&str; 8] = [
@@ -381,6 +389,13 @@ impl<'s> Parser<'s> {
             index.entry(e.code.clone()).or_insert(i);
         }
         let bindings = self.bindings(raw.bindings.as_ref(), &index);
+        let limits = crate::limits::parse_section(
+            self.source,
+            raw.limits.as_ref(),
+            &errors,
+            &bindings,
+            &mut self.problems,
+        );
 
         match api {
             Some(api) if self.problems.is_empty() => Ok(Catalog {
@@ -388,6 +403,7 @@ impl<'s> Parser<'s> {
                 bindings,
                 errors,
                 index,
+                limits,
             }),
             _ => Err(self.finish_err()),
         }

@@ -81,7 +81,14 @@
 //! assert_eq!(admitted, 2);
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::catalog::{Catalog, ErrorSpec, Problem};
+use crate::situation::Situation;
 
 /// Microseconds in a second.
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
@@ -571,6 +578,864 @@ fn unspent(rule: &Rule, state: Option<&BucketState>, now_us: i64, spent: Outcome
             ..spent
         },
     }
+}
+
+// ---- the catalog's policies ------------------------------------------------------------------
+
+/// What a policy counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Counts {
+    /// Requests (per window for a rate policy, per period for a quota).
+    Requests,
+    /// Requests in flight at once.
+    Concurrent,
+    /// A unit of a quota other than requests (`messages`, `tokens`, …).
+    Units(String),
+}
+
+impl Counts {
+    /// The name in the catalog.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Counts::Requests => "requests",
+            Counts::Concurrent => "concurrent",
+            Counts::Units(unit) => unit,
+        }
+    }
+}
+
+/// Whose requests share a policy's bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Per {
+    /// One bucket per API key.
+    Key,
+    /// One bucket per organisation, shared by all its keys.
+    Org,
+    /// One bucket per organisation and route group.
+    RouteGroup,
+    /// A bucket per value of a key function the application registers under the policy's
+    /// name.
+    Custom,
+}
+
+impl Per {
+    /// The name in the catalog.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Per::Key => "key",
+            Per::Org => "org",
+            Per::RouteGroup => "route_group",
+            Per::Custom => "custom",
+        }
+    }
+}
+
+/// What kind of limit a policy is, with its time scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// A rate: `limit` requests per window (GCRA).
+    Rate {
+        /// The window in microseconds.
+        window_us: i64,
+    },
+    /// A quota: `limit` units per period.
+    Quota {
+        /// The counting period.
+        period: Period,
+    },
+    /// A concurrency limit: `limit` requests in flight.
+    Concurrency {
+        /// How long a lease lasts when its request never ends (a crashed process).
+        lease_ttl_us: i64,
+    },
+}
+
+/// A policy's limit: one number for every caller, or one per tier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Amount {
+    /// The same limit whatever the tier.
+    Every(u64),
+    /// One limit per tier, in the order of `[limits] tiers`.
+    PerTier(Vec<(String, u64)>),
+}
+
+impl Amount {
+    /// The limit for `tier` (`None` for a tier the table does not name).
+    pub fn for_tier(&self, tier: &str) -> Option<u64> {
+        match self {
+            Amount::Every(n) => Some(*n),
+            Amount::PerTier(table) => table.iter().find(|(t, _)| t == tier).map(|(_, n)| *n),
+        }
+    }
+}
+
+/// The default lease time to live of a concurrency policy: 5 minutes.
+pub const DEFAULT_LEASE_TTL_US: i64 = 300 * MICROS_PER_SECOND;
+
+/// One `[[limits.policies]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Policy {
+    /// Its name: in headers, error details and docs.
+    pub name: String,
+    /// What it counts.
+    pub counts: Counts,
+    /// Whose requests share a bucket.
+    pub per: Per,
+    /// Rate, quota or concurrency, with the window, period or lease time.
+    pub kind: Kind,
+    /// The limit, for everyone or per tier.
+    pub limit: Amount,
+    /// The code raised when it refuses; `None`: the one bound to its situation.
+    pub code: Option<String>,
+    /// The route groups it applies to; empty: every route.
+    pub routes: Vec<String>,
+    /// A sentence for the docs.
+    pub description: Option<String>,
+    /// The line of its entry in the catalog (0 for a policy built in code).
+    pub line: usize,
+}
+
+impl Policy {
+    /// A rate policy: `limit` requests per `window_us` microseconds.
+    pub fn rate(name: &str, per: Per, limit: Amount, window_us: i64) -> Self {
+        Self::with_kind(name, Counts::Requests, per, limit, Kind::Rate { window_us })
+    }
+
+    /// A concurrency policy with the default lease time to live.
+    pub fn concurrency(name: &str, per: Per, limit: Amount) -> Self {
+        let kind = Kind::Concurrency {
+            lease_ttl_us: DEFAULT_LEASE_TTL_US,
+        };
+        Self::with_kind(name, Counts::Concurrent, per, limit, kind)
+    }
+
+    /// A quota of `limit` `counts` per `period`.
+    pub fn quota(name: &str, counts: Counts, per: Per, limit: Amount, period: Period) -> Self {
+        Self::with_kind(name, counts, per, limit, Kind::Quota { period })
+    }
+
+    fn with_kind(name: &str, counts: Counts, per: Per, limit: Amount, kind: Kind) -> Self {
+        Policy {
+            name: name.to_owned(),
+            counts,
+            per,
+            kind,
+            limit,
+            code: None,
+            routes: Vec::new(),
+            description: None,
+            line: 0,
+        }
+    }
+
+    /// The situation its refusals raise (unless [`Policy::code`] names a code).
+    pub fn situation(&self) -> Situation {
+        match self.kind {
+            Kind::Rate { .. } => Situation::RateLimited,
+            Kind::Quota { .. } => Situation::QuotaExceeded,
+            Kind::Concurrency { .. } => Situation::ConcurrencyLimited,
+        }
+    }
+
+    /// The code its refusals raise in `catalog`: [`Policy::code`], else the bound one.
+    pub fn code_in<'c>(&'c self, catalog: &'c Catalog) -> Option<&'c str> {
+        match &self.code {
+            Some(code) => Some(code),
+            None => catalog
+                .bindings()
+                .get(&self.situation())
+                .map(String::as_str),
+        }
+    }
+
+    /// Whether it applies to a route of `group` (`None`: a route in no group).
+    pub fn applies_to(&self, group: Option<&str>) -> bool {
+        self.routes.is_empty() || group.is_some_and(|g| self.routes.iter().any(|r| r == g))
+    }
+
+    /// Its rule for a caller of `tier`, a quota spending `cost`; `None` when the tier has no
+    /// value.
+    pub fn rule(&self, tier: &str, cost: u64) -> Option<Rule> {
+        let limit = self.limit.for_tier(tier)?;
+        Some(match self.kind {
+            Kind::Rate { window_us } => Rule::Rate { limit, window_us },
+            Kind::Quota { period } => Rule::Quota {
+                limit,
+                period,
+                cost,
+            },
+            Kind::Concurrency { lease_ttl_us } => Rule::Concurrency {
+                limit,
+                lease_ttl_us,
+            },
+        })
+    }
+
+    /// Its `RateLimit-Policy` member for a caller with limit `quota`.
+    pub fn header_item(&self, quota: u64) -> PolicyItem {
+        match self.kind {
+            Kind::Rate { window_us } => {
+                PolicyItem::new(&self.name, quota, Some(ceil_secs(window_us)))
+            }
+            Kind::Quota { period } => {
+                let item = PolicyItem::new(&self.name, quota, Some(period.typical_secs()));
+                match &self.counts {
+                    Counts::Units(_) => item.with_unit(self.counts.as_str()),
+                    _ => item,
+                }
+            }
+            Kind::Concurrency { .. } => {
+                PolicyItem::new(&self.name, quota, None).with_unit("concurrent-requests")
+            }
+        }
+    }
+
+    /// The window or period as people read it: `1 minute`, `month`, `in flight`.
+    pub fn scale(&self) -> String {
+        match self.kind {
+            Kind::Rate { window_us } => format!("per {}", human_duration(window_us)),
+            Kind::Quota {
+                period: Period::Day,
+            } => "per calendar day (UTC)".to_owned(),
+            Kind::Quota {
+                period: Period::Month,
+            } => "per calendar month (UTC)".to_owned(),
+            Kind::Quota {
+                period: Period::RollingDays(days),
+            } => format!("per rolling {days} days"),
+            Kind::Concurrency { .. } => "at once".to_owned(),
+        }
+    }
+}
+
+fn human_duration(us: i64) -> String {
+    let secs = ceil_secs(us);
+    for (unit, size) in [("day", 86_400), ("hour", 3600), ("minute", 60)] {
+        if secs >= size && secs.is_multiple_of(size) {
+            let n = secs / size;
+            return if n == 1 {
+                unit.to_owned()
+            } else {
+                format!("{n} {unit}s")
+            };
+        }
+    }
+    if secs == 1 {
+        "second".to_owned()
+    } else {
+        format!("{secs} seconds")
+    }
+}
+
+/// The `[limits]` section of a catalog.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimitSettings {
+    /// The plan tiers, in order (e.g. `free`, `pro`, `enterprise`).
+    pub tiers: Vec<String>,
+    /// The tier of a caller whose organisation has none.
+    pub default_tier: Option<String>,
+    /// Whether responses also carry `X-RateLimit-Limit/Remaining/Reset`.
+    pub legacy_headers: bool,
+    /// The policies, in file order.
+    pub policies: Vec<Policy>,
+}
+
+impl LimitSettings {
+    /// Whether the catalog declares no policy.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// The policy named `name`.
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// The tier a caller gets when its own is unknown: `default_tier`, else the first tier,
+    /// else `default`.
+    pub fn fallback_tier(&self) -> &str {
+        self.default_tier
+            .as_deref()
+            .or(self.tiers.first().map(String::as_str))
+            .unwrap_or("default")
+    }
+}
+
+type RawTable = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
+
+/// The `[limits]` table as read from TOML, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    tiers: Option<Spanned<toml::Value>>,
+    default_tier: Option<Spanned<toml::Value>>,
+    legacy_headers: Option<Spanned<toml::Value>>,
+    policies: Option<Vec<Spanned<RawTable>>>,
+}
+
+const POLICY_KEYS: [&str; 11] = [
+    "name",
+    "counts",
+    "per",
+    "window",
+    "period",
+    "limit",
+    "code",
+    "routes",
+    "lease_ttl",
+    "description",
+    "tiers",
+];
+
+/// Parses a duration: `30s`, `1m`, `2h`, `1d` (or whole seconds as an integer), in
+/// microseconds.
+///
+/// ```
+/// use faultline::limits::{parse_duration, MICROS_PER_SECOND as S};
+/// assert_eq!(parse_duration("1m"), Some(60 * S));
+/// assert_eq!(parse_duration("36h"), Some(36 * 3600 * S));
+/// assert_eq!(parse_duration("0s"), None);
+/// ```
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    let n: i64 = digits.parse().ok()?;
+    let size = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    let secs = n.checked_mul(size)?;
+    (secs > 0 && secs <= 366 * 86_400).then_some(secs * MICROS_PER_SECOND)
+}
+
+/// A policy or tier name: 1 to 64 of `[a-z0-9_-]`, starting with a letter.
+fn is_limit_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+struct LimitParser<'s, 'p> {
+    source: &'s str,
+    problems: &'p mut Vec<Problem>,
+}
+
+impl LimitParser<'_, '_> {
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.source.len());
+        self.source.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn problem(&mut self, line: usize, rule: &'static str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line,
+            code: None,
+            rule,
+            message: message.into(),
+        });
+    }
+
+    fn string(&mut self, value: &Spanned<toml::Value>, key: &str) -> Option<String> {
+        match value.get_ref() {
+            toml::Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+            _ => {
+                let line = self.line(value.span().start);
+                self.problem(
+                    line,
+                    "wrong-type",
+                    format!("`{key}` must be a non-empty string"),
+                );
+                None
+            }
+        }
+    }
+
+    fn names(&mut self, value: &Spanned<toml::Value>, key: &str) -> Option<Vec<String>> {
+        let line = self.line(value.span().start);
+        let Some(items) = value.get_ref().as_array() else {
+            self.problem(
+                line,
+                "wrong-type",
+                format!("`{key}` must be an array of names"),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for item in items {
+            match item.as_str() {
+                Some(name) if is_limit_name(name) => {
+                    if out.iter().any(|n| n == name) {
+                        self.problem(
+                            line,
+                            "limits-duplicate",
+                            format!("`{name}` is listed twice in `{key}`"),
+                        );
+                    } else {
+                        out.push(name.to_owned());
+                    }
+                }
+                _ => {
+                    self.problem(
+                        line,
+                        "limits-name",
+                        format!(
+                            "`{item}` in `{key}` is not a name of [a-z0-9_-] starting with a letter"
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn parse(&mut self, raw: &Spanned<RawLimits>, codes: &Codes<'_>) -> Option<LimitSettings> {
+        let section_line = self.line(raw.span().start);
+        let raw = raw.get_ref();
+        let mut ok = true;
+        let tiers = match &raw.tiers {
+            Some(v) => self.names(v, "tiers").unwrap_or_else(|| {
+                ok = false;
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        let default_tier = raw.default_tier.as_ref().and_then(|v| {
+            let tier = self.string(v, "default_tier");
+            if let Some(t) = tier.as_ref().filter(|t| !tiers.contains(t)) {
+                let line = self.line(v.span().start);
+                self.problem(
+                    line,
+                    "limits-unknown-tier",
+                    format!(
+                        "default_tier `{t}` is not one of tiers = [{}]",
+                        tiers.join(", ")
+                    ),
+                );
+            }
+            ok &= tier.is_some();
+            tier
+        });
+        let legacy_headers = match &raw.legacy_headers {
+            None => false,
+            Some(v) => match v.get_ref() {
+                toml::Value::Boolean(b) => *b,
+                _ => {
+                    let line = self.line(v.span().start);
+                    self.problem(line, "wrong-type", "`legacy_headers` must be true or false");
+                    ok = false;
+                    false
+                }
+            },
+        };
+        let mut policies: Vec<Policy> = Vec::new();
+        for table in raw.policies.as_deref().unwrap_or(&[]) {
+            let line = self.line(table.span().start);
+            match self.policy(table.get_ref(), line, &tiers, codes) {
+                Some(policy) => {
+                    if let Some(first) = policies.iter().find(|p| p.name == policy.name) {
+                        let message = format!(
+                            "policy `{}` is defined twice; first on line {}",
+                            policy.name, first.line
+                        );
+                        self.problem(policy.line, "limits-duplicate", message);
+                        ok = false;
+                    } else {
+                        policies.push(policy);
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        if policies.is_empty() && ok {
+            self.problem(
+                section_line,
+                "limits-empty",
+                "[limits] declares no [[limits.policies]]",
+            );
+            ok = false;
+        }
+        ok.then_some(LimitSettings {
+            tiers,
+            default_tier,
+            legacy_headers,
+            policies,
+        })
+    }
+
+    fn policy(
+        &mut self,
+        table: &RawTable,
+        line: usize,
+        tiers: &[String],
+        codes: &Codes<'_>,
+    ) -> Option<Policy> {
+        let get = |key: &str| {
+            table
+                .iter()
+                .find(|(k, _)| k.get_ref() == key)
+                .map(|(_, v)| v)
+        };
+        let mut ok = true;
+        for key in table.keys() {
+            if !POLICY_KEYS.contains(&key.get_ref().as_str()) {
+                let at = self.line(key.span().start);
+                self.problem(
+                    at,
+                    "unknown-key",
+                    format!(
+                        "unknown key `{}` in a [[limits.policies]] entry; expected one of {}",
+                        key.get_ref(),
+                        POLICY_KEYS.join(", ")
+                    ),
+                );
+                ok = false;
+            }
+        }
+        let required = |this: &mut Self, key: &str| -> Option<String> {
+            match get(key) {
+                Some(v) => this.string(v, key),
+                None => {
+                    this.problem(
+                        line,
+                        "missing-field",
+                        format!("a [[limits.policies]] entry needs `{key}`"),
+                    );
+                    None
+                }
+            }
+        };
+        let name = required(self, "name");
+        let counts = required(self, "counts");
+        let per = required(self, "per");
+        if let Some(n) = name.as_ref().filter(|n| !is_limit_name(n)) {
+            self.problem(
+                line,
+                "limits-name",
+                format!("policy name `{n}` must be 1 to 64 of [a-z0-9_-], starting with a letter"),
+            );
+            ok = false;
+        }
+        let per = per.and_then(|p| match p.as_str() {
+            "key" => Some(Per::Key),
+            "org" => Some(Per::Org),
+            "route_group" => Some(Per::RouteGroup),
+            "custom" => Some(Per::Custom),
+            _ => {
+                self.problem(
+                    line,
+                    "limits-per",
+                    format!("per = `{p}`: expected one of key, org, route_group, custom"),
+                );
+                None
+            }
+        });
+        let window = get("window").and_then(|v| self.duration(v, "window"));
+        let period = get("period").and_then(|v| {
+            let text = self.string(v, "period")?;
+            let period = Period::parse(&text);
+            if period.is_none() {
+                let at = self.line(v.span().start);
+                self.problem(
+                    at,
+                    "limits-period",
+                    format!(
+                        "period = `{text}`: expected day, month or a rolling `Nd` such as `30d`"
+                    ),
+                );
+            }
+            period
+        });
+        let lease_ttl = get("lease_ttl").and_then(|v| self.duration(v, "lease_ttl"));
+        let bad_time = [
+            ("window", window.is_none()),
+            ("period", period.is_none()),
+            ("lease_ttl", lease_ttl.is_none()),
+        ]
+        .iter()
+        .any(|(key, missing)| *missing && get(key).is_some());
+        ok &= !bad_time;
+        let counts = counts.map(|c| match c.as_str() {
+            "requests" => Counts::Requests,
+            "concurrent" => Counts::Concurrent,
+            _ => Counts::Units(c),
+        });
+        let kind = match (&counts, window, period) {
+            (None, ..) => None,
+            (Some(Counts::Concurrent), None, None) => Some(Kind::Concurrency {
+                lease_ttl_us: lease_ttl.unwrap_or(DEFAULT_LEASE_TTL_US),
+            }),
+            (Some(Counts::Concurrent), ..) => {
+                self.problem(
+                    line,
+                    "limits-shape",
+                    "a `concurrent` policy takes neither `window` nor `period`",
+                );
+                None
+            }
+            (Some(Counts::Requests), Some(window_us), None) => Some(Kind::Rate { window_us }),
+            (Some(_), None, Some(period)) => Some(Kind::Quota { period }),
+            (Some(Counts::Units(unit)), Some(_), None) => {
+                self.problem(
+                    line,
+                    "limits-shape",
+                    format!("a quota of `{unit}` needs a `period`, not a `window`"),
+                );
+                None
+            }
+            (Some(_), Some(_), Some(_)) => {
+                self.problem(
+                    line,
+                    "limits-shape",
+                    "give a `window` (a rate) or a `period` (a quota), not both",
+                );
+                None
+            }
+            (Some(_), None, None) if bad_time => None,
+            (Some(_), None, None) => {
+                self.problem(line, "limits-shape", "a policy needs a `window` (a rate) or a `period` (a quota), or counts = \"concurrent\"");
+                None
+            }
+        };
+        if lease_ttl.is_some() && !matches!(kind, Some(Kind::Concurrency { .. }) | None) {
+            self.problem(
+                line,
+                "limits-shape",
+                "`lease_ttl` is for `concurrent` policies only",
+            );
+            ok = false;
+        }
+        if let Some(Kind::Rate { window_us }) = kind {
+            let limit_max = match get("limit").map(Spanned::get_ref) {
+                Some(toml::Value::Integer(n)) => *n,
+                Some(toml::Value::Table(t)) => t
+                    .values()
+                    .filter_map(toml::Value::as_integer)
+                    .max()
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            if limit_max > window_us {
+                self.problem(
+                    line,
+                    "limits-shape",
+                    "a rate cannot admit more than one request per microsecond of its window",
+                );
+                ok = false;
+            }
+        }
+        let limit = match get("limit") {
+            None => {
+                self.problem(
+                    line,
+                    "missing-field",
+                    "a [[limits.policies]] entry needs `limit`",
+                );
+                None
+            }
+            Some(v) => self.amount(v, tiers),
+        };
+        let code = get("code").and_then(|v| self.string(v, "code"));
+        let routes = match get("routes") {
+            Some(v) => {
+                let routes = self.names(v, "routes");
+                ok &= routes.is_some();
+                routes.unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        if get("tiers").is_some() {
+            self.problem(
+                line,
+                "unknown-key",
+                "per-tier values go in `limit = { tier = n, … }`",
+            );
+            ok = false;
+        }
+        let description = get("description").and_then(|v| self.string(v, "description"));
+        let policy = Policy {
+            name: name?,
+            counts: counts?,
+            per: per?,
+            kind: kind?,
+            limit: limit?,
+            code,
+            routes,
+            description,
+            line,
+        };
+        // The code raised must exist, be a 429 (or a 402 for a quota) and carry Retry-After.
+        let situation = policy.situation();
+        let code = match &policy.code {
+            Some(code) => Some(code.clone()),
+            None => codes.bindings.get(&situation).cloned(),
+        };
+        match code {
+            None => {
+                self.problem(
+                    line,
+                    "limits-unbound",
+                    format!(
+                        "policy `{}` needs `code`, or a code bound to `{situation}` in [bindings]",
+                        policy.name
+                    ),
+                );
+                ok = false;
+            }
+            Some(code) => match codes.errors.iter().find(|e| e.code == code) {
+                None => {
+                    self.problem(
+                        line,
+                        "unknown-code",
+                        format!(
+                            "policy `{}` raises `{code}`, which is not in the catalog",
+                            policy.name
+                        ),
+                    );
+                    ok = false;
+                }
+                Some(spec) => {
+                    let status_ok = spec.status == 429
+                        || (spec.status == 402 && situation == Situation::QuotaExceeded);
+                    if !status_ok {
+                        self.problem(line, "limits-code-status", format!("policy `{}` raises `{code}` with status {}: a refusal is a 429 (or a 402 for a quota)", policy.name, spec.status));
+                        ok = false;
+                    }
+                    if !spec.carries("Retry-After") {
+                        self.problem(
+                            line,
+                            "missing-retry-after",
+                            format!(
+                                "policy `{}` raises `{code}`, which must carry Retry-After",
+                                policy.name
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            },
+        }
+        ok.then_some(policy)
+    }
+
+    fn duration(&mut self, value: &Spanned<toml::Value>, key: &str) -> Option<i64> {
+        let parsed = match value.get_ref() {
+            toml::Value::String(s) => parse_duration(s),
+            toml::Value::Integer(n) if *n > 0 && *n <= 366 * 86_400 => Some(n * MICROS_PER_SECOND),
+            _ => None,
+        };
+        if parsed.is_none() {
+            let line = self.line(value.span().start);
+            self.problem(line, "limits-duration", format!("`{key}` must be a duration such as \"30s\", \"1m\", \"1h\" or \"1d\" (at most 366 days)"));
+        }
+        parsed
+    }
+
+    fn amount(&mut self, value: &Spanned<toml::Value>, tiers: &[String]) -> Option<Amount> {
+        let line = self.line(value.span().start);
+        let positive = |n: &toml::Value| n.as_integer().filter(|n| *n >= 1).map(i64::unsigned_abs);
+        match value.get_ref() {
+            toml::Value::Integer(_) => {
+                let n = positive(value.get_ref());
+                if n.is_none() {
+                    self.problem(
+                        line,
+                        "limits-limit",
+                        "`limit` must be a whole number of at least 1",
+                    );
+                }
+                n.map(Amount::Every)
+            }
+            toml::Value::Table(table) => {
+                if tiers.is_empty() {
+                    self.problem(
+                        line,
+                        "limits-unknown-tier",
+                        "a per-tier `limit` needs `tiers` in [limits]",
+                    );
+                    return None;
+                }
+                let mut ok = true;
+                for tier in table.keys() {
+                    if !tiers.contains(tier) {
+                        self.problem(
+                            line,
+                            "limits-unknown-tier",
+                            format!("`{tier}` is not one of tiers = [{}]", tiers.join(", ")),
+                        );
+                        ok = false;
+                    }
+                }
+                let mut out = Vec::new();
+                for tier in tiers {
+                    match table.get(tier) {
+                        None => {
+                            self.problem(
+                                line,
+                                "limits-missing-tier",
+                                format!("`limit` has no value for tier `{tier}`"),
+                            );
+                            ok = false;
+                        }
+                        Some(v) => match positive(v) {
+                            Some(n) => out.push((tier.clone(), n)),
+                            None => {
+                                self.problem(line, "limits-limit", format!("the limit of tier `{tier}` must be a whole number of at least 1"));
+                                ok = false;
+                            }
+                        },
+                    }
+                }
+                ok.then_some(Amount::PerTier(out))
+            }
+            _ => {
+                self.problem(
+                    line,
+                    "wrong-type",
+                    "`limit` must be a number or a table of numbers by tier",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Parses and lints the `[limits]` section of a catalog whose codes and bindings are known;
+/// problems go to `problems` with their lines. The hook `catalog.rs` calls.
+pub(crate) fn parse_section(
+    source: &str,
+    raw: Option<&Spanned<RawLimits>>,
+    errors: &[ErrorSpec],
+    bindings: &BTreeMap<Situation, String>,
+    problems: &mut Vec<Problem>,
+) -> LimitSettings {
+    let Some(raw) = raw else {
+        return LimitSettings::default();
+    };
+    LimitParser { source, problems }
+        .parse(raw, &Codes { errors, bindings })
+        .unwrap_or_default()
+}
+
+/// The catalog's codes and bindings, which policies refer to.
+struct Codes<'c> {
+    errors: &'c [ErrorSpec],
+    bindings: &'c BTreeMap<Situation, String>,
 }
 
 // ---- wire formats ----------------------------------------------------------------------------
@@ -1102,6 +1967,181 @@ mod tests {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
         }
+    }
+
+    const BASE: &str = r#"[api]
+name = "T"
+profile = "flat"
+code_style = "snake_case"
+
+[bindings]
+rate_limited = "slow_down"
+
+[[errors]]
+code = "slow_down"
+status = 429
+category = "Limits"
+title = "Slow down"
+message = "Too many requests."
+when = "A rate limit was hit."
+recovery = "Wait."
+retry = "after_retry_after"
+headers = ["Retry-After"]
+
+[[errors]]
+code = "bad"
+status = 400
+category = "Limits"
+title = "Bad"
+message = "Bad."
+when = "Bad."
+recovery = "Fix."
+retry = "never"
+"#;
+
+    fn problems(section: &str) -> Vec<(usize, &'static str)> {
+        let source = format!("{BASE}{section}");
+        match Catalog::from_toml_str(&source) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.into_iter().map(|p| (p.line, p.rule)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_chatbots_catalog_declares_the_seed_tiers() {
+        let source = include_str!("../../../examples/catalogs/chatbots.toml");
+        let catalog = Catalog::from_toml_str(source).unwrap();
+        let limits = catalog.limits();
+        assert_eq!(limits.tiers, ["free", "pro", "enterprise"]);
+        assert_eq!(limits.fallback_tier(), "free");
+        assert!(limits.legacy_headers);
+        let minute = limits.policy("org_per_minute").unwrap();
+        assert_eq!(minute.per, Per::Org);
+        assert_eq!(minute.kind, Kind::Rate { window_us: 60 * S });
+        let per_tier: Vec<_> = ["free", "pro", "enterprise"]
+            .iter()
+            .map(|t| minute.limit.for_tier(t).unwrap())
+            .collect();
+        assert_eq!(per_tier, [10, 60, 600]);
+        let in_flight = limits.policy("org_in_flight").unwrap();
+        assert_eq!(in_flight.situation(), Situation::ConcurrencyLimited);
+        assert_eq!(
+            in_flight.code_in(&catalog),
+            Some("too_many_concurrent_requests")
+        );
+        assert_eq!(in_flight.limit.for_tier("enterprise"), Some(50));
+        let monthly = limits.policy("monthly_requests").unwrap();
+        assert_eq!(
+            monthly.kind,
+            Kind::Quota {
+                period: Period::Month
+            }
+        );
+        assert_eq!(
+            monthly.rule("pro", 1),
+            Some(Rule::Quota {
+                limit: 250_000,
+                period: Period::Month,
+                cost: 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_valid_section_parses() {
+        let section = r#"
+[limits]
+tiers = ["free", "pro"]
+[[limits.policies]]
+name = "minute"
+counts = "requests"
+per = "key"
+window = "1m"
+limit = { free = 1, pro = 2 }
+routes = ["chat"]
+"#;
+        assert_eq!(problems(section), []);
+        let catalog = Catalog::from_toml_str(&format!("{BASE}{section}")).unwrap();
+        let p = &catalog.limits().policies[0];
+        assert_eq!(p.line, BASE.lines().count() + 4);
+        assert!(p.applies_to(Some("chat")) && !p.applies_to(Some("admin")) && !p.applies_to(None));
+        assert_eq!(catalog.limits().fallback_tier(), "free");
+    }
+
+    #[test]
+    fn every_problem_of_a_section_is_reported_with_its_line() {
+        let base = BASE.lines().count();
+        let section = r#"
+[limits]
+tiers = ["free", "pro"]
+default_tier = "gold"
+[[limits.policies]]
+name = "minute"
+counts = "requests"
+per = "key"
+window = "1m"
+limit = { free = 1, gold = 2 }
+[[limits.policies]]
+name = "minute"
+counts = "requests"
+per = "planet"
+window = "soon"
+limit = 0
+[[limits.policies]]
+name = "monthly"
+counts = "tokens"
+per = "org"
+period = "fortnight"
+limit = 5
+colour = "red"
+[[limits.policies]]
+name = "at_once"
+counts = "concurrent"
+per = "org"
+window = "1m"
+limit = 2
+[[limits.policies]]
+name = "refuses_badly"
+counts = "requests"
+per = "org"
+window = "1s"
+limit = 2
+code = "bad"
+[[limits.policies]]
+name = "no_code"
+counts = "requests"
+per = "org"
+period = "day"
+limit = 2
+"#;
+        let found = problems(section);
+        let expected = vec![
+            (base + 4, "limits-unknown-tier"),
+            (base + 10, "limits-unknown-tier"),
+            (base + 10, "limits-missing-tier"),
+            (base + 11, "limits-per"),
+            (base + 15, "limits-duration"),
+            (base + 16, "limits-limit"),
+            (base + 21, "limits-period"),
+            (base + 23, "unknown-key"),
+            (base + 24, "limits-shape"),
+            (base + 30, "limits-code-status"),
+            (base + 30, "missing-retry-after"),
+            (base + 37, "limits-unbound"),
+        ];
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn durations_and_periods_parse_and_refuse() {
+        assert_eq!(parse_duration("90s"), Some(90 * S));
+        assert_eq!(parse_duration("1d"), Some(86_400 * S));
+        for bad in ["", "m", "1", "1w", "-1m", "367d", "1.5h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert_eq!(Period::parse("30d"), Some(Period::RollingDays(30)));
+        assert_eq!(Period::parse("0d"), None);
+        assert_eq!(Period::parse(&Period::Month.name()), Some(Period::Month));
     }
 
     fn name() -> impl Strategy<Value = String> {

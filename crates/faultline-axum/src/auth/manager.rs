@@ -346,4 +346,12 @@ impl KeyManager {
         self.auth.forget_org(org_id);
         Ok(found)
     }
+
+    /// Puts an organisation on plan tier `tier` (`None`: the default); its keys follow at once
+    /// in this process, and in others when their caches expire.
+    pub async fn set_org_tier(&self, org_id: &str, tier: Option<&str>) -> Result<bool, StoreError> {
+        let found = self.admin.set_org_tier(org_id, tier).await?;
+        self.auth.forget_org(org_id);
+        Ok(found)
+    }
 }

@@ -284,7 +284,7 @@ impl Authenticator {
             fetched_at: now,
             key: found.map(|(key, org)| {
                 Arc::new(Cached {
-                    principal: Principal::of_key(&key),
+                    principal: Principal::of_key(&key).with_tier(org.tier.as_deref()),
                     org_in_good_standing: org.in_good_standing(),
                     key,
                 })

@@ -46,6 +46,8 @@ pub struct PrincipalData {
     pub scopes: Arc<[String]>,
     /// Unix seconds after which the key is refused; `None`: it does not expire.
     pub expires_at: Option<i64>,
+    /// The organisation's plan tier (for limits); `None`: the catalog's default tier.
+    pub tier: Option<Arc<str>>,
 }
 
 impl std::ops::Deref for Principal {
@@ -147,7 +149,15 @@ impl Principal {
             key_id: key_id.into(),
             scopes: scopes.into_iter().collect(),
             expires_at: None,
+            tier: None,
         }))
+    }
+
+    /// The same principal, its organisation on plan tier `tier` (`None`: the default tier).
+    #[must_use]
+    pub fn with_tier(mut self, tier: Option<&str>) -> Self {
+        Arc::make_mut(&mut self.0).tier = tier.map(Arc::from);
+        self
     }
 
     /// The same principal, expiring at `expires_at` (unix seconds; `None`: never).

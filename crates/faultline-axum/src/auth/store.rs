@@ -128,6 +128,8 @@ pub struct OrgRecord {
     pub deleted_at: Option<i64>,
     /// Unix seconds.
     pub created_at: i64,
+    /// The plan tier its limits follow; `None`: the catalog's default tier.
+    pub tier: Option<String>,
 }
 
 impl OrgRecord {
@@ -139,6 +141,7 @@ impl OrgRecord {
             active: true,
             deleted_at: None,
             created_at,
+            tier: None,
         }
     }
 
@@ -218,6 +221,15 @@ pub trait KeyAdmin: Send + Sync + 'static {
 
     /// How many organisations exist.
     fn count_orgs(&self) -> StoreFuture<'_, u64>;
+
+    /// Puts an organisation on plan tier `tier` (`None`: the default tier); `false` when there
+    /// is none with this id. Stores that keep no tiers answer with an error (the default).
+    fn set_org_tier(&self, org_id: &str, tier: Option<&str>) -> StoreFuture<'_, bool> {
+        let _ = (org_id, tier);
+        Box::pin(std::future::ready(Err(StoreError::new(
+            "this key store keeps no plan tiers",
+        ))))
+    }
 }
 
 /// A store in memory, for tests and single-process demos.
@@ -350,5 +362,15 @@ impl KeyAdmin for MemoryKeyStore {
 
     fn count_orgs(&self) -> StoreFuture<'_, u64> {
         ready(self.with(|t| t.orgs.len() as u64))
+    }
+
+    fn set_org_tier(&self, org_id: &str, tier: Option<&str>) -> StoreFuture<'_, bool> {
+        ready(self.with(|t| {
+            t.orgs
+                .iter_mut()
+                .find(|o| o.id == org_id)
+                .map(|o| o.tier = tier.map(str::to_owned))
+                .is_some()
+        }))
     }
 }

@@ -284,3 +284,40 @@ pub async fn listings_page_by_creation_then_id<S: KeyLookup + KeyAdmin>(store: A
         "a key is found in its own organisation only"
     );
 }
+
+/// An organisation's plan tier is kept, reaches its keys' principals (once the key manager
+/// changes it, at once), and can be cleared back to the default.
+pub async fn org_tiers_reach_the_principal<S: KeyLookup + KeyAdmin>(store: Arc<S>) {
+    let f = Fixture::new(store).await;
+    let (_, secret) = f
+        .keys
+        .create_key(&f.org.id, new_key(&["bots:read"]))
+        .await
+        .expect("a key");
+    let principal = f.auth.verify(secret.expose()).await.expect("verified");
+    assert_eq!(principal.tier, None, "a new organisation has no tier");
+    assert!(
+        f.keys
+            .set_org_tier(&f.org.id, Some("pro"))
+            .await
+            .expect("stored")
+    );
+    let principal = f.auth.verify(secret.expose()).await.expect("verified");
+    assert_eq!(principal.tier.as_deref(), Some("pro"));
+    let stored = f
+        .keys
+        .org_by_name("acme")
+        .await
+        .expect("read")
+        .expect("the org");
+    assert_eq!(stored.tier.as_deref(), Some("pro"));
+    assert!(f.keys.set_org_tier(&f.org.id, None).await.expect("stored"));
+    let principal = f.auth.verify(secret.expose()).await.expect("verified");
+    assert_eq!(principal.tier, None);
+    assert!(
+        !f.keys
+            .set_org_tier("org_missing", Some("pro"))
+            .await
+            .expect("answered")
+    );
+}

@@ -145,6 +145,25 @@ pub trait LimitStore: Send + Sync + 'static {
 
     /// Gives a concurrency lease back; a lease already gone (lapsed, released) is fine.
     fn release(&self, lease: Lease) -> StoreFuture<'_, ()>;
+
+    /// The decision at once, for a store that needs no I/O (the in-memory one); `None` (the
+    /// default): use [`LimitStore::decide`]. Lets the layer skip boxing a future.
+    fn decide_ready(
+        &self,
+        group: &str,
+        checks: &[Check],
+        now_us: Option<i64>,
+    ) -> Option<Result<Decision, StoreError>> {
+        let _ = (group, checks, now_us);
+        None
+    }
+
+    /// Releases at once when the store needs no I/O and says `true`; `false` (the default):
+    /// use [`LimitStore::release`].
+    fn release_ready(&self, lease: &Lease) -> bool {
+        let _ = lease;
+        false
+    }
 }
 
 impl<S: LimitStore + ?Sized> LimitStore for Arc<S> {
@@ -159,6 +178,19 @@ impl<S: LimitStore + ?Sized> LimitStore for Arc<S> {
 
     fn release(&self, lease: Lease) -> StoreFuture<'_, ()> {
         (**self).release(lease)
+    }
+
+    fn decide_ready(
+        &self,
+        group: &str,
+        checks: &[Check],
+        now_us: Option<i64>,
+    ) -> Option<Result<Decision, StoreError>> {
+        (**self).decide_ready(group, checks, now_us)
+    }
+
+    fn release_ready(&self, lease: &Lease) -> bool {
+        (**self).release_ready(lease)
     }
 }
 
@@ -383,5 +415,19 @@ impl LimitStore for MemoryLimitStore {
     fn release(&self, lease: Lease) -> StoreFuture<'_, ()> {
         self.release_now(&lease);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn decide_ready(
+        &self,
+        group: &str,
+        checks: &[Check],
+        now_us: Option<i64>,
+    ) -> Option<Result<Decision, StoreError>> {
+        Some(Ok(self.decide_now(group, checks, now_us)))
+    }
+
+    fn release_ready(&self, lease: &Lease) -> bool {
+        self.release_now(lease);
+        true
     }
 }

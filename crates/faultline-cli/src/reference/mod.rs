@@ -8,6 +8,7 @@ mod categories;
 mod chatbots;
 pub mod cursor;
 pub mod keys;
+pub mod limits;
 pub mod store;
 
 use std::path::Path as FsPath;
@@ -99,6 +100,14 @@ pub fn app(settings: Settings) -> Result<Router, StartError> {
 
 /// Builds the reference app, and gives the contract it serves (for [`faultline_axum::ContractListener`]).
 pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> {
+    build_limited(settings, None)
+}
+
+/// [`build`], with the catalog's limits on every `/v1` route when `limits` gives a store.
+pub fn build_limited(
+    settings: Settings,
+    limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+) -> Result<(Router, Arc<Contract>), StartError> {
     // The handlers raise codes of the compiled-in chatbots catalog; a catalog given at run time
     // must hold them with the same status, or the docs would not match what is served.
     for def in errors::defs::ALL {
@@ -120,6 +129,8 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
     }
     check_request_types()?;
     let docs_html = faultline::docs::html(&settings.catalog);
+    let limit =
+        limits.map(|store| faultline_axum::limit::LimitLayer::new(&settings.catalog, store));
     let mut contract = Contract::new(settings.catalog).map_err(|e| StartError(e.to_string()))?;
     if let Some(profile) = settings.profile {
         contract = contract.with_profile(profile);
@@ -139,6 +150,11 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
     // Each method of a route gets its own scope; the key check wraps only routed methods, so
     // an unknown route or method is answered 404 or 405 whatever the credentials.
     let guard = |route: MethodRouter<AppState>, scope: &str| {
+        // Limits run last, so a request refused for its key or scope spends nothing.
+        let route = match &limit {
+            Some(limit) => route.route_layer(limit.clone()),
+            None => route,
+        };
         route
             .route_layer(RequireScopeLayer::new(scope))
             .route_layer(auth.clone())
@@ -198,7 +214,8 @@ pub fn keys_on_file(db: &FsPath) -> Result<Arc<KeyManager>, StartError> {
     Ok(Arc::new(KeyManager::new(auth, store)))
 }
 
-/// Builds the app on a SQLite file (chatbots and keys share the database), with its contract.
+/// Builds the app on a SQLite file (chatbots and keys share the database), with its contract,
+/// its limits in memory.
 ///
 /// The file is opened through a [`faultline_sqlite::Pool`]: created readable by its owner
 /// only, in WAL mode, with readers that never wait for the writer.
@@ -208,16 +225,30 @@ pub fn app_on_file(
     db: &FsPath,
     keys: Arc<KeyManager>,
 ) -> Result<(Router, Arc<Contract>), StartError> {
+    app_on_file_limited(catalog, profile, db, keys, limits::limit_store(None)?)
+}
+
+/// [`app_on_file`] with its limit buckets in `limits`.
+pub fn app_on_file_limited(
+    catalog: Catalog,
+    profile: Option<faultline::Profile>,
+    db: &FsPath,
+    keys: Arc<KeyManager>,
+    limits: Arc<dyn faultline_axum::limit::LimitStore>,
+) -> Result<(Router, Arc<Contract>), StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
-    build(Settings {
-        catalog,
-        profile,
-        store,
-        keys,
-        body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
-        timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
-    })
+    build_limited(
+        Settings {
+            catalog,
+            profile,
+            store,
+            keys,
+            body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
+            timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
+        },
+        Some(limits),
+    )
 }
 
 /// Calls `$check::<T>()?` for every type the app reads from a request body or query string.
