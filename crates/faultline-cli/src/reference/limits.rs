@@ -19,12 +19,13 @@ pub fn limit_store(redis_url: Option<&str>) -> Result<Arc<dyn LimitStore>, Start
 /// HOOK for the `faultline-redis` crate: the Redis limit store at `url` (e.g.
 /// `redis://127.0.0.1:6379`), shared by every process given the same URL.
 ///
-/// Until that crate is wired in here, `serve --redis-url` refuses to start rather than
-/// silently limiting each process on its own.
+/// Nothing is opened here: connections are made on the first decision, and each call has the
+/// pool's deadline, so a Redis that is down answers as the layer is configured (fail-open or
+/// the catalog's 503), never with a hang. A URL that is not a Redis URL refuses to start.
 pub fn redis_store(url: &str) -> Result<Arc<dyn LimitStore>, StartError> {
-    Err(StartError(format!(
-        "--redis-url {url}: this build has no Redis limit store (faultline-redis is not wired in yet)"
-    )))
+    faultline_redis::RedisLimitStore::connect(url)
+        .map(|store| Arc::new(store) as Arc<dyn LimitStore>)
+        .map_err(|e| StartError(format!("--redis-url {url}: {e}")))
 }
 
 /// Checks that `tier` is one of the catalog's tiers, for `faultline orgs set-tier`.
