@@ -42,3 +42,5 @@ mod pool;
 
 pub use limit::{DEFAULT_PREFIX, RedisLimitStore};
 pub use pool::{PoolOptions, RedisPool};
+/// The `redis` crate this one is built on, for commands sent through [`RedisPool::query`].
+pub use redis;

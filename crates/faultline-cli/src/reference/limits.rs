@@ -22,10 +22,16 @@ pub fn limit_store(redis_url: Option<&str>) -> Result<Arc<dyn LimitStore>, Start
 /// Nothing is opened here: connections are made on the first decision, and each call has the
 /// pool's deadline, so a Redis that is down answers as the layer is configured (fail-open or
 /// the catalog's 503), never with a hang. A URL that is not a Redis URL refuses to start.
+/// Keys are under the prefix `faultline`, or `FAULTLINE_REDIS_PREFIX` when set (so that
+/// several deployments, or tests, can share one Redis).
 pub fn redis_store(url: &str) -> Result<Arc<dyn LimitStore>, StartError> {
-    faultline_redis::RedisLimitStore::connect(url)
-        .map(|store| Arc::new(store) as Arc<dyn LimitStore>)
-        .map_err(|e| StartError(format!("--redis-url {url}: {e}")))
+    let store = faultline_redis::RedisLimitStore::connect(url)
+        .map_err(|e| StartError(format!("--redis-url {url}: {e}")))?;
+    let store = match std::env::var("FAULTLINE_REDIS_PREFIX") {
+        Ok(prefix) if !prefix.is_empty() => store.with_prefix(&prefix),
+        _ => store,
+    };
+    Ok(Arc::new(store))
 }
 
 /// Checks that `tier` is one of the catalog's tiers, for `faultline orgs set-tier`.
