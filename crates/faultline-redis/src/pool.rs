@@ -85,6 +85,12 @@ struct Slot {
 /// that fails (dropped, refused, timed out) is discarded and the next call on its slot opens a
 /// new one, so the pool recovers from an outage by itself.
 ///
+/// # One connection per slot, however many callers arrive at once
+///
+/// Callers that find a slot empty wait for the one connection it opens, instead of each
+/// opening their own (the `outage` test sends 32 first calls through a proxy and counts the
+/// connections it accepted).
+///
 /// # Every call ends within its deadline
 ///
 /// [`RedisPool::query`] waits at most [`PoolOptions::deadline`] in all: connecting, sending and
@@ -94,6 +100,9 @@ pub struct RedisPool {
     client: Client,
     config: AsyncConnectionConfig,
     slots: Box<[Mutex<Slot>]>,
+    /// One per slot: held while that slot connects, so that callers arriving at an empty slot
+    /// wait for one connection instead of each opening their own.
+    connecting: Box<[tokio::sync::Mutex<()>]>,
     next: AtomicUsize,
     options: PoolOptions,
 }
@@ -128,10 +137,14 @@ impl RedisPool {
         let slots = (0..options.connections)
             .map(|_| Mutex::new(Slot::default()))
             .collect();
+        let connecting = (0..options.connections)
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect();
         Ok(RedisPool {
             client,
             config,
             slots,
+            connecting,
             next: AtomicUsize::new(0),
             options,
         })
@@ -201,15 +214,19 @@ impl RedisPool {
                 return Ok((slot.generation, connection.clone()));
             }
         }
+        let _connecting = self.connecting[index].lock().await;
+        {
+            let slot = lock(slot);
+            if let Some(connection) = &slot.connection {
+                // Another call connected while this one waited.
+                return Ok((slot.generation, connection.clone()));
+            }
+        }
         let connection = self
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
         let mut slot = lock(slot);
-        if let Some(existing) = &slot.connection {
-            // Another call opened one meanwhile: use it, drop ours.
-            return Ok((slot.generation, existing.clone()));
-        }
         slot.generation += 1;
         slot.connection = Some(connection.clone());
         Ok((slot.generation, connection))

@@ -233,3 +233,26 @@ mod store {
         outage_then_recovery(false).await;
     }
 }
+
+#[tokio::test]
+async fn many_first_callers_open_one_connection_per_slot() {
+    let Some(direct) = common::redis_or_skip("many_first_callers").await else {
+        return;
+    };
+    let prefix = common::unique_prefix("slots");
+    let key = format!("{{{prefix}:g}}:n");
+    let proxy = TcpProxy::start(common::redis_addr()).await.expect("proxy");
+    let pool = std::sync::Arc::new(
+        RedisPool::new(&format!("redis://{}", proxy.addr()), options()).expect("pool"),
+    );
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (pool, key) = (pool.clone(), key.clone());
+        calls.spawn(async move { incr(&pool, &key).await });
+    }
+    while let Some(outcome) = calls.join_next().await {
+        outcome.expect("joined").expect("counted");
+    }
+    assert_eq!(proxy.accepted(), CONNECTIONS as u64);
+    common::clean(&direct, &prefix).await;
+}

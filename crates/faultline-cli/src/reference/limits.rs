@@ -25,8 +25,16 @@ pub fn limit_store(redis_url: Option<&str>) -> Result<Arc<dyn LimitStore>, Start
 /// Keys are under the prefix `faultline`, or `FAULTLINE_REDIS_PREFIX` when set (so that
 /// several deployments, or tests, can share one Redis).
 pub fn redis_store(url: &str) -> Result<Arc<dyn LimitStore>, StartError> {
-    let store = faultline_redis::RedisLimitStore::connect(url)
-        .map_err(|e| StartError(format!("--redis-url {url}: {e}")))?;
+    let store = faultline_redis::RedisLimitStore::connect(url).map_err(|e| {
+        // Never echo a password given in the URL.
+        let shown = match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        };
+        StartError(format!("--redis-url {shown}: {e}"))
+    })?;
     let store = match std::env::var("FAULTLINE_REDIS_PREFIX") {
         Ok(prefix) if !prefix.is_empty() => store.with_prefix(&prefix),
         _ => store,
