@@ -62,7 +62,8 @@ fn get_status(addr: SocketAddr, key: &str) -> u16 {
         .unwrap();
     write!(
         stream,
-        "GET /v1/chatbots HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        "GET /v1/chatbots HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();

@@ -1,6 +1,6 @@
-//! `INFO commandstats` shows exactly one command from the client, one `EVALSHA`, per decision
-//! (the commands the script runs inside Redis are counted too, and checked to be only those): every check of
-//! the request is read, decided and spent by one script.
+//! `INFO commandstats` shows exactly one command from the client, one `EVALSHA`, per decision:
+//! every check of the request is read, decided and spent by one script. (Redis counts the
+//! commands the script runs inside it too; the test checks they are only the script's.)
 //!
 //! The counts are the server's, so this test assumes nothing else sends commands to the same
 //! Redis while it runs (true on CI, where it is the only Redis client at that moment).
