@@ -245,7 +245,7 @@ impl RedisPool {
 pub(crate) fn classify(error: RedisError) -> StoreError {
     use redis::ServerErrorKind as Server;
     let transient = match error.kind() {
-        ErrorKind::Io | ErrorKind::Client => true,
+        ErrorKind::Io => true,
         ErrorKind::Server(kind) => matches!(
             kind,
             Server::BusyLoading
@@ -262,5 +262,34 @@ pub(crate) fn classify(error: RedisError) -> StoreError {
         StoreError::unavailable(error)
     } else {
         StoreError::new(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_retry_may_fix_is_unavailable_and_nothing_else() {
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(classify(refused).is_unavailable());
+        let reset = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(classify(reset).is_unavailable());
+        let bug = RedisError::from((ErrorKind::Client, "a bad argument"));
+        assert!(!classify(bug).is_unavailable());
+        let garbled = RedisError::from((ErrorKind::Parse, "not RESP"));
+        assert!(!classify(garbled).is_unavailable());
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_refused_and_nothing_connects_before_the_first_call() {
+        assert!(RedisPool::new("not a url", PoolOptions::default()).is_err());
+        // Nothing listens on port 1, yet building the pool succeeds: it is lazy.
+        let pool = RedisPool::new("redis://127.0.0.1:1", PoolOptions::default()).expect("lazy");
+        let error = pool
+            .query::<String>(&redis::cmd("PING"))
+            .await
+            .expect_err("nothing there");
+        assert!(error.is_unavailable());
     }
 }
