@@ -47,15 +47,6 @@ local function expiry(us)
   return fmt('%d', ms)
 end
 
--- A string value, or nil when the key is absent or holds another type.
-local function get(key)
-  local ok, value = pcall(call, 'GET', key)
-  if ok and value then
-    return value
-  end
-  return nil
-end
-
 -- The end of the quota period a request at `now` starts (0 = UTC day, -1 = UTC month, N days).
 local function end_after(period)
   if period == 0 then
@@ -98,6 +89,25 @@ local all = true
 local reply = { 1 }
 local undo, put = {}, {}
 
+-- Every rate and quota bucket read with one MGET (nil for a key that is absent or holds
+-- another type, which the model treats as no state).
+local strings, string_keys = {}, {}
+for i = 1, n do
+  if ARGV[4 * i - 1] ~= 'c' then
+    string_keys[#string_keys + 1] = KEYS[i]
+  end
+end
+if #string_keys > 0 then
+  local values = call('MGET', unpack(string_keys))
+  local j = 0
+  for i = 1, n do
+    if ARGV[4 * i - 1] ~= 'c' then
+      j = j + 1
+      strings[i] = values[j]
+    end
+  end
+end
+
 for i = 1, n do
   local key = KEYS[i]
   local base = 4 * i - 1
@@ -106,7 +116,7 @@ for i = 1, n do
   local at = 6 * i - 4
   if kind == 'r' then
     local t, tau = a, b
-    local tat = tonumber(get(key) or '') or now
+    local tat = tonumber(strings[i] or '') or now
     if tat < now then
       tat = now
     end
@@ -124,7 +134,7 @@ for i = 1, n do
   elseif kind == 'q' then
     local limit, cost = a, b
     local resets_at, used
-    local value = get(key)
+    local value = strings[i]
     if value then
       local r, u = string.match(value, '^(%d+):(%d+)$')
       resets_at, used = tonumber(r), tonumber(u)
@@ -150,10 +160,11 @@ for i = 1, n do
     end
   elseif kind == 'c' then
     local limit, ttl = a, b
-    local fresh = call('TYPE', key).ok ~= 'zset'
-    local live = 0
-    if not fresh then
-      live = call('ZCOUNT', key, '(' .. fmt('%d', now), '+inf')
+    -- A key of another type is replaced; an absent one counts no lease.
+    local ok, live = pcall(call, 'ZCOUNT', key, '(' .. fmt('%d', now), '+inf')
+    local fresh = not ok
+    if fresh then
+      live = 0
     end
     if live < limit then
       reply[at], reply[at + 1], reply[at + 2], reply[at + 3] = 1, limit - live - 1, 0, 0
@@ -204,8 +215,12 @@ for i = 1, n do
       call('ZREMRANGEBYSCORE', key, '-inf', fmt('%d', now))
     end
     call('ZADD', key, fmt('%d', w[2]), ARGV[2])
-    local last = call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    call(in_option, key, expiry(tonumber(last[2]) - now))
+    -- Keep the set until its last lease lapses: push the expiry out to this lease's (GT: never
+    -- pull it in), and set it outright on a set that has none yet (just created).
+    local until_ = expiry(w[2] - now)
+    if call(in_option, key, until_, 'GT') == 0 and call('PTTL', key) == -1 then
+      call(in_option, key, until_)
+    end
   end
 end
 return reply

@@ -19,6 +19,8 @@ use faultline_redis::{PoolOptions, RedisLimitStore, RedisPool};
 const SCRIPT_COMMANDS: &[&str] = &[
     "time",
     "get",
+    "mget",
+    "pttl",
     "set",
     "type",
     "zcount",

@@ -119,3 +119,54 @@ async fn idle_buckets_expire_when_the_model_says_they_are_idle() {
     assert_eq!(left, 0);
     common::clean(&direct, &prefix).await;
 }
+
+#[tokio::test]
+async fn a_bucket_of_another_kind_counts_as_no_state() {
+    // The model: a stored state of another kind is the same as none. A policy that changes
+    // kind under the same key must neither fail nor read the other kind's numbers.
+    let Some(direct) = common::redis_or_skip("a_bucket_of_another_kind").await else {
+        return;
+    };
+    let prefix = common::unique_prefix("kinds");
+    let store = store(&prefix);
+    let now = suite::NOW_US;
+    let rate = [Check::new(
+        "k",
+        Rule::Rate {
+            limit: 2,
+            window_us: 60 * S,
+        },
+    )];
+    let flight = [Check::new(
+        "k",
+        Rule::Concurrency {
+            limit: 1,
+            lease_ttl_us: 60 * S,
+        },
+    )];
+    let quota = [Check::new(
+        "k",
+        Rule::Quota {
+            limit: 3,
+            period: Period::Day,
+            cost: 1,
+        },
+    )];
+    // A rate bucket, then a concurrency check on the same key: a fresh set of leases.
+    assert!(
+        store
+            .decide("g", &rate, Some(now))
+            .await
+            .expect("rate")
+            .admitted
+    );
+    let d = store.decide("g", &flight, Some(now)).await.expect("flight");
+    assert_eq!((d.admitted, d.outcomes[0].remaining), (true, 0));
+    // Leases, then a rate check: a full rate bucket (one of 2 left after this one).
+    let d = store.decide("g", &rate, Some(now)).await.expect("rate");
+    assert_eq!((d.admitted, d.outcomes[0].remaining), (true, 1));
+    // A rate bucket, then a quota: nothing used yet.
+    let d = store.decide("g", &quota, Some(now)).await.expect("quota");
+    assert_eq!((d.admitted, d.outcomes[0].used), (true, Some(1)));
+    common::clean(&direct, &prefix).await;
+}
