@@ -264,6 +264,7 @@ pub fn markdown(catalog: &Catalog) -> String {
         );
     }
     out.push('\n');
+    out.push_str(&crate::limits::docs_section(catalog, false));
     let _ = writeln!(out, "## Error codes\n");
     for (category, codes) in sections(catalog) {
         let _ = writeln!(out, "### {category}\n");
@@ -275,7 +276,12 @@ pub fn markdown(catalog: &Catalog) -> String {
                 "| {} | `{}`{deprecated} | {} | {} |",
                 e.status,
                 e.code,
-                cell(&e.when),
+                cell(
+                    &match crate::limits::docs_raised_by(catalog, &e.code, false) {
+                        Some(raised) => format!("{} {raised}", e.when),
+                        None => e.when.clone(),
+                    }
+                ),
                 cell(&e.recovery)
             );
         }
@@ -466,6 +472,7 @@ pub fn html(catalog: &Catalog) -> String {
         );
     }
     let _ = writeln!(out, "</tbody>\n</table>");
+    out.push_str(&crate::limits::docs_section(catalog, true));
     let _ = writeln!(out, "<h2 id=\"codes\">Error codes</h2>");
     let _ = writeln!(
         out,
@@ -501,7 +508,10 @@ pub fn html(catalog: &Catalog) -> String {
                 "<tr id=\"{code}\"><td class=\"status\">{status}</td><td><a class=\"anchor\" href=\"#{code}\"><code>{code}</code></a>{tag}</td><td>{when}{details}</td><td>{recovery}</td></tr>",
                 code = esc(&e.code),
                 status = e.status,
-                when = prose(&e.when),
+                when = match crate::limits::docs_raised_by(catalog, &e.code, true) {
+                    Some(raised) => format!("{} {raised}", prose(&e.when)),
+                    None => prose(&e.when),
+                },
                 recovery = prose(&e.recovery),
             );
         }

@@ -801,10 +801,10 @@ impl Policy {
             Kind::Rate { window_us } => format!("per {}", human_duration(window_us)),
             Kind::Quota {
                 period: Period::Day,
-            } => "per calendar day (UTC)".to_owned(),
+            } => "per UTC calendar day".to_owned(),
             Kind::Quota {
                 period: Period::Month,
-            } => "per calendar month (UTC)".to_owned(),
+            } => "per UTC calendar month".to_owned(),
             Kind::Quota {
                 period: Period::RollingDays(days),
             } => format!("per rolling {days} days"),
@@ -1436,6 +1436,195 @@ pub(crate) fn parse_section(
 struct Codes<'c> {
     errors: &'c [ErrorSpec],
     bindings: &'c BTreeMap<Situation, String>,
+}
+
+// ---- docs ----------------------------------------------------------------------------------
+
+/// One cell of text in Markdown (no line breaks, pipes escaped) or HTML (escaped).
+fn docs_cell(text: &str, html: bool) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if html {
+        flat.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    } else {
+        flat.replace('|', "\\|")
+    }
+}
+
+fn docs_code(text: &str, html: bool) -> String {
+    if html {
+        format!("<code>{}</code>", docs_cell(text, true))
+    } else {
+        format!("`{}`", docs_cell(text, false))
+    }
+}
+
+fn docs_table(out: &mut String, head: &[String], rows: &[Vec<String>], html: bool) {
+    if html {
+        out.push_str("<table>\n<thead><tr>");
+        for h in head {
+            let _ = write!(out, "<th>{h}</th>");
+        }
+        out.push_str("</tr></thead>\n<tbody>\n");
+        for row in rows {
+            out.push_str("<tr>");
+            for c in row {
+                let _ = write!(out, "<td>{c}</td>");
+            }
+            out.push_str("</tr>\n");
+        }
+        out.push_str("</tbody>\n</table>\n");
+    } else {
+        let _ = writeln!(out, "| {} |", head.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+        for row in rows {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        out.push('\n');
+    }
+}
+
+/// The docs page's "Rate limits" section (Markdown, or HTML when `html`); empty when the
+/// catalog declares no policy. A tiers table in the shape of seed 002 (one row per tier, one
+/// column per policy), then each policy: what it counts, per whom, over what, and the code it
+/// raises.
+pub fn docs_section(catalog: &Catalog, html: bool) -> String {
+    let limits = catalog.limits();
+    let mut out = String::new();
+    if limits.is_empty() {
+        return out;
+    }
+    let para = |out: &mut String, text: &str| {
+        if html {
+            let _ = writeln!(out, "<p>{text}</p>");
+        } else {
+            let _ = writeln!(out, "{text}\n");
+        }
+    };
+    let c = |text: &str| docs_code(text, html);
+    if html {
+        let _ = writeln!(out, "<h2 id=\"rate-limits\">Rate limits</h2>");
+    } else {
+        let _ = writeln!(out, "## Rate limits\n");
+    }
+    let legacy = if limits.legacy_headers {
+        format!(
+            ", and {}, {} and {} for the policy closest to refusing",
+            c("X-RateLimit-Limit"),
+            c("X-RateLimit-Remaining"),
+            c("X-RateLimit-Reset")
+        )
+    } else {
+        String::new()
+    };
+    para(
+        &mut out,
+        &format!(
+            "Every response to an identified caller, successful or not, reports the limits that applied to it: {} lists each policy with its quota ({}) and window in seconds ({}), {} what is left of each ({}) and the seconds until it is whole again ({}){legacy}. \
+             A request over any limit is refused with a 429 and spends nothing on the other policies; its {} header gives the whole seconds to wait, rounded up, so a retry after that wait is not refused for the same reason.",
+            c("RateLimit-Policy"),
+            c("q"),
+            c("w"),
+            c("RateLimit"),
+            c("r"),
+            c("t"),
+            c("Retry-After"),
+        ),
+    );
+    let tiers: Vec<String> = if limits.tiers.is_empty() {
+        vec![String::new()]
+    } else {
+        limits.tiers.clone()
+    };
+    let mut head = vec!["Tier".to_owned()];
+    for p in &limits.policies {
+        head.push(format!(
+            "{} ({} {})",
+            c(&p.name),
+            docs_cell(p.counts.as_str(), html),
+            docs_cell(&p.scale(), html)
+        ));
+    }
+    let rows: Vec<Vec<String>> = tiers
+        .iter()
+        .map(|tier| {
+            let name = if tier.is_empty() {
+                "every caller".to_owned()
+            } else if limits.default_tier.as_deref() == Some(tier) {
+                format!("{} (default)", c(tier))
+            } else {
+                c(tier)
+            };
+            let mut row = vec![name];
+            for p in &limits.policies {
+                row.push(
+                    p.limit
+                        .for_tier(tier)
+                        .map_or_else(|| "—".to_owned(), |n| n.to_string()),
+                );
+            }
+            row
+        })
+        .collect();
+    docs_table(&mut out, &head, &rows, html);
+    let head: Vec<String> = ["Policy", "Counts", "Per", "Limit", "Refused with", "About"]
+        .iter()
+        .map(|h| (*h).to_owned())
+        .collect();
+    let rows: Vec<Vec<String>> = limits
+        .policies
+        .iter()
+        .map(|p| {
+            let per = match p.per {
+                Per::Key => "API key",
+                Per::Org => "organisation",
+                Per::RouteGroup => "organisation and route group",
+                Per::Custom => "a key the API defines",
+            };
+            let mut per = per.to_owned();
+            if !p.routes.is_empty() {
+                per.push_str(&format!(" (routes: {})", p.routes.join(", ")));
+            }
+            vec![
+                c(&p.name),
+                docs_cell(p.counts.as_str(), html),
+                docs_cell(&per, html),
+                docs_cell(&p.scale(), html),
+                p.code_in(catalog).map_or_else(String::new, |code| {
+                    if html {
+                        format!(
+                            "<a href=\"#{0}\"><code>{0}</code></a>",
+                            docs_cell(code, true)
+                        )
+                    } else {
+                        c(code)
+                    }
+                }),
+                docs_cell(p.description.as_deref().unwrap_or(""), html),
+            ]
+        })
+        .collect();
+    docs_table(&mut out, &head, &rows, html);
+    out
+}
+
+/// The sentence a code's docs entry gets when policies raise it: "Raised by the policies
+/// `a`, `b`." (Markdown) or its HTML; `None` when no policy raises `code`.
+pub fn docs_raised_by(catalog: &Catalog, code: &str, html: bool) -> Option<String> {
+    let names: Vec<String> = catalog
+        .limits()
+        .policies
+        .iter()
+        .filter(|p| p.code_in(catalog) == Some(code))
+        .map(|p| docs_code(&p.name, html))
+        .collect();
+    match names.len() {
+        0 => None,
+        1 => Some(format!("Raised by the policy {}.", names[0])),
+        _ => Some(format!("Raised by the policies {}.", names.join(", "))),
+    }
 }
 
 // ---- wire formats ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -227,15 +227,122 @@ pub struct MemoryLimitStore {
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: Fold,
     clock: Arc<dyn Clock>,
     next_lease: AtomicU64,
 }
 
 #[derive(Default)]
 struct Shard {
-    groups: HashMap<Box<str>, HashMap<Box<str>, BucketState>>,
+    buckets: HashMap<Name, BucketState, Fold>,
     since_sweep: u32,
+}
+
+/// A bucket's full name: its group and its key. One flat table per shard, looked up by
+/// `(&str, &str)` without building a `Name` (through [`BucketName`]).
+type Name = (Box<str>, Box<str>);
+
+/// A group and key, owned or borrowed, hashed and compared the same way.
+trait BucketName {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl BucketName for Name {
+    fn parts(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl BucketName for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn BucketName + 'a> for Name {
+    fn borrow(&self) -> &(dyn BucketName + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn BucketName + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Exactly as the tuple `(Box<str>, Box<str>)` hashes itself.
+        let (group, key) = self.parts();
+        group.hash(state);
+        key.hash(state);
+    }
+}
+
+impl PartialEq for dyn BucketName + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn BucketName + '_ {}
+
+/// A seeded folded-multiply hasher for bucket names: a few nanoseconds for a short key where
+/// SipHash takes tens, and with a seed per process that callers cannot guess.
+#[derive(Clone, Copy)]
+struct Fold {
+    seed: u64,
+}
+
+impl Default for Fold {
+    fn default() -> Self {
+        Fold {
+            seed: rand::random::<u64>() | 1,
+        }
+    }
+}
+
+const FOLD_K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+fn fold(a: u64, b: u64) -> u64 {
+    let product = u128::from(a).wrapping_mul(u128::from(b));
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+/// The hasher of [`Fold`].
+struct FoldHasher {
+    state: u64,
+    seed: u64,
+}
+
+impl BuildHasher for Fold {
+    type Hasher = FoldHasher;
+
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher {
+            state: self.seed,
+            seed: self.seed,
+        }
+    }
+}
+
+impl std::hash::Hasher for FoldHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.state = fold(self.state ^ u64::from_le_bytes(word), FOLD_K ^ self.seed);
+        }
+        let rest = chunks.remainder();
+        let mut word = [0u8; 8];
+        word[..rest.len()].copy_from_slice(rest);
+        let tail = u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59);
+        self.state = fold(self.state ^ tail, FOLD_K ^ self.seed);
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.state = fold(self.state ^ u64::from(byte), FOLD_K);
+    }
+
+    fn finish(&self) -> u64 {
+        fold(self.state, FOLD_K.rotate_left(17))
+    }
 }
 
 impl std::fmt::Debug for MemoryLimitStore {
@@ -266,7 +373,7 @@ impl MemoryLimitStore {
         MemoryLimitStore {
             inner: Arc::new(Inner {
                 shards,
-                hasher: RandomState::new(),
+                hasher: Fold::default(),
                 clock,
                 next_lease: AtomicU64::new(1),
             }),
@@ -309,44 +416,72 @@ impl MemoryLimitStore {
         shard.since_sweep += 1;
         if shard.since_sweep >= SWEEP_EVERY {
             shard.since_sweep = 0;
-            sweep(&mut shard.groups, now);
+            sweep(&mut shard.buckets, now);
         }
-        let buckets = shard.groups.get(group);
-        let pairs: Vec<(&Rule, Option<&BucketState>)> = checks
-            .iter()
-            .map(|c| (&c.rule, buckets.and_then(|b| b.get(c.key.as_str()))))
-            .collect();
-        let verdict = limits::decide(now, &pairs, &lease_id);
-        drop(pairs);
-        let lease = match verdict.commit {
-            Some(states) => {
-                let buckets = match shard.groups.get_mut(group) {
-                    Some(buckets) => buckets,
-                    None => shard.groups.entry(group.into()).or_default(),
-                };
-                for (check, state) in checks.iter().zip(states) {
-                    match buckets.get_mut(check.key.as_str()) {
-                        Some(slot) => *slot = state,
-                        None => {
-                            buckets.insert(check.key.as_str().into(), state);
-                        }
-                    }
-                }
-                has_lease.then(|| {
-                    let keys = checks
-                        .iter()
-                        .filter(|c| matches!(c.rule, Rule::Concurrency { .. }))
-                        .map(|c| c.key.clone())
-                        .collect();
-                    Lease::new(group, lease_id, keys)
-                })
+        let buckets = &mut shard.buckets;
+        if let [check] = checks {
+            // One check: one lookup, and the state is replaced in place when admitted.
+            let slot = buckets.get_mut(&(group, check.key.as_str()) as &dyn BucketName);
+            let (outcome, state) = limits::evaluate(&check.rule, slot.as_deref(), now, &lease_id);
+            if !outcome.admitted {
+                return Decision::new(false, vec![outcome], None);
             }
-            None => None,
-        };
+            match slot {
+                Some(slot) => *slot = state,
+                None => {
+                    buckets.insert((group.into(), check.key.as_str().into()), state);
+                }
+            }
+            let lease = has_lease.then(|| Lease::new(group, lease_id, vec![check.key.clone()]));
+            return Decision::new(true, vec![outcome], lease);
+        }
+        // First pass: every check against the state as it is.
+        let mut outcomes = Vec::with_capacity(checks.len());
+        for check in checks {
+            let state = buckets.get(&(group, check.key.as_str()) as &dyn BucketName);
+            outcomes.push(limits::evaluate(&check.rule, state, now, &lease_id).0);
+        }
+        if !outcomes.iter().all(|o| o.admitted) {
+            // Refused: nothing changes; the model reports the unspent state of every check.
+            let pairs: Vec<(&Rule, Option<&BucketState>)> = checks
+                .iter()
+                .map(|c| {
+                    (
+                        &c.rule,
+                        buckets.get(&(group, c.key.as_str()) as &dyn BucketName),
+                    )
+                })
+                .collect();
+            let verdict = limits::decide(now, &pairs, &lease_id);
+            return Decision {
+                admitted: false,
+                outcomes: verdict.outcomes,
+                retry_after_us: verdict.retry_after_us,
+                lease: None,
+            };
+        }
+        // Second pass: every check admitted, so each state is replaced by its successor.
+        for check in checks {
+            match buckets.get_mut(&(group, check.key.as_str()) as &dyn BucketName) {
+                Some(slot) => *slot = limits::evaluate(&check.rule, Some(slot), now, &lease_id).1,
+                None => {
+                    let state = limits::evaluate(&check.rule, None, now, &lease_id).1;
+                    buckets.insert((group.into(), check.key.as_str().into()), state);
+                }
+            }
+        }
+        let lease = has_lease.then(|| {
+            let keys = checks
+                .iter()
+                .filter(|c| matches!(c.rule, Rule::Concurrency { .. }))
+                .map(|c| c.key.clone())
+                .collect();
+            Lease::new(group, lease_id, keys)
+        });
         Decision {
-            admitted: verdict.admitted,
-            outcomes: verdict.outcomes,
-            retry_after_us: verdict.retry_after_us,
+            admitted: true,
+            outcomes,
+            retry_after_us: 0,
             lease,
         }
     }
@@ -357,11 +492,12 @@ impl MemoryLimitStore {
             .shard(&lease.group)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(buckets) = shard.groups.get_mut(lease.group.as_str()) {
-            for key in &lease.keys {
-                if let Some(BucketState::Concurrency { leases }) = buckets.get_mut(key.as_str()) {
-                    leases.retain(|(id, _)| *id != lease.id);
-                }
+        for key in &lease.keys {
+            let name: (&str, &str) = (&lease.group, key);
+            if let Some(BucketState::Concurrency { leases }) =
+                shard.buckets.get_mut(&name as &dyn BucketName)
+            {
+                leases.retain(|(id, _)| *id != lease.id);
             }
         }
     }
@@ -373,7 +509,7 @@ impl MemoryLimitStore {
             .iter()
             .map(|s| {
                 let shard = s.lock().unwrap_or_else(PoisonError::into_inner);
-                shard.groups.values().map(HashMap::len).sum::<usize>()
+                shard.buckets.len()
             })
             .sum()
     }
@@ -388,16 +524,13 @@ impl MemoryLimitStore {
         let now = self.now_us();
         for shard in &self.inner.shards {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            sweep(&mut shard.groups, now);
+            sweep(&mut shard.buckets, now);
         }
     }
 }
 
-fn sweep(groups: &mut HashMap<Box<str>, HashMap<Box<str>, BucketState>>, now_us: i64) {
-    groups.retain(|_, buckets| {
-        buckets.retain(|_, state| state.idle_at_us() > now_us);
-        !buckets.is_empty()
-    });
+fn sweep(buckets: &mut HashMap<Name, BucketState, Fold>, now_us: i64) {
+    buckets.retain(|_, state| state.idle_at_us() > now_us);
 }
 
 impl LimitStore for MemoryLimitStore {
