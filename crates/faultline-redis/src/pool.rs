@@ -256,7 +256,13 @@ pub(crate) fn classify(error: RedisError) -> StoreError {
                 | Server::Moved
                 | Server::Ask
         ),
-        _ => error.is_connection_dropped() || error.is_timeout() || error.is_connection_refusal(),
+        _ => {
+            error.is_connection_dropped()
+                || error.is_timeout()
+                || error.is_connection_refusal()
+                // BUSY: another script is running too long; OOM: Redis is at maxmemory.
+                || matches!(error.code(), Some("BUSY" | "OOM"))
+        }
     };
     if transient {
         StoreError::unavailable(error)
