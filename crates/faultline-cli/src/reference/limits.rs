@@ -19,12 +19,27 @@ pub fn limit_store(redis_url: Option<&str>) -> Result<Arc<dyn LimitStore>, Start
 /// HOOK for the `faultline-redis` crate: the Redis limit store at `url` (e.g.
 /// `redis://127.0.0.1:6379`), shared by every process given the same URL.
 ///
-/// Until that crate is wired in here, `serve --redis-url` refuses to start rather than
-/// silently limiting each process on its own.
+/// Nothing is opened here: connections are made on the first decision, and each call has the
+/// pool's deadline, so a Redis that is down answers as the layer is configured (fail-open or
+/// the catalog's 503), never with a hang. A URL that is not a Redis URL refuses to start.
+/// Keys are under the prefix `faultline`, or `FAULTLINE_REDIS_PREFIX` when set (so that
+/// several deployments, or tests, can share one Redis).
 pub fn redis_store(url: &str) -> Result<Arc<dyn LimitStore>, StartError> {
-    Err(StartError(format!(
-        "--redis-url {url}: this build has no Redis limit store (faultline-redis is not wired in yet)"
-    )))
+    let store = faultline_redis::RedisLimitStore::connect(url).map_err(|e| {
+        // Never echo a password given in the URL.
+        let shown = match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        };
+        StartError(format!("--redis-url {shown}: {e}"))
+    })?;
+    let store = match std::env::var("FAULTLINE_REDIS_PREFIX") {
+        Ok(prefix) if !prefix.is_empty() => store.with_prefix(&prefix),
+        _ => store,
+    };
+    Ok(Arc::new(store))
 }
 
 /// Checks that `tier` is one of the catalog's tiers, for `faultline orgs set-tier`.

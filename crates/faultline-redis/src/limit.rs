@@ -1,0 +1,406 @@
+//! [`RedisLimitStore`]: rate limits, quotas and concurrency leases shared through Redis, every
+//! decision in one round trip.
+
+use std::fmt::Write as _;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use faultline::limits::{Outcome, Period, Rule};
+use faultline_axum::StoreError;
+use faultline_axum::limit::{Check, Decision, Lease, LimitStore, StoreFuture};
+use redis::{Cmd, ErrorKind, ServerErrorKind};
+
+use crate::pool::{PoolOptions, RedisPool};
+
+/// The script that decides and spends every check of a request (see its header for the
+/// arguments and the reply).
+const DECIDE_LUA: &str = include_str!("decide.lua");
+
+/// Values per check in the script's reply.
+const PER_CHECK: usize = 6;
+
+/// The key prefix unless told otherwise.
+pub const DEFAULT_PREFIX: &str = "faultline";
+
+/// Limit buckets in Redis, shared by every process that uses the same server and prefix.
+///
+/// # One round trip per decision
+///
+/// [`LimitStore::decide`] sends exactly one command, `EVALSHA` of a Lua script that reads every
+/// bucket of the request, applies the formulas of [`faultline::limits`] and spends the buckets
+/// only if every check admits, atomically (Redis runs a script alone). Only when the server
+/// does not know the script yet (`NOSCRIPT`: first use, restart, `SCRIPT FLUSH`) is it sent
+/// once more with `EVAL`, which also caches it. The crate's `round_trip` test counts the
+/// commands with `INFO commandstats`.
+///
+/// # Redis's clock
+///
+/// Time is Redis's own `TIME`, read inside the script, so processes whose clocks disagree
+/// still share one timeline; the `now_us` of [`LimitStore::decide`] replaces it for one call
+/// (tests).
+///
+/// # Keys: one hash tag per group, a TTL on every key
+///
+/// The bucket `key` of `group` lives at `{prefix:group}:key` ([`RedisLimitStore::bucket_key`]),
+/// so every key one decision touches hashes to the same Redis Cluster slot. Every write sets
+/// an expiry at the moment the bucket becomes idle (a rate bucket's arrival time, a quota
+/// period's end, the last lease's expiry): idle buckets go away by themselves.
+///
+/// # Leases that outlive their process expire
+///
+/// A concurrency bucket is a sorted set of lease ids scored by their expiry; lapsed leases do
+/// not count, so the leases of a process that crashed before [`LimitStore::release`] free
+/// their slots after the rule's `lease_ttl_us`.
+///
+/// # Outages
+///
+/// Every call has the pool's deadline ([`PoolOptions::with_deadline`]): Redis unreachable,
+/// refusing or stalled gives [`StoreError::unavailable`] within it, never a hang; the layer
+/// then fails open or closed as configured. A decision that ran out of time may still reach
+/// Redis later (its command was already on the wire when the path stalled): it then counts
+/// against the limit although its caller was answered without it, which errs on the side of
+/// refusing, never of admitting too much.
+pub struct RedisLimitStore {
+    pool: Arc<RedisPool>,
+    prefix: String,
+    sha: String,
+    lease_seed: u64,
+    next_lease: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisLimitStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimitStore")
+            .field("pool", &self.pool)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLimitStore {
+    /// A store on the Redis at `url` (`redis://127.0.0.1:6379`) with the default pool options
+    /// and prefix. Connects on first use.
+    ///
+    /// # Errors
+    /// When `url` is not a valid Redis URL.
+    pub fn connect(url: &str) -> Result<RedisLimitStore, StoreError> {
+        Ok(Self::new(Arc::new(RedisPool::new(
+            url,
+            PoolOptions::default(),
+        )?)))
+    }
+
+    /// A store on `pool`, with the prefix [`DEFAULT_PREFIX`].
+    pub fn new(pool: Arc<RedisPool>) -> RedisLimitStore {
+        let script = redis::Script::new(DECIDE_LUA);
+        RedisLimitStore {
+            pool,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            sha: script.get_hash().to_owned(),
+            lease_seed: std::hash::RandomState::new().hash_one(std::process::id()),
+            next_lease: AtomicU64::new(1),
+        }
+    }
+
+    /// The same store with its keys under `prefix` (e.g. one per application or per test).
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: &str) -> RedisLimitStore {
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The pool the store sends its commands through.
+    pub fn pool(&self) -> &Arc<RedisPool> {
+        &self.pool
+    }
+
+    /// The Redis key of bucket `key` in `group`: `{prefix:group}:key`, with `%` and the braces
+    /// in the prefix and group written as `%25`, `%7B` and `%7D`, so that the hash tag is
+    /// exactly the prefix and group.
+    ///
+    /// ```
+    /// use faultline_redis::RedisLimitStore;
+    /// let store = RedisLimitStore::connect("redis://127.0.0.1:6379").unwrap().with_prefix("app");
+    /// assert_eq!(store.bucket_key("org_1", "minute:key_9"), "{app:org_1}:minute:key_9");
+    /// assert_eq!(store.bucket_key("a}b", "k"), "{app:a%7Db}:k");
+    /// ```
+    pub fn bucket_key(&self, group: &str, key: &str) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + group.len() + key.len() + 4);
+        out.push('{');
+        escape_into(&mut out, &self.prefix);
+        out.push(':');
+        escape_into(&mut out, group);
+        out.push_str("}:");
+        out.push_str(key);
+        out
+    }
+
+    /// The same store asking Redis for a script by a hash Redis cannot know, so that every
+    /// decision takes the `NOSCRIPT` fallback (for tests of that path).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_unknown_script_for_tests(mut self) -> RedisLimitStore {
+        self.sha = "0".repeat(40);
+        self
+    }
+
+    fn new_lease_id(&self) -> String {
+        let n = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n:x}", self.lease_seed)
+    }
+
+    /// The `EVALSHA` (or, with `eval`, `EVAL`) command deciding `checks`.
+    fn command(
+        &self,
+        eval: bool,
+        group: &str,
+        checks: &[Check],
+        now_us: Option<i64>,
+        lease_id: &str,
+    ) -> Result<Cmd, StoreError> {
+        let mut cmd = if eval {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(DECIDE_LUA);
+            cmd
+        } else {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(&self.sha);
+            cmd
+        };
+        cmd.arg(checks.len());
+        for check in checks {
+            cmd.arg(self.bucket_key(group, &check.key));
+        }
+        match now_us {
+            Some(now) => cmd.arg(now),
+            None => cmd.arg(""),
+        };
+        cmd.arg(lease_id);
+        for check in checks {
+            let (kind, a, b, c) = script_args(&check.rule)?;
+            cmd.arg(kind).arg(a).arg(b).arg(c);
+        }
+        Ok(cmd)
+    }
+
+    async fn decide_inner(
+        &self,
+        group: &str,
+        checks: &[Check],
+        now_us: Option<i64>,
+    ) -> Result<Decision, StoreError> {
+        let concurrency: Vec<String> = checks
+            .iter()
+            .filter(|c| matches!(c.rule, Rule::Concurrency { .. }))
+            .map(|c| c.key.clone())
+            .collect();
+        let lease_id = if concurrency.is_empty() {
+            String::new()
+        } else {
+            self.new_lease_id()
+        };
+        if checks.is_empty() {
+            return Ok(Decision::new(true, Vec::new(), None));
+        }
+        let evalsha = self.command(false, group, checks, now_us, &lease_id)?;
+        let lease = lease_id.as_str();
+        let reply: Vec<i64> = self
+            .pool
+            .run(|mut connection| async move {
+                match evalsha.query_async(&mut connection).await {
+                    Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        // The server lost the script: send it whole (this also caches it).
+                        let eval =
+                            self.command(true, group, checks, now_us, lease)
+                                .map_err(|e| {
+                                    redis::RedisError::from((
+                                        ErrorKind::Client,
+                                        "bad check",
+                                        e.to_string(),
+                                    ))
+                                })?;
+                        eval.query_async(&mut connection).await
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        let decision = read_reply(&reply, checks)?;
+        Ok(match decision {
+            (true, outcomes) if !concurrency.is_empty() => Decision::new(
+                true,
+                outcomes,
+                Some(Lease::new(group, lease_id, concurrency)),
+            ),
+            (admitted, outcomes) => Decision::new(admitted, outcomes, None),
+        })
+    }
+
+    async fn release_inner(&self, lease: &Lease) -> Result<(), StoreError> {
+        if lease.keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for key in &lease.keys {
+            pipe.cmd("ZREM")
+                .arg(self.bucket_key(&lease.group, key))
+                .arg(&lease.id)
+                .ignore();
+        }
+        let pipe = &pipe;
+        self.pool
+            .run(|mut connection| async move { pipe.query_async::<()>(&mut connection).await })
+            .await
+    }
+}
+
+/// Appends `text` with `%`, `{` and `}` percent-encoded.
+fn escape_into(out: &mut String, text: &str) {
+    for ch in text.chars() {
+        match ch {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            _ => out.push(ch),
+        }
+    }
+}
+
+/// The script's four arguments for one rule (see `decide.lua`).
+fn script_args(rule: &Rule) -> Result<(&'static str, i64, i64, i64), StoreError> {
+    let int = |n: u64| {
+        i64::try_from(n).map_err(|_| StoreError::new(format!("limit {n} is too large for Redis")))
+    };
+    match *rule {
+        Rule::Rate { limit, .. } => {
+            let (t, tau) = rule
+                .gcra()
+                .ok_or_else(|| StoreError::new("a rate rule without GCRA parameters"))?;
+            Ok(("r", t, tau, int(limit)?))
+        }
+        Rule::Quota {
+            limit,
+            period,
+            cost,
+        } => {
+            let period = match period {
+                Period::Day => 0,
+                Period::Month => -1,
+                Period::RollingDays(days) => i64::from(days.max(1)),
+                other => {
+                    return Err(StoreError::new(format!(
+                        "quota period {} is not supported by the Redis store",
+                        other.name()
+                    )));
+                }
+            };
+            Ok(("q", int(limit)?, int(cost)?, period))
+        }
+        Rule::Concurrency {
+            limit,
+            lease_ttl_us,
+        } => Ok(("c", int(limit)?, lease_ttl_us.max(1), 0)),
+        other => Err(StoreError::new(format!(
+            "rule {other:?} is not supported by the Redis store"
+        ))),
+    }
+}
+
+/// The decision in the script's reply.
+fn read_reply(reply: &[i64], checks: &[Check]) -> Result<(bool, Vec<Outcome>), StoreError> {
+    if reply.len() != 1 + PER_CHECK * checks.len() {
+        let mut text = String::new();
+        let _ = write!(
+            text,
+            "the limit script answered {} values for {} checks",
+            reply.len(),
+            checks.len()
+        );
+        return Err(StoreError::new(text));
+    }
+    let admitted = reply[0] == 1;
+    let outcomes = checks
+        .iter()
+        .zip(reply[1..].chunks_exact(PER_CHECK))
+        .map(|(check, v)| {
+            let quota = matches!(check.rule, Rule::Quota { .. });
+            Outcome::new(
+                v[0] == 1,
+                check.rule.limit(),
+                v[1].max(0).unsigned_abs(),
+                v[2],
+                v[3],
+                quota.then_some(v[4]),
+                quota.then_some(v[5].max(0).unsigned_abs()),
+            )
+        })
+        .collect();
+    Ok((admitted, outcomes))
+}
+
+impl LimitStore for RedisLimitStore {
+    fn decide<'a>(
+        &'a self,
+        group: &'a str,
+        checks: &'a [Check],
+        now_us: Option<i64>,
+    ) -> StoreFuture<'a, Decision> {
+        Box::pin(self.decide_inner(group, checks, now_us))
+    }
+
+    fn release(&self, lease: Lease) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.release_inner(&lease).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> RedisLimitStore {
+        RedisLimitStore::connect("redis://127.0.0.1:1")
+            .expect("a valid URL")
+            .with_prefix("p{x}%")
+    }
+
+    #[test]
+    fn the_hash_tag_is_exactly_prefix_and_group() {
+        let store = store();
+        assert_eq!(store.bucket_key("org", "k"), "{p%7Bx%7D%25:org}:k");
+        // A key with braces stays outside the tag: Redis hashes only up to the first `}`.
+        assert_eq!(store.bucket_key("g", "a{b}"), "{p%7Bx%7D%25:g}:a{b}");
+        // Distinct groups never share a key, even when one is the other with a brace.
+        assert_ne!(store.bucket_key("a}:b", "c"), store.bucket_key("a", "b}:c"));
+    }
+
+    #[test]
+    fn lease_ids_are_unique_per_decision() {
+        let store = store();
+        let first = store.new_lease_id();
+        assert_ne!(first, store.new_lease_id());
+        assert_ne!(
+            first,
+            self::store().new_lease_id(),
+            "another store, another seed"
+        );
+    }
+
+    #[test]
+    fn a_reply_of_the_wrong_length_is_an_error_not_a_panic() {
+        let checks = [Check::new(
+            "k",
+            Rule::Rate {
+                limit: 1,
+                window_us: 1,
+            },
+        )];
+        let error = read_reply(&[1, 1, 0], &checks).expect_err("too short");
+        assert!(!error.is_unavailable());
+    }
+}

@@ -1,0 +1,140 @@
+//! Any sequence of requests, releases and clock moves gets the same answers from Redis as from
+//! the pure model (`faultline::limits::decide`, through the in-memory store that applies it).
+
+mod common;
+
+use std::sync::Arc;
+
+use faultline::limits::{MICROS_PER_DAY, MICROS_PER_SECOND as S, Period, Rule};
+use faultline_axum::limit::{Check, Decision, Lease, LimitStore, MemoryLimitStore, suite};
+use faultline_redis::{PoolOptions, RedisLimitStore, RedisPool};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Move the clock forward by this many microseconds.
+    Wait(i64),
+    /// Decide the checks with these indexes (into `checks()`), in this order.
+    Decide(Vec<usize>),
+    /// Release the lease of the n-th admitted decision that took one (if any left).
+    Release(usize),
+}
+
+fn rule(index: usize, limits: &[u64; 5]) -> Rule {
+    match index {
+        0 => Rule::Rate {
+            limit: limits[0],
+            window_us: 10 * S,
+        },
+        1 => Rule::Rate {
+            limit: limits[1],
+            window_us: 3 * S + 7,
+        },
+        2 => Rule::Quota {
+            limit: limits[2],
+            period: Period::Day,
+            cost: 2,
+        },
+        3 => Rule::Quota {
+            limit: limits[3],
+            period: Period::Month,
+            cost: 1,
+        },
+        _ => Rule::Concurrency {
+            limit: limits[4],
+            lease_ttl_us: 5 * S,
+        },
+    }
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => prop_oneof![0i64..2 * S, 0i64..3 * MICROS_PER_DAY].prop_map(Step::Wait),
+        6 => prop::sample::subsequence(vec![0usize, 1, 2, 3, 4], 1..=5).prop_map(Step::Decide),
+        2 => (0usize..8).prop_map(Step::Release),
+    ]
+}
+
+/// The parts of two decisions that must agree (lease ids differ by store).
+fn same(redis: &Decision, model: &Decision) -> Result<(), TestCaseError> {
+    prop_assert_eq!(redis.admitted, model.admitted);
+    prop_assert_eq!(&redis.outcomes, &model.outcomes);
+    prop_assert_eq!(redis.retry_after_us, model.retry_after_us);
+    prop_assert_eq!(redis.lease.is_some(), model.lease.is_some());
+    if let (Some(r), Some(m)) = (&redis.lease, &model.lease) {
+        prop_assert_eq!(&r.keys, &m.keys);
+    }
+    Ok(())
+}
+
+async fn run(
+    redis: &RedisLimitStore,
+    limits: [u64; 5],
+    steps: Vec<Step>,
+) -> Result<(), TestCaseError> {
+    let model = MemoryLimitStore::new();
+    let group = suite::fresh_group("parity");
+    let mut now = suite::NOW_US;
+    let mut leases: Vec<(Lease, Lease)> = Vec::new();
+    for step in steps {
+        match step {
+            Step::Wait(us) => now += us,
+            Step::Decide(indexes) => {
+                let checks: Vec<Check> = indexes
+                    .iter()
+                    .map(|&i| Check::new(format!("c{i}"), rule(i, &limits)))
+                    .collect();
+                let r = redis
+                    .decide(&group, &checks, Some(now))
+                    .await
+                    .expect("Redis decides");
+                let m = model
+                    .decide(&group, &checks, Some(now))
+                    .await
+                    .expect("the model decides");
+                same(&r, &m)?;
+                if let (Some(r), Some(m)) = (r.lease, m.lease) {
+                    leases.push((r, m));
+                }
+            }
+            Step::Release(n) => {
+                if !leases.is_empty() {
+                    let (r, m) = leases.remove(n % leases.len());
+                    redis.release(r).await.expect("Redis releases");
+                    model.release(m).await.expect("the model releases");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn redis_answers_like_the_model() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let Some(direct) = runtime.block_on(common::redis_or_skip("redis_answers_like_the_model"))
+    else {
+        return;
+    };
+    let prefix = common::unique_prefix("parity");
+    let pool = RedisPool::new(&common::redis_url(), PoolOptions::default()).expect("pool");
+    let redis = RedisLimitStore::new(Arc::new(pool)).with_prefix(&prefix);
+    let config = ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    };
+    let outcome = proptest::test_runner::TestRunner::new(config).run(
+        &(
+            [0u64..6, 1u64..4, 0u64..9, 1u64..5, 0u64..3],
+            prop::collection::vec(step(), 1..40),
+        ),
+        |(limits, steps)| runtime.block_on(run(&redis, limits, steps)),
+    );
+    runtime.block_on(common::clean(&direct, &prefix));
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+}
