@@ -1,0 +1,2 @@
+-- Placeholder: replaced by the idempotency schema.
+SELECT 1;

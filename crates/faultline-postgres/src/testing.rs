@@ -1,0 +1,143 @@
+//! Test support (feature `testing`): a throw-away database per test run on the server named by
+//! `FAULTLINE_TEST_POSTGRES_URL`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::NoTls;
+
+use crate::PgOptions;
+
+/// The environment variable that names the PostgreSQL server tests may use, e.g.
+/// `postgres://postgres@127.0.0.1:5432`.
+pub const URL_VAR: &str = "FAULTLINE_TEST_POSTGRES_URL";
+
+/// The server URL from [`URL_VAR`], or `None` after printing that the caller's test is skipped.
+#[allow(clippy::print_stderr, reason = "a skipped test says so where cargo test shows it")]
+pub fn server_url() -> Option<String> {
+    match std::env::var(URL_VAR) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            eprintln!("skipped: {URL_VAR} is not set");
+            None
+        }
+    }
+}
+
+/// A database created for one test run and dropped when this value is dropped, also when the
+/// test panics (the drop runs while the panic unwinds).
+///
+/// # Each test gets its own database
+///
+/// The name joins the process id, the time and a counter, so tests running at once, in one
+/// process or several, never share a database.
+#[derive(Debug)]
+pub struct TestDatabase {
+    server: String,
+    name: String,
+    options: PgOptions,
+}
+
+fn unique_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "faultline_test_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs `sql` on the server's `postgres` database, on a thread of its own (so it works from
+/// inside a runtime, and from `Drop`).
+fn admin(server: &str, sql: String) -> Result<(), String> {
+    let server = server.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let options = PgOptions::from_url(&server)
+                .map_err(|e| e.to_string())?
+                .with_dbname("postgres");
+            let (client, connection) = options
+                .config
+                .connect(NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            let driver = tokio::spawn(connection);
+            let outcome = client.batch_execute(&sql).await.map_err(|e| e.to_string());
+            drop(client);
+            let _ = driver.await;
+            outcome
+        })
+    })
+    .join()
+    .map_err(|_| "the admin thread panicked".to_owned())?
+}
+
+impl TestDatabase {
+    /// Creates a new empty database on the server in [`URL_VAR`]; `None` (after printing the
+    /// skip line) when the variable is unset.
+    ///
+    /// # Panics
+    ///
+    /// When the variable is set but the database cannot be created: a test that was asked
+    /// to run against PostgreSQL must not pass silently.
+    #[allow(clippy::panic, reason = "test support: a broken setup fails the test")]
+    pub fn create() -> Option<Self> {
+        let server = server_url()?;
+        let name = unique_name();
+        if let Err(e) = admin(&server, format!("CREATE DATABASE {name}")) {
+            panic!("cannot create test database {name} on {URL_VAR}: {e}");
+        }
+        let options = match PgOptions::from_url(&server) {
+            Ok(options) => options.with_dbname(&name),
+            Err(e) => panic!("{URL_VAR}: {e}"),
+        };
+        Some(TestDatabase {
+            server,
+            name,
+            options,
+        })
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Options that connect to this database (the defaults of [`PgOptions::new`]).
+    pub fn options(&self) -> PgOptions {
+        self.options.clone()
+    }
+
+    /// A `postgres://` URL for this database (for processes started by the test).
+    pub fn url(&self) -> String {
+        let base = self.server.trim_end_matches('/');
+        // A URL may already name a database (or carry parameters): replace what follows the
+        // authority.
+        let authority_end = base
+            .find("://")
+            .map(|scheme| {
+                let rest = &base[scheme + 3..];
+                scheme + 3 + rest.find(['/', '?']).unwrap_or(rest.len())
+            })
+            .unwrap_or(base.len());
+        format!("{}/{}", &base[..authority_end], self.name)
+    }
+}
+
+impl Drop for TestDatabase {
+    #[allow(clippy::print_stderr, reason = "a database left behind is worth a line")]
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = admin(&self.server, sql) {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
