@@ -58,7 +58,11 @@ struct LockWait(Duration);
 
 impl std::fmt::Display for LockWait {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "another process held the migration lock for over {:?}", self.0)
+        write!(
+            f,
+            "another process held the migration lock for over {:?}",
+            self.0
+        )
     }
 }
 

@@ -193,8 +193,10 @@ impl managed::Manager for Manager {
                 return Err(StoreError::unavailable(e).with_retry_after(self.retry_after));
             }
             Err(_) => {
-                return Err(StoreError::unavailable(Deadline::Connect(self.connect_timeout))
-                    .with_retry_after(self.retry_after));
+                return Err(
+                    StoreError::unavailable(Deadline::Connect(self.connect_timeout))
+                        .with_retry_after(self.retry_after),
+                );
             }
         };
         let driver = tokio::spawn(async move {
@@ -302,7 +304,10 @@ impl PgPool {
         self.statement_timeout
     }
 
-    fn unavailable(&self, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    fn unavailable(
+        &self,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
         StoreError::unavailable(cause).with_retry_after(self.retry_after)
     }
 
@@ -515,7 +520,12 @@ impl PgTransaction<'_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, StoreError> {
         let statement = self.prepared(sql).await?;
-        bounded(self.pool, self.broken, self.tx.query_opt(&statement, params)).await
+        bounded(
+            self.pool,
+            self.broken,
+            self.tx.query_opt(&statement, params),
+        )
+        .await
     }
 
     /// Commits everything the transaction wrote, within the statement deadline.

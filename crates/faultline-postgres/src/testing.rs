@@ -4,7 +4,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio_postgres::NoTls;
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use tokio_postgres::config::Host;
+use tokio_postgres::{Config, NoTls};
 
 use crate::PgOptions;
 
@@ -13,12 +17,14 @@ use crate::PgOptions;
 pub const URL_VAR: &str = "FAULTLINE_TEST_POSTGRES_URL";
 
 /// The server URL from [`URL_VAR`], or `None` after printing that the caller's test is skipped.
-#[allow(clippy::print_stderr, reason = "a skipped test says so where cargo test shows it")]
+///
+/// The line goes straight to the process's standard error, which `cargo test` does not
+/// capture, so it shows in the test run's output even though the test passes.
 pub fn server_url() -> Option<String> {
     match std::env::var(URL_VAR) {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ => {
-            eprintln!("skipped: {URL_VAR} is not set");
+            let _ = writeln!(std::io::stderr(), "skipped: {URL_VAR} is not set");
             None
         }
     }
@@ -116,6 +122,47 @@ impl TestDatabase {
         self.options.clone()
     }
 
+    /// The address of the server (its first host and port), e.g. for a proxy in front of it.
+    ///
+    /// # Panics
+    ///
+    /// When the URL names no TCP host that resolves.
+    #[allow(clippy::panic, reason = "test support: a broken setup fails the test")]
+    pub fn server_addr(&self) -> SocketAddr {
+        let config = &self.options.config;
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        match (host.as_str(), port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+        {
+            Some(addr) => addr,
+            None => panic!("{URL_VAR}: cannot resolve {host}:{port}"),
+        }
+    }
+
+    /// Options that reach this database through `addr` (a proxy on 127.0.0.1) instead of the
+    /// server's own address.
+    pub fn options_via(&self, addr: SocketAddr) -> PgOptions {
+        let theirs = &self.options.config;
+        let mut config = Config::new();
+        config
+            .host(addr.ip().to_string())
+            .port(addr.port())
+            .dbname(&self.name);
+        if let Some(user) = theirs.get_user() {
+            config.user(user);
+        }
+        if let Some(password) = theirs.get_password() {
+            config.password(password);
+        }
+        PgOptions::new(config)
+    }
+
     /// A `postgres://` URL for this database (for processes started by the test).
     pub fn url(&self) -> String {
         let base = self.server.trim_end_matches('/');
@@ -133,11 +180,14 @@ impl TestDatabase {
 }
 
 impl Drop for TestDatabase {
-    #[allow(clippy::print_stderr, reason = "a database left behind is worth a line")]
     fn drop(&mut self) {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         if let Err(e) = admin(&self.server, sql) {
-            eprintln!("could not drop test database {}: {e}", self.name);
+            let _ = writeln!(
+                std::io::stderr(),
+                "could not drop test database {}: {e}",
+                self.name
+            );
         }
     }
 }
