@@ -136,7 +136,13 @@ impl PgIdempotencyStore {
             .execute(
                 COMPLETE,
                 &[
-                    &p.scope, &p.key, &p.lease_id, &p.status, &p.headers, &p.body, &p.expires,
+                    &p.scope,
+                    &p.key,
+                    &p.lease_id,
+                    &p.status,
+                    &p.headers,
+                    &p.body,
+                    &p.expires,
                 ],
             )
             .await?;
@@ -308,7 +314,13 @@ impl PgIdempotencyStore {
             .execute(
                 COMPLETE,
                 &[
-                    &p.scope, &p.key, &p.lease_id, &p.status, &p.headers, &p.body, &p.expires,
+                    &p.scope,
+                    &p.key,
+                    &p.lease_id,
+                    &p.status,
+                    &p.headers,
+                    &p.body,
+                    &p.expires,
                 ],
             )
             .await?;
@@ -330,11 +342,7 @@ impl PgIdempotencyStore {
 
     async fn prune_now(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.pool
-            .get()
-            .await?
-            .execute(PRUNE, &[&now, &limit])
-            .await
+        self.pool.get().await?.execute(PRUNE, &[&now, &limit]).await
     }
 }
 

@@ -112,6 +112,34 @@ impl TestDatabase {
         })
     }
 
+    /// [`TestDatabase::create`], then the crate's migrations applied (on a thread of its own,
+    /// so this works from synchronous code inside a runtime, e.g. a store factory).
+    ///
+    /// # Panics
+    ///
+    /// When the variable is set but the database cannot be created or migrated.
+    #[allow(clippy::panic, reason = "test support: a broken setup fails the test")]
+    pub fn migrated() -> Option<Self> {
+        let db = Self::create()?;
+        let options = db.options();
+        let outcome = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async move {
+                let pool = crate::PgPool::new(&options).map_err(|e| e.to_string())?;
+                crate::migrate(&pool).await.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        match outcome {
+            Ok(Ok(_)) => Some(db),
+            Ok(Err(e)) => panic!("cannot migrate test database {}: {e}", db.name),
+            Err(_) => panic!("the migration thread panicked"),
+        }
+    }
+
     /// The database's name.
     pub fn name(&self) -> &str {
         &self.name
