@@ -28,6 +28,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `auth` | yes | [`auth`]: API keys (checksum format, SHA-256 digests, constant-time checks, a cache), scopes, tenancy, `KeyLookup`/`KeyAdmin` with an in-memory store |
+//! | `idempotency` | no | `idempotency`: `Idempotency-Key` claims, replays and conflicts, the store trait and an in-memory store |
 //! | `garde` | no | `ValidJson`: garde's rules after the schema, in the same details |
 //!
 //! Without any feature the crate still gives the layer, the renderer, the extractors, the
@@ -37,6 +38,8 @@
 pub mod auth;
 pub mod contract;
 pub mod extract;
+#[cfg(feature = "idempotency")]
+pub mod idempotency;
 pub mod layer;
 pub mod listener;
 mod problems;

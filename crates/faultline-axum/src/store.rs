@@ -8,6 +8,11 @@ use faultline::Situation;
 
 use crate::contract::Error;
 
+/// The future a store method returns, boxed so that stores can sit behind `dyn` traits (the
+/// same type as `auth::StoreFuture`).
+pub type StoreFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
 /// How long a client is told to wait when a store is unavailable, unless the store says.
 pub const DEFAULT_UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod details;
 pub mod docs;
 pub mod error;
+pub mod idempotency;
 mod names;
 pub mod profile;
 pub mod retry;

@@ -1,0 +1,427 @@
+//! Idempotency keys on the wire, and the fingerprint of a request, shared by servers and
+//! clients. No I/O: stores and middleware live in `faultline-axum`.
+//!
+//! - [`IdempotencyKey`]: the `Idempotency-Key` header, read either as a bare token (what
+//!   Stripe's client libraries send) or as a structured-field string (`"…"`, the form of the
+//!   IETF draft `draft-ietf-httpapi-idempotency-key-header`), and written back as the latter;
+//! - [`Fingerprint`]: SHA-256 digests of a request's method, path and query, and of its body,
+//!   kept apart so that a conflict can say which of the two changed ([`Difference`]).
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+/// The header that carries the key.
+pub const HEADER: &str = "Idempotency-Key";
+
+/// The header a server adds to a response it replays from its store.
+pub const REPLAYED_HEADER: &str = "Idempotent-Replayed";
+
+/// The longest key accepted, in characters (after a quoted form is unescaped).
+pub const MAX_KEY_LEN: usize = 255;
+
+/// A valid idempotency key: 1 to [`MAX_KEY_LEN`] printable ASCII characters (`0x20`–`0x7E`).
+///
+/// # Both header forms name the same key
+///
+/// A bare token and the quoted structured-field string with the same characters parse to the
+/// same key, so a client may switch forms between retries.
+///
+/// ```
+/// use faultline::idempotency::IdempotencyKey;
+/// let bare = IdempotencyKey::parse(b"8e03978e-40d5-43e8-bc93-6894a57f9324").unwrap();
+/// let quoted = IdempotencyKey::parse(b"\"8e03978e-40d5-43e8-bc93-6894a57f9324\"").unwrap();
+/// assert_eq!(bare, quoted);
+/// assert_eq!(bare.as_str(), "8e03978e-40d5-43e8-bc93-6894a57f9324");
+/// ```
+///
+/// # Written as a structured-field string
+///
+/// [`IdempotencyKey::to_header_value`] quotes the key and escapes `"` and `\`, and parsing the
+/// result gives the key back.
+///
+/// ```
+/// use faultline::idempotency::IdempotencyKey;
+/// let key = IdempotencyKey::new(r#"say "hi" \o/"#).unwrap();
+/// assert_eq!(key.to_header_value(), r#""say \"hi\" \\o/""#);
+/// assert_eq!(IdempotencyKey::parse(key.to_header_value().as_bytes()).unwrap(), key);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdempotencyKey(String);
+
+/// Why an `Idempotency-Key` header value is not a key. Its [`fmt::Display`] text is meant for
+/// the `reason` in the error's details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The value (or the quoted string) holds no character.
+    #[error("the key is empty")]
+    Empty,
+    /// More than [`MAX_KEY_LEN`] characters.
+    #[error("the key has {length} characters; at most 255 are allowed")]
+    TooLong {
+        /// How many characters the key has (counted up to a bound, for huge values).
+        length: usize,
+    },
+    /// A byte outside printable ASCII (a control character, DEL or a non-ASCII byte).
+    #[error("the key holds a byte that is not printable ASCII at position {position}")]
+    InvalidByte {
+        /// The byte's position in the header value, from 0.
+        position: usize,
+    },
+    /// A space inside a bare token (quote the key to include spaces).
+    #[error("an unquoted key cannot contain spaces; quote it as a string")]
+    Space,
+    /// A `"` that does not open or close a quoted string, or a string that is not closed.
+    #[error("the key has an unbalanced double quote")]
+    UnbalancedQuote,
+    /// A `\` in a quoted string that is not followed by `"` or `\`.
+    #[error("a backslash in a quoted key must be followed by a double quote or a backslash")]
+    BadEscape,
+}
+
+fn printable(b: u8) -> bool {
+    (0x20..=0x7e).contains(&b)
+}
+
+impl IdempotencyKey {
+    /// Parses a header value: optional surrounding spaces or tabs, then either a bare token
+    /// (printable ASCII without spaces or `"`) or a structured-field string (`"` … `"` with
+    /// `\"` and `\\` escapes).
+    ///
+    /// # Errors
+    ///
+    /// A [`KeyError`] that says what is wrong.
+    pub fn parse(value: &[u8]) -> Result<Self, KeyError> {
+        let start = value
+            .iter()
+            .position(|b| *b != b' ' && *b != b'\t')
+            .unwrap_or(value.len());
+        let end = value
+            .iter()
+            .rposition(|b| *b != b' ' && *b != b'\t')
+            .map_or(start, |i| i + 1);
+        let trimmed = &value[start..end];
+        match trimmed.first() {
+            None => Err(KeyError::Empty),
+            Some(b'"') => Self::parse_quoted(trimmed, start),
+            Some(_) => Self::parse_bare(trimmed, start),
+        }
+    }
+
+    fn parse_bare(token: &[u8], offset: usize) -> Result<Self, KeyError> {
+        for (i, &b) in token.iter().enumerate() {
+            match b {
+                b'"' => return Err(KeyError::UnbalancedQuote),
+                b' ' => return Err(KeyError::Space),
+                b if !printable(b) => {
+                    return Err(KeyError::InvalidByte {
+                        position: offset + i,
+                    });
+                }
+                _ => {}
+            }
+        }
+        if token.len() > MAX_KEY_LEN {
+            return Err(KeyError::TooLong {
+                length: token.len(),
+            });
+        }
+        // Every byte is printable ASCII, so this is one character per byte.
+        Ok(IdempotencyKey(String::from_utf8_lossy(token).into_owned()))
+    }
+
+    fn parse_quoted(quoted: &[u8], offset: usize) -> Result<Self, KeyError> {
+        let mut key = String::with_capacity(quoted.len().min(MAX_KEY_LEN));
+        let mut i = 1;
+        loop {
+            let Some(&b) = quoted.get(i) else {
+                return Err(KeyError::UnbalancedQuote);
+            };
+            match b {
+                b'"' => break,
+                b'\\' => match quoted.get(i + 1) {
+                    Some(&e @ (b'"' | b'\\')) => {
+                        key.push(char::from(e));
+                        i += 1;
+                    }
+                    None => return Err(KeyError::UnbalancedQuote),
+                    Some(_) => return Err(KeyError::BadEscape),
+                },
+                b if !printable(b) => {
+                    return Err(KeyError::InvalidByte {
+                        position: offset + i,
+                    });
+                }
+                b => key.push(char::from(b)),
+            }
+            i += 1;
+        }
+        if i + 1 != quoted.len() {
+            // Something after the closing quote: a second string, a parameter or a stray quote.
+            return Err(KeyError::UnbalancedQuote);
+        }
+        Self::new(key)
+    }
+
+    /// A key from its characters, as a client that generates keys builds it.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Empty`], [`KeyError::TooLong`] or [`KeyError::InvalidByte`].
+    pub fn new(key: impl Into<String>) -> Result<Self, KeyError> {
+        let key = key.into();
+        if key.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if let Some(position) = key.bytes().position(|b| !printable(b)) {
+            return Err(KeyError::InvalidByte { position });
+        }
+        if key.len() > MAX_KEY_LEN {
+            return Err(KeyError::TooLong { length: key.len() });
+        }
+        Ok(IdempotencyKey(key))
+    }
+
+    /// The key's characters (unquoted, unescaped).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The header value a client sends: a structured-field string.
+    pub fn to_header_value(&self) -> String {
+        let mut out = String::with_capacity(self.0.len() + 2);
+        out.push('"');
+        for c in self.0.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for IdempotencyKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The length of [`Fingerprint::to_bytes`].
+pub const FINGERPRINT_LEN: usize = 64;
+
+/// What identifies a request under an idempotency key: a SHA-256 digest of its method, path
+/// and query, and one of its body bytes.
+///
+/// # Any change to method, path, query or body changes it, and says which
+///
+/// ```
+/// use faultline::idempotency::{Difference, Fingerprint};
+/// let first = Fingerprint::new("POST", "/v1/chatbots", "", br#"{"name":"a"}"#);
+/// assert_eq!(first.difference(&first.clone()), None);
+/// let other_body = Fingerprint::new("POST", "/v1/chatbots", "", br#"{"name":"b"}"#);
+/// assert_eq!(first.difference(&other_body), Some(Difference::Body));
+/// let other_query = Fingerprint::new("POST", "/v1/chatbots", "dry_run=1", br#"{"name":"a"}"#);
+/// assert_eq!(first.difference(&other_query), Some(Difference::Request));
+/// let other_both = Fingerprint::new("PATCH", "/v1/chatbots", "", b"");
+/// assert_eq!(first.difference(&other_both), Some(Difference::Both));
+/// ```
+///
+/// # Fields cannot run into each other
+///
+/// Each field is hashed after its length, so moving a byte from the path to the query gives
+/// another fingerprint.
+///
+/// ```
+/// use faultline::idempotency::Fingerprint;
+/// assert_ne!(
+///     Fingerprint::new("POST", "/a", "b=1", b""),
+///     Fingerprint::new("POST", "/ab", "=1", b""),
+/// );
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Fingerprint {
+    request: [u8; 32],
+    body: [u8; 32],
+}
+
+/// What differs between two requests that carry the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Difference {
+    /// The method, path or query.
+    Request,
+    /// The body.
+    Body,
+    /// Both.
+    Both,
+}
+
+impl Difference {
+    /// A word for error details: `request` (method, path or query), `body` or `both`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Difference::Request => "request",
+            Difference::Body => "body",
+            Difference::Both => "both",
+        }
+    }
+
+    /// A sentence for people.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Difference::Request => "the method, path or query differs from the first request",
+            Difference::Body => "the body differs from the first request",
+            Difference::Both => {
+                "the method, path or query and the body differ from the first request"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn field(hash: &mut Sha256, bytes: &[u8]) {
+    hash.update((bytes.len() as u64).to_be_bytes());
+    hash.update(bytes);
+}
+
+impl Fingerprint {
+    /// The fingerprint of a request: `method` (as sent, e.g. `POST`), `path` (the request's
+    /// path, not a route template), `query` (the raw query string without `?`, empty if none)
+    /// and the body bytes.
+    pub fn new(method: &str, path: &str, query: &str, body: &[u8]) -> Self {
+        let mut request = Sha256::new();
+        field(&mut request, method.as_bytes());
+        field(&mut request, path.as_bytes());
+        field(&mut request, query.as_bytes());
+        Fingerprint {
+            request: request.finalize().into(),
+            body: Sha256::digest(body).into(),
+        }
+    }
+
+    /// What differs from `other`, or `None` when they are the same request.
+    pub fn difference(&self, other: &Fingerprint) -> Option<Difference> {
+        match (self.request == other.request, self.body == other.body) {
+            (true, true) => None,
+            (false, true) => Some(Difference::Request),
+            (true, false) => Some(Difference::Body),
+            (false, false) => Some(Difference::Both),
+        }
+    }
+
+    /// The digest of method, path and query.
+    pub fn request_digest(&self) -> &[u8; 32] {
+        &self.request
+    }
+
+    /// The digest of the body.
+    pub fn body_digest(&self) -> &[u8; 32] {
+        &self.body
+    }
+
+    /// The two digests, request first: what a store keeps.
+    pub fn to_bytes(&self) -> [u8; FINGERPRINT_LEN] {
+        let mut out = [0; FINGERPRINT_LEN];
+        out[..32].copy_from_slice(&self.request);
+        out[32..].copy_from_slice(&self.body);
+        out
+    }
+
+    /// Reads [`Fingerprint::to_bytes`] back; `None` unless `bytes` is exactly
+    /// [`FINGERPRINT_LEN`] long.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != FINGERPRINT_LEN {
+            return None;
+        }
+        let mut request = [0; 32];
+        let mut body = [0; 32];
+        request.copy_from_slice(&bytes[..32]);
+        body.copy_from_slice(&bytes[32..]);
+        Some(Fingerprint { request, body })
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = |d: &[u8; 32]| {
+            d[..6]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        f.debug_struct("Fingerprint")
+            .field("request", &format_args!("{}…", hex(&self.request)))
+            .field("body", &format_args!("{}…", hex(&self.body)))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_keys_say_why() {
+        let long = "a".repeat(256);
+        let cases: &[(&[u8], KeyError)] = &[
+            (b"", KeyError::Empty),
+            (b"   ", KeyError::Empty),
+            (b"\"\"", KeyError::Empty),
+            (long.as_bytes(), KeyError::TooLong { length: 256 }),
+            (b"ab\x01c", KeyError::InvalidByte { position: 2 }),
+            (b"ab\x7f", KeyError::InvalidByte { position: 2 }),
+            ("clé".as_bytes(), KeyError::InvalidByte { position: 2 }),
+            (b"\"a\nb\"", KeyError::InvalidByte { position: 2 }),
+            (b"\"abc", KeyError::UnbalancedQuote),
+            (b"abc\"", KeyError::UnbalancedQuote),
+            (b"\"a\"b\"", KeyError::UnbalancedQuote),
+            (b"\"abc\\\"", KeyError::UnbalancedQuote),
+            (b"\"a\\nb\"", KeyError::BadEscape),
+            (b"a b", KeyError::Space),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                IdempotencyKey::parse(value).as_ref(),
+                Err(expected),
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        let quoted_long = format!("\"{long}\"");
+        assert_eq!(
+            IdempotencyKey::parse(quoted_long.as_bytes()),
+            Err(KeyError::TooLong { length: 256 })
+        );
+    }
+
+    #[test]
+    fn the_longest_keys_and_quoted_spaces_are_accepted() {
+        let longest = "k".repeat(MAX_KEY_LEN);
+        assert_eq!(
+            IdempotencyKey::parse(longest.as_bytes()).map(|k| k.as_str().len()),
+            Ok(MAX_KEY_LEN)
+        );
+        let spaced = IdempotencyKey::parse(b" \t\"a b\" ").expect("a quoted key with a space");
+        assert_eq!(spaced.as_str(), "a b");
+    }
+
+    #[test]
+    fn fingerprint_bytes_round_trip() {
+        let fp = Fingerprint::new("POST", "/x", "a=1", b"body");
+        assert_eq!(Fingerprint::from_bytes(&fp.to_bytes()), Some(fp));
+        assert_eq!(Fingerprint::from_bytes(&[0; 63]), None);
+    }
+}
