@@ -42,8 +42,9 @@ SELECT FALSE, fingerprint, status, headers, body, expires_at_ms
 FROM idempotency_records
 WHERE scope = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM claimed)";
 
-/// The record that refused a claim, read again when the claim's snapshot predates it (a
-/// concurrent claim committed while this one waited).
+/// The record that holds a key: read before claiming (a live record needs no write), and again
+/// when the claim's snapshot predates the record that refused it (a concurrent claim committed
+/// while this one waited).
 const HOLDER: &str = "
 SELECT FALSE, fingerprint, status, headers, body, expires_at_ms
 FROM idempotency_records WHERE scope = $1 AND key = $2";
@@ -80,7 +81,9 @@ const CLAIM_ATTEMPTS: usize = 8;
 /// `INSERT … ON CONFLICT (scope, key) DO UPDATE … WHERE the record has ended RETURNING`: of
 /// any number of concurrent claims of one key, in one process or many, exactly one inserts
 /// (or takes over an ended record); the others read the record that holds the key and answer
-/// in progress, replay or mismatch. No claim reads first and writes after.
+/// in progress, replay or mismatch. A claim first reads the key's record: when it is live, the
+/// answer comes from that read alone (a replay costs one indexed read, no lock, no commit);
+/// the decision to take the key is never made from a read, only by the atomic statement.
 ///
 /// # Completion and release only touch their own claim
 ///
@@ -268,6 +271,12 @@ impl PgIdempotencyStore {
         let fingerprint: &[u8] = &fingerprint;
         let expires = until(request.now, request.lease);
         let mut conn = self.pool.get().await?;
+        // A live record answers from a plain read: replays and waits take no lock and write
+        // nothing. Only when the key looks free does the claim write.
+        let row = conn.query_opt(HOLDER, &[&request.scope, &key]).await?;
+        if let Seen::Held(outcome) = read_holder(request, row.as_ref())? {
+            return Ok(outcome);
+        }
         for _ in 0..CLAIM_ATTEMPTS {
             let row = conn
                 .query_opt(
