@@ -60,6 +60,8 @@ enum Command {
         profile: Option<Profile>,
         #[command(flatten)]
         connections: ConnectionArgs,
+        #[command(flatten)]
+        postgres: PostgresArgs,
     },
     /// Manage the reference API's keys in its database.
     Keys {
@@ -85,6 +87,61 @@ struct ConnectionArgs {
     /// Connections served at once; more are answered 503 and closed.
     #[arg(long, default_value_t = faultline_axum::listener::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+}
+
+/// State shared by several `serve` processes.
+#[derive(Debug, clap::Args)]
+struct PostgresArgs {
+    /// Keep idempotency records in PostgreSQL (`postgres://user@host:port/dbname`; default: env
+    /// `DATABASE_URL`), so that several `serve` processes share them. Migrations run at start.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Connections to PostgreSQL at most, per process.
+    #[arg(long, default_value_t = 16)]
+    database_max_connections: usize,
+    /// Milliseconds a PostgreSQL connect or statement may take before the request is answered
+    /// 503 with `Retry-After`.
+    #[arg(long, default_value_t = 2000)]
+    database_timeout_ms: u64,
+}
+
+impl PostgresArgs {
+    /// The URL from the flag, else from `DATABASE_URL`.
+    fn url(&self) -> Option<String> {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .filter(|url| !url.trim().is_empty())
+    }
+
+    /// The idempotency store on PostgreSQL, when a URL is given. Nothing connects yet:
+    /// [`migrate_postgres`] does, at start-up.
+    fn idempotency_store(
+        &self,
+    ) -> Result<Option<Arc<faultline_postgres::PgIdempotencyStore>>, UsageError> {
+        let Some(url) = self.url() else {
+            return Ok(None);
+        };
+        let mut options = faultline_postgres::PgOptions::from_url(&url)
+            .map_err(|e| UsageError(format!("--database-url: {e}")))?;
+        options.max_connections = self.database_max_connections.max(1);
+        options.connect_timeout = Duration::from_millis(self.database_timeout_ms.max(1));
+        options.statement_timeout = Duration::from_millis(self.database_timeout_ms.max(1));
+        let pool = faultline_postgres::PgPool::new(&options).map_err(store_error)?;
+        Ok(Some(Arc::new(faultline_postgres::PgIdempotencyStore::new(
+            pool,
+        ))))
+    }
+}
+
+/// Brings the PostgreSQL schema up to date (safe when several processes start at once).
+async fn migrate_postgres(
+    store: &faultline_postgres::PgIdempotencyStore,
+) -> Result<(), UsageError> {
+    faultline_postgres::migrate(store.pool())
+        .await
+        .map(drop)
+        .map_err(|e| UsageError(format!("PostgreSQL (--database-url): {e}")))
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,7 +242,15 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             catalog,
             profile,
             connections,
-        } => serve(addr, &db, catalog.as_deref(), profile, &connections),
+            postgres,
+        } => serve(
+            addr,
+            &db,
+            catalog.as_deref(),
+            profile,
+            &connections,
+            &postgres,
+        ),
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -308,6 +373,7 @@ fn serve(
     catalog: Option<&Path>,
     profile: Option<Profile>,
     connections: &ConnectionArgs,
+    postgres: &PostgresArgs,
 ) -> Result<ExitCode, UsageError> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -321,6 +387,7 @@ fn serve(
         None => Catalog::from_toml_str(reference::errors::SOURCE)
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
+    let pg_idempotency = postgres.idempotency_store()?;
     let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
     let (app, contract) = reference::app_on_file(parsed, profile, db, Arc::clone(&keys))
         .map_err(|e| UsageError(e.to_string()))?;
@@ -330,6 +397,10 @@ fn serve(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
+        if let Some(store) = &pg_idempotency {
+            migrate_postgres(store).await?;
+            println!("idempotency records in PostgreSQL (schema up to date)");
+        }
         println!("faultline reference API on http://{addr} (database {}, docs at http://{addr}/docs)", db.display());
         // An empty database gets a demo organisation and one key, shown this once.
         let fresh = keys.count_orgs().await.map_err(store_error)? == 0;

