@@ -8,6 +8,7 @@
 //!   kept apart so that a conflict can say which of the two changed ([`Difference`]).
 
 use std::fmt;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -212,6 +213,46 @@ impl fmt::Display for IdempotencyKey {
 impl AsRef<str> for IdempotencyKey {
     fn as_ref(&self) -> &str {
         &self.0
+    }
+}
+
+/// How long a completed response is replayed by default: 24 hours.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long a claim holds by default before another request may take it over: 60 seconds.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// The methods that honour a key by default.
+pub const DEFAULT_METHODS: [&str; 2] = ["POST", "PATCH"];
+
+/// How a server keeps idempotency keys: the catalog's `[idempotency]` table, or the defaults.
+///
+/// Built with [`Settings::default`] and changed through its public fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// How long a completed response is replayed ([`DEFAULT_RETENTION`]).
+    pub retention: Duration,
+    /// How long a claim holds before a retry may take it over ([`DEFAULT_LEASE`]).
+    pub lease: Duration,
+    /// The methods that honour a key, upper case ([`DEFAULT_METHODS`]).
+    pub methods: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            retention: DEFAULT_RETENTION,
+            lease: DEFAULT_LEASE,
+            methods: DEFAULT_METHODS.iter().map(|m| (*m).to_owned()).collect(),
+        }
+    }
+}
+
+impl Settings {
+    /// Whether requests with `method` honour a key.
+    pub fn applies_to(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
     }
 }
 
