@@ -191,6 +191,13 @@ impl TestDatabase {
         PgOptions::new(config)
     }
 
+    /// A `postgres://` URL for this database through `addr` (a proxy on 127.0.0.1), with the
+    /// user of [`URL_VAR`] (and no password: for servers that trust local connections).
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        let user = self.options.config.get_user().unwrap_or("postgres");
+        format!("postgres://{user}@{addr}/{}", self.name)
+    }
+
     /// A `postgres://` URL for this database (for processes started by the test).
     pub fn url(&self) -> String {
         let base = self.server.trim_end_matches('/');
