@@ -295,8 +295,14 @@ impl PgPool {
     /// found at start-up rather than on the first request.
     pub async fn connect(options: &PgOptions) -> Result<Self, StoreError> {
         let pool = Self::new(options)?;
-        pool.get().await?.batch_execute("SELECT 1").await?;
+        pool.ping().await?;
         Ok(pool)
+    }
+
+    /// Whether the database answers a trivial statement within the deadline (for a readiness
+    /// probe).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.get().await?.batch_execute("SELECT 1").await
     }
 
     /// How long one statement may take.

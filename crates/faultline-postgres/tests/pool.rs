@@ -274,8 +274,10 @@ async fn a_cut_is_unavailable_and_a_restore_recovers_without_a_restart() {
     for _ in 0..3 {
         assert_unavailable_in_time(&pool).await;
     }
+    assert!(pool.ping().await.unwrap_err().is_unavailable());
     proxy.restore().unwrap();
     assert_recovers(&pool).await;
+    pool.ping().await.unwrap();
 }
 
 #[tokio::test]
