@@ -60,6 +60,8 @@ enum Command {
         profile: Option<Profile>,
         #[command(flatten)]
         connections: ConnectionArgs,
+        #[command(flatten)]
+        idempotency: IdempotencyArgs,
     },
     /// Manage the reference API's keys in its database.
     Keys {
@@ -85,6 +87,23 @@ struct ConnectionArgs {
     /// Connections served at once; more are answered 503 and closed.
     #[arg(long, default_value_t = faultline_axum::listener::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+}
+
+/// How `Idempotency-Key` records are kept.
+#[derive(Debug, clap::Args)]
+struct IdempotencyArgs {
+    /// Seconds a claim holds before a retry may take it over (a server that died holding it).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_lease: u64,
+    /// Seconds a completed answer is replayed to retries with the same key.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_retention: u64,
+    /// Seconds between two prunings of ended records.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_prune_every: u64,
+    /// Milliseconds every keyed request waits after its claim (crash tests only).
+    #[arg(long, default_value_t = 0, hide = true)]
+    idempotency_hold_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,7 +204,15 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             catalog,
             profile,
             connections,
-        } => serve(addr, &db, catalog.as_deref(), profile, &connections),
+            idempotency,
+        } => serve(
+            addr,
+            &db,
+            catalog.as_deref(),
+            profile,
+            &connections,
+            &idempotency,
+        ),
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -308,6 +335,7 @@ fn serve(
     catalog: Option<&Path>,
     profile: Option<Profile>,
     connections: &ConnectionArgs,
+    idempotency: &IdempotencyArgs,
 ) -> Result<ExitCode, UsageError> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -322,8 +350,15 @@ fn serve(
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
     let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
-    let (app, contract) = reference::app_on_file(parsed, profile, db, Arc::clone(&keys))
-        .map_err(|e| UsageError(e.to_string()))?;
+    let mut options = reference::idempotency::IdempotencyOptions::default();
+    options.settings.lease = Duration::from_secs(idempotency.idempotency_lease);
+    options.settings.retention = Duration::from_secs(idempotency.idempotency_retention);
+    options.hold = Duration::from_millis(idempotency.idempotency_hold_ms);
+    let (app, contract) =
+        reference::app_on_file_with(parsed, profile, db, Arc::clone(&keys), &options)
+            .map_err(|e| UsageError(e.to_string()))?;
+    let records = reference::idempotency::store_on_file(db).map_err(|e| UsageError(e.0))?;
+    let prune_every = Duration::from_secs(idempotency.idempotency_prune_every);
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
@@ -347,6 +382,12 @@ fn serve(
         } else {
             println!("create a key with: faultline keys create --db {} --org demo --scopes all", db.display());
         }
+        // Ended idempotency records go on a task of their own; requests never wait for it.
+        let _pruning = faultline_axum::idempotency::spawn_pruning(
+            Arc::new(records),
+            Arc::clone(&options.clock),
+            prune_every,
+        );
         // Requests hyper cannot parse get the catalog's answer too.
         let listener = faultline_axum::ContractListener::new(listener, contract)
             .header_read_timeout(Duration::from_secs(connections.header_read_timeout))
