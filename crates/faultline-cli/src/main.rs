@@ -62,6 +62,8 @@ enum Command {
         connections: ConnectionArgs,
         #[command(flatten)]
         postgres: PostgresArgs,
+        #[command(flatten)]
+        idempotency: IdempotencyArgs,
     },
     /// Manage the reference API's keys in its database.
     Keys {
@@ -142,6 +144,23 @@ async fn migrate_postgres(
         .await
         .map(drop)
         .map_err(|e| UsageError(format!("PostgreSQL (--database-url): {e}")))
+}
+
+/// How `Idempotency-Key` records are kept.
+#[derive(Debug, clap::Args)]
+struct IdempotencyArgs {
+    /// Seconds a claim holds before a retry may take it over (a server that died holding it).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_lease: u64,
+    /// Seconds a completed answer is replayed to retries with the same key.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_retention: u64,
+    /// Seconds between two prunings of ended records.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_prune_every: u64,
+    /// Milliseconds every keyed request waits after its claim (crash tests only).
+    #[arg(long, default_value_t = 0, hide = true)]
+    idempotency_hold_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,6 +262,7 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             profile,
             connections,
             postgres,
+            idempotency,
         } => serve(
             addr,
             &db,
@@ -250,6 +270,7 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             profile,
             &connections,
             &postgres,
+            &idempotency,
         ),
         Command::Keys {
             command:
@@ -374,6 +395,7 @@ fn serve(
     profile: Option<Profile>,
     connections: &ConnectionArgs,
     postgres: &PostgresArgs,
+    idempotency: &IdempotencyArgs,
 ) -> Result<ExitCode, UsageError> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -389,8 +411,19 @@ fn serve(
     };
     let pg_idempotency = postgres.idempotency_store()?;
     let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
-    let (app, contract) = reference::app_on_file(parsed, profile, db, Arc::clone(&keys))
-        .map_err(|e| UsageError(e.to_string()))?;
+    let mut options = reference::idempotency::IdempotencyOptions::default();
+    options.settings.lease = Duration::from_secs(idempotency.idempotency_lease);
+    options.settings.retention = Duration::from_secs(idempotency.idempotency_retention);
+    options.hold = Duration::from_millis(idempotency.idempotency_hold_ms);
+    let (app, contract) =
+        reference::app_on_file_with(parsed, profile, db, Arc::clone(&keys), &options)
+            .map_err(|e| UsageError(e.to_string()))?;
+    // With --database-url the records (and so their pruning) are in PostgreSQL.
+    let records: Arc<dyn faultline_axum::idempotency::IdempotencyStore> = match &pg_idempotency {
+        Some(pg) => Arc::clone(pg) as _,
+        None => Arc::new(reference::idempotency::store_on_file(db).map_err(|e| UsageError(e.0))?),
+    };
+    let prune_every = Duration::from_secs(idempotency.idempotency_prune_every);
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
@@ -418,6 +451,12 @@ fn serve(
         } else {
             println!("create a key with: faultline keys create --db {} --org demo --scopes all", db.display());
         }
+        // Ended idempotency records go on a task of their own; requests never wait for it.
+        let _pruning = faultline_axum::idempotency::spawn_pruning(
+            records,
+            Arc::clone(&options.clock),
+            prune_every,
+        );
         // Requests hyper cannot parse get the catalog's answer too.
         let listener = faultline_axum::ContractListener::new(listener, contract)
             .header_read_timeout(Duration::from_secs(connections.header_read_timeout))

@@ -7,6 +7,7 @@
 mod categories;
 mod chatbots;
 pub mod cursor;
+pub mod idempotency;
 pub mod keys;
 pub mod store;
 
@@ -99,6 +100,14 @@ pub fn app(settings: Settings) -> Result<Router, StartError> {
 
 /// Builds the reference app, and gives the contract it serves (for [`faultline_axum::ContractListener`]).
 pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> {
+    build_with(settings, &idempotency::IdempotencyOptions::default())
+}
+
+/// [`build`] with these idempotency options.
+pub fn build_with(
+    settings: Settings,
+    idempotency: &idempotency::IdempotencyOptions,
+) -> Result<(Router, Arc<Contract>), StartError> {
     // The handlers raise codes of the compiled-in chatbots catalog; a catalog given at run time
     // must hold them with the same status, or the docs would not match what is served.
     for def in errors::defs::ALL {
@@ -129,6 +138,15 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
         .cursor_secret()
         .map_err(|_| StartError("cannot read the database".into()))?;
     let auth = AuthLayer::new(Arc::clone(settings.keys.authenticator()));
+    let faultline = Faultline::new(contract)
+        .body_limit(settings.body_limit)
+        .timeout(settings.timeout);
+    let keyed_layer = idempotency::layer(
+        &settings.store,
+        Arc::clone(faultline.contract()),
+        idempotency,
+    )?;
+    let keyed = |route| idempotency::keyed(route, &keyed_layer, idempotency.hold);
     let state = AppState {
         store: settings.store,
         auth: Arc::clone(settings.keys.authenticator()),
@@ -146,7 +164,7 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
     let router = Router::new()
         .route(
             "/v1/chatbots",
-            guard(post(chatbots::create), "chatbots:write")
+            guard(keyed(post(chatbots::create)), "chatbots:write")
                 .merge(guard(get(chatbots::list), "chatbots:read")),
         )
         .route(
@@ -157,7 +175,7 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
         )
         .route(
             "/v1/categories",
-            guard(post(categories::create), "categories:write"),
+            guard(keyed(post(categories::create)), "categories:write"),
         )
         .route(
             "/v1/categories/{id}",
@@ -166,7 +184,7 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
         )
         .route(
             "/v1/api_keys",
-            guard(post(keys::create), "api_keys:write")
+            guard(keyed(post(keys::create)), "api_keys:write")
                 .merge(guard(get(keys::list), "api_keys:read")),
         )
         .route(
@@ -176,9 +194,6 @@ pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> 
         .route("/docs", get(docs))
         .route("/health", get(health))
         .with_state(state);
-    let faultline = Faultline::new(contract)
-        .body_limit(settings.body_limit)
-        .timeout(settings.timeout);
     let contract = Arc::clone(faultline.contract());
     Ok((faultline.install(router), contract))
 }
@@ -208,16 +223,36 @@ pub fn app_on_file(
     db: &FsPath,
     keys: Arc<KeyManager>,
 ) -> Result<(Router, Arc<Contract>), StartError> {
-    let store =
-        Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
-    build(Settings {
+    app_on_file_with(
         catalog,
         profile,
-        store,
+        db,
         keys,
-        body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
-        timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
-    })
+        &idempotency::IdempotencyOptions::default(),
+    )
+}
+
+/// [`app_on_file`] with these idempotency options.
+pub fn app_on_file_with(
+    catalog: Catalog,
+    profile: Option<faultline::Profile>,
+    db: &FsPath,
+    keys: Arc<KeyManager>,
+    idempotency: &idempotency::IdempotencyOptions,
+) -> Result<(Router, Arc<Contract>), StartError> {
+    let store =
+        Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
+    build_with(
+        Settings {
+            catalog,
+            profile,
+            store,
+            keys,
+            body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
+            timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
+        },
+        idempotency,
+    )
 }
 
 /// Calls `$check::<T>()?` for every type the app reads from a request body or query string.
