@@ -53,6 +53,12 @@ impl Default for IdempotencyOptions {
 }
 
 impl IdempotencyOptions {
+    /// The catalog's `[idempotency]` settings (the defaults when it has none), on the system
+    /// clock.
+    pub fn from_catalog(catalog: &faultline::Catalog) -> Self {
+        Self::from_settings(catalog.idempotency.clone().unwrap_or_default())
+    }
+
     /// `settings` on the system clock, holding nothing.
     pub fn from_settings(settings: Settings) -> Self {
         IdempotencyOptions {
