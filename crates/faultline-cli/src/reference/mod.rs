@@ -63,6 +63,9 @@ pub struct AppState {
     keys: Arc<KeyManager>,
     cursor_key: Arc<Vec<u8>>,
     docs_html: Arc<String>,
+    /// Whether idempotency records live in `store`'s database (handlers then complete them in
+    /// their own transactions).
+    records_in_store: bool,
 }
 
 /// Everything needed to build the app.
@@ -159,6 +162,7 @@ pub fn build_with(
         keys: settings.keys,
         cursor_key: Arc::new(cursor_key),
         docs_html: Arc::new(docs_html),
+        records_in_store: idempotency.store.is_none(),
     };
     // Each method of a route gets its own scope; the key check wraps only routed methods, so
     // an unknown route or method is answered 404 or 405 whatever the credentials.
