@@ -46,6 +46,14 @@ async fn api(hold: Duration) -> Api {
 }
 
 async fn api_with(hold: Duration, settings: IdempotencySettings) -> Api {
+    api_on(hold, settings, None).await
+}
+
+async fn api_on(
+    hold: Duration,
+    settings: IdempotencySettings,
+    records: Option<Arc<dyn faultline_axum::idempotency::IdempotencyStore>>,
+) -> Api {
     let dir = TempDir::new();
     let store = Store::open(&dir.db()).unwrap();
     let memory = Arc::new(MemoryKeyStore::new());
@@ -58,6 +66,7 @@ async fn api_with(hold: Duration, settings: IdempotencySettings) -> Api {
     let mut options = IdempotencyOptions::from_settings(settings);
     options.clock = Arc::new(clock.clone());
     options.hold = hold;
+    options.store = records;
     let (app, _) = build_with(
         Settings {
             catalog: catalog(),
@@ -130,7 +139,25 @@ async fn chatbots(store: &Store) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_duplicates_create_one_chatbot() {
-    let api = api(Duration::ZERO).await;
+    storm(api(Duration::ZERO).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_duplicates_create_one_chatbot_with_records_in_memory() {
+    let records = Arc::new(faultline_axum::idempotency::MemoryIdempotencyStore::new());
+    storm(
+        api_on(
+            Duration::ZERO,
+            IdempotencySettings::default(),
+            Some(records),
+        )
+        .await,
+    )
+    .await;
+}
+
+/// 200 concurrent POSTs with one key: one chatbot, every answer its 201 or a wait.
+async fn storm(api: Api) {
     let start = Arc::new(tokio::sync::Barrier::new(200));
     let tasks: Vec<_> = (0..200)
         .map(|_| {
