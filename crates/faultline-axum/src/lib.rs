@@ -15,6 +15,8 @@
 //!   and closes slow, idle and excess connections;
 //! - [`auth`] (feature `auth`, on by default): API keys, scopes and tenancy; its stores on
 //!   SQLite are in the `faultline-sqlite` crate;
+//! - `idempotency` (feature `idempotency`): `Idempotency-Key` honoured, one execution per key,
+//!   byte-identical replays; its SQLite store is in `faultline-sqlite`;
 //! - [`refuse::RefuseOr`]: the response future every guarding middleware shares.
 //!
 //! # Layout

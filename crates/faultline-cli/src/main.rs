@@ -149,12 +149,14 @@ async fn migrate_postgres(
 /// How `Idempotency-Key` records are kept.
 #[derive(Debug, clap::Args)]
 struct IdempotencyArgs {
-    /// Seconds a claim holds before a retry may take it over (a server that died holding it).
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-    idempotency_lease: u64,
-    /// Seconds a completed answer is replayed to retries with the same key.
-    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
-    idempotency_retention: u64,
+    /// Seconds a claim holds before a retry may take it over (a server that died holding it)
+    /// [default: the catalog's `lease_seconds`, else 60].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_lease: Option<u64>,
+    /// Seconds a completed answer is replayed to retries with the same key [default: the
+    /// catalog's `retention_seconds`, else 86400].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_retention: Option<u64>,
     /// Seconds between two prunings of ended records.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     idempotency_prune_every: u64,
@@ -411,10 +413,17 @@ fn serve(
     };
     let pg_idempotency = postgres.idempotency_store()?;
     let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
-    let mut options = reference::idempotency::IdempotencyOptions::default();
-    options.settings.lease = Duration::from_secs(idempotency.idempotency_lease);
-    options.settings.retention = Duration::from_secs(idempotency.idempotency_retention);
+    let mut options = reference::idempotency::IdempotencyOptions::from_catalog(&parsed);
+    if let Some(seconds) = idempotency.idempotency_lease {
+        options.settings.lease = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = idempotency.idempotency_retention {
+        options.settings.retention = Duration::from_secs(seconds);
+    }
     options.hold = Duration::from_millis(idempotency.idempotency_hold_ms);
+    if let Some(pg) = &pg_idempotency {
+        options.store = Some(Arc::clone(pg) as _);
+    }
     let (app, contract) =
         reference::app_on_file_with(parsed, profile, db, Arc::clone(&keys), &options)
             .map_err(|e| UsageError(e.to_string()))?;

@@ -144,7 +144,7 @@ fn create_key(db: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waits for the idempotency layer in `serve` (branch idem); without it all 200 POSTs run"]
+
 async fn two_servers_on_one_postgresql_run_a_keyed_post_once() {
     let Some(pg) = TestDatabase::create() else {
         return;
@@ -269,7 +269,7 @@ fn serve_quick(db: &Path, database_url: &str) -> Server {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waits for the idempotency layer in `serve` (branch idem)"]
+
 async fn a_postgresql_outage_is_a_503_with_retry_after_and_serve_recovers_by_itself() {
     let Some(pg) = TestDatabase::create() else {
         return;

@@ -42,6 +42,18 @@ async fn bearer(keys: &KeyManager, org: &str) -> String {
 }
 
 async fn api(hold: Duration) -> Api {
+    api_with(hold, IdempotencySettings::default()).await
+}
+
+async fn api_with(hold: Duration, settings: IdempotencySettings) -> Api {
+    api_on(hold, settings, None).await
+}
+
+async fn api_on(
+    hold: Duration,
+    settings: IdempotencySettings,
+    records: Option<Arc<dyn faultline_axum::idempotency::IdempotencyStore>>,
+) -> Api {
     let dir = TempDir::new();
     let store = Store::open(&dir.db()).unwrap();
     let memory = Arc::new(MemoryKeyStore::new());
@@ -51,9 +63,10 @@ async fn api(hold: Duration) -> Api {
     ));
     let (acme, globex) = (bearer(&keys, "acme").await, bearer(&keys, "globex").await);
     let clock = ManualClock::at(1_900_000_000);
-    let mut options = IdempotencyOptions::from_settings(IdempotencySettings::default());
+    let mut options = IdempotencyOptions::from_settings(settings);
     options.clock = Arc::new(clock.clone());
     options.hold = hold;
+    options.store = records;
     let (app, _) = build_with(
         Settings {
             catalog: catalog(),
@@ -126,7 +139,25 @@ async fn chatbots(store: &Store) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_duplicates_create_one_chatbot() {
-    let api = api(Duration::ZERO).await;
+    storm(api(Duration::ZERO).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_duplicates_create_one_chatbot_with_records_in_memory() {
+    let records = Arc::new(faultline_axum::idempotency::MemoryIdempotencyStore::new());
+    storm(
+        api_on(
+            Duration::ZERO,
+            IdempotencySettings::default(),
+            Some(records),
+        )
+        .await,
+    )
+    .await;
+}
+
+/// 200 concurrent POSTs with one key: one chatbot, every answer its 201 or a wait.
+async fn storm(api: Api) {
     let start = Arc::new(tokio::sync::Barrier::new(200));
     let tasks: Vec<_> = (0..200)
         .map(|_| {
@@ -417,4 +448,45 @@ async fn a_record_past_its_retention_lets_the_key_run_again() {
     assert_eq!(again.status, 201);
     assert_ne!(again.body, first.body, "a new chatbot after the window");
     assert_eq!(chatbots(&api.store).await, 2);
+}
+
+#[tokio::test]
+async fn the_docs_page_states_the_window_in_force() {
+    let mut settings = IdempotencySettings::default();
+    settings.retention = Duration::from_secs(2 * 3600);
+    settings.lease = Duration::from_secs(30);
+    let api = api_with(Duration::ZERO, settings).await;
+    let response = api
+        .app
+        .clone()
+        .oneshot(Request::get("/docs").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let page = response.into_body().collect().await.unwrap().to_bytes();
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("kept for 2 hours"), "{page}");
+    assert!(page.contains("freed after 30 seconds"), "{page}");
+    // And the server keeps answers for exactly that long.
+    let body = json!({"name": "two hours"});
+    let first = post(
+        &api.app,
+        &api.acme,
+        "/v1/chatbots",
+        Some(b"w"),
+        body.clone(),
+    )
+    .await;
+    api.clock.advance_secs(2 * 3600 - 1);
+    let replay = post(
+        &api.app,
+        &api.acme,
+        "/v1/chatbots",
+        Some(b"w"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(replay.body, first.body);
+    api.clock.advance_secs(1);
+    let again = post(&api.app, &api.acme, "/v1/chatbots", Some(b"w"), body).await;
+    assert_ne!(again.body, first.body);
 }

@@ -52,6 +52,8 @@ use crate::style::CodeStyle;
 pub struct Catalog {
     /// API-wide settings. No index depends on them.
     pub api: ApiSettings,
+    /// The `[idempotency]` table: how `Idempotency-Key` is honoured (none when absent).
+    pub idempotency: Option<crate::idempotency::Settings>,
     bindings: BTreeMap<Situation, String>,
     errors: Vec<ErrorSpec>,
     index: HashMap<String, usize>,
@@ -296,6 +298,7 @@ struct RawDoc {
     api: Option<Spanned<RawTable>>,
     bindings: Option<Spanned<RawTable>>,
     errors: Option<Vec<Spanned<RawTable>>>,
+    idempotency: Option<Spanned<RawTable>>,
 }
 
 const API_KEYS: [&str; 8] = [
@@ -381,10 +384,19 @@ impl<'s> Parser<'s> {
             index.entry(e.code.clone()).or_insert(i);
         }
         let bindings = self.bindings(raw.bindings.as_ref(), &index);
+        let idempotency = raw.idempotency.as_ref().map(|table| {
+            let (settings, problems) = crate::idempotency::parse_section(table.get_ref());
+            for (at, rule, message) in problems {
+                let line = self.line(at);
+                self.problem(line, None, rule, message);
+            }
+            settings
+        });
 
         match api {
             Some(api) if self.problems.is_empty() => Ok(Catalog {
                 api,
+                idempotency,
                 bindings,
                 errors,
                 index,

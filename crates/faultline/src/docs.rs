@@ -264,6 +264,9 @@ pub fn markdown(catalog: &Catalog) -> String {
         );
     }
     out.push('\n');
+    if let Some(settings) = &catalog.idempotency {
+        out.push_str(&crate::idempotency::docs_markdown(catalog, settings));
+    }
     let _ = writeln!(out, "## Error codes\n");
     for (category, codes) in sections(catalog) {
         let _ = writeln!(out, "### {category}\n");
@@ -466,6 +469,9 @@ pub fn html(catalog: &Catalog) -> String {
         );
     }
     let _ = writeln!(out, "</tbody>\n</table>");
+    if let Some(settings) = &catalog.idempotency {
+        out.push_str(&crate::idempotency::docs_html(catalog, settings, prose));
+    }
     let _ = writeln!(out, "<h2 id=\"codes\">Error codes</h2>");
     let _ = writeln!(
         out,

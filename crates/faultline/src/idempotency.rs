@@ -256,6 +256,189 @@ impl Settings {
     }
 }
 
+/// The keys of a catalog's `[idempotency]` table.
+pub const SECTION_KEYS: [&str; 3] = ["retention_seconds", "lease_seconds", "methods"];
+
+/// One problem found in an `[idempotency]` table: the byte offset it is at, a rule name and a
+/// message (the catalog parser turns the offset into a line).
+pub(crate) type SectionProblem = (usize, &'static str, String);
+
+/// Reads a catalog's `[idempotency]` table: every key is optional and defaults to
+/// [`Settings::default`]. Problems are collected, not fatal, so the catalog reports them all.
+pub(crate) fn parse_section(
+    table: &std::collections::BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>>,
+) -> (Settings, Vec<SectionProblem>) {
+    let mut settings = Settings::default();
+    let mut problems = Vec::new();
+    for (key, value) in table {
+        let at = value.span().start;
+        match key.get_ref().as_str() {
+            name @ ("retention_seconds" | "lease_seconds") => match value.get_ref() {
+                toml::Value::Integer(n) if *n > 0 => {
+                    let duration = Duration::from_secs(n.unsigned_abs());
+                    if name == "retention_seconds" {
+                        settings.retention = duration;
+                    } else {
+                        settings.lease = duration;
+                    }
+                }
+                _ => problems.push((
+                    at,
+                    "idempotency-duration",
+                    format!("`{name}` must be a whole number of seconds above zero"),
+                )),
+            },
+            "methods" => {
+                let methods: Option<Vec<String>> = match value.get_ref() {
+                    toml::Value::Array(items) => items
+                        .iter()
+                        .map(|item| {
+                            item.as_str()
+                                .filter(|m| {
+                                    !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic())
+                                })
+                                .map(str::to_ascii_uppercase)
+                        })
+                        .collect(),
+                    _ => None,
+                };
+                match methods {
+                    Some(methods) if !methods.is_empty() => settings.methods = methods,
+                    _ => problems.push((
+                        at,
+                        "idempotency-methods",
+                        "`methods` must be a non-empty list of HTTP method names, e.g. [\"POST\"]"
+                            .to_owned(),
+                    )),
+                }
+            }
+            other => problems.push((
+                key.span().start,
+                "unknown-key",
+                format!(
+                    "unknown key `{other}` in [idempotency]; expected one of {}",
+                    SECTION_KEYS.join(", ")
+                ),
+            )),
+        }
+    }
+    (settings, problems)
+}
+
+/// A duration for people: whole days, hours, minutes or seconds (`24 hours`, `90 seconds`).
+pub fn human_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    let (n, unit) = match seconds {
+        s if s > 0 && s % 86_400 == 0 && s / 86_400 != 1 => (s / 86_400, "days"),
+        s if s > 0 && s % 3_600 == 0 => (s / 3_600, "hours"),
+        s if s > 0 && s % 60 == 0 => (s / 60, "minutes"),
+        s => (s, "seconds"),
+    };
+    if n == 1 {
+        format!("1 {}", unit.trim_end_matches('s'))
+    } else {
+        format!("{n} {unit}")
+    }
+}
+
+/// The code a catalog binds to `situation`, with its status, for prose.
+fn bound_code(catalog: &crate::Catalog, situation: crate::Situation) -> Option<(String, u16)> {
+    catalog
+        .bound(situation)
+        .map(|spec| (spec.code.clone(), spec.status))
+}
+
+/// The rules of idempotency keys as docs bullets (Markdown inline code in backticks), from
+/// the catalog's settings and bindings.
+fn rules(catalog: &crate::Catalog, settings: &Settings) -> (String, Vec<String>) {
+    use crate::Situation;
+    let methods = settings
+        .methods
+        .iter()
+        .map(|m| format!("`{m}`"))
+        .collect::<Vec<_>>();
+    let methods = match methods.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => "no".to_owned(),
+    };
+    let code = |situation| {
+        bound_code(catalog, situation)
+            .map(|(code, status)| format!("`{code}` ({status})"))
+            .unwrap_or_else(|| "an error".to_owned())
+    };
+    let intro = format!(
+        "{methods} requests may carry an `{HEADER}` header, so that a retry after a timeout or a \
+         dropped connection cannot take effect twice. A key is 1 to {MAX_KEY_LEN} printable ASCII \
+         characters, sent as a bare token or as a quoted string (a fresh UUID per operation is a \
+         good choice). Keys belong to the caller: the same key sent with another API key is \
+         another key."
+    );
+    let retention = human_duration(settings.retention);
+    let lease = human_duration(settings.lease);
+    let bullets = vec![
+        format!(
+            "The first answer with a status below 500 is kept for {retention} and returned to \
+             every retry with the same key and the same request (method, path, query and body), \
+             byte for byte, with `{REPLAYED_HEADER}: true` and a new request id."
+        ),
+        format!(
+            "A retry while the first request is still running gets {} with `Retry-After`; retry \
+             after it to receive the result.",
+            code(Situation::IdempotencyInProgress)
+        ),
+        format!(
+            "The same key with a different request gets {}; `details.differs` says what changed \
+             (`request` for the method, path or query, `body`, or `both`). Use a new key for a \
+             new request.",
+            code(Situation::IdempotencyConflict)
+        ),
+        format!(
+            "A malformed key gets {}; `details.reason` says why.",
+            code(Situation::IdempotencyKeyInvalid)
+        ),
+        format!(
+            "An answer of 500 or above is not kept, so the same key may be retried. If the server \
+             stops while it holds a key, the key is freed after {lease}."
+        ),
+        format!("After {retention}, a key may be used again for anything."),
+    ];
+    (intro, bullets)
+}
+
+/// The docs page's section on idempotency keys, as Markdown: the window and the rules, from
+/// the catalog's `[idempotency]` settings and its bindings.
+pub fn docs_markdown(catalog: &crate::Catalog, settings: &Settings) -> String {
+    let (intro, bullets) = rules(catalog, settings);
+    let mut out = format!("## Idempotency keys\n\n{intro}\n\n");
+    for bullet in bullets {
+        out.push_str("- ");
+        out.push_str(&bullet);
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+/// [`docs_markdown`] as HTML, each piece passed through `prose` (the page's escaping, which
+/// turns backticks into code).
+pub(crate) fn docs_html(
+    catalog: &crate::Catalog,
+    settings: &Settings,
+    prose: impl Fn(&str) -> String,
+) -> String {
+    let (intro, bullets) = rules(catalog, settings);
+    let mut out = format!(
+        "<h2 id=\"idempotency\">Idempotency keys</h2>\n<p>{}</p>\n<ul>\n",
+        prose(&intro)
+    );
+    for bullet in bullets {
+        out.push_str(&format!("<li>{}</li>\n", prose(&bullet)));
+    }
+    out.push_str("</ul>\n");
+    out
+}
+
 /// The length of [`Fingerprint::to_bytes`].
 pub const FINGERPRINT_LEN: usize = 64;
 

@@ -182,7 +182,8 @@ pub(super) async fn create(
     let body = serde_json::to_vec(&Chatbot::from(row)).map_err(Error::internal)?;
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let record = claim.as_ref().map(|claim| {
+    let in_store = state.records_in_store;
+    let record = claim.as_ref().filter(|_| in_store).map(|claim| {
         (
             claim.token().clone(),
             claim.response(StatusCode::CREATED, &headers, body.clone()),
@@ -210,7 +211,7 @@ pub(super) async fn create(
         return Err(Error::bound(faultline::Situation::IdempotencyInProgress)
             .with_header("Retry-After", "1"));
     }
-    if let Some(claim) = &claim {
+    if let Some(claim) = claim.as_ref().filter(|_| in_store) {
         claim.completed();
     }
     Ok((StatusCode::CREATED, headers, body).into_response())

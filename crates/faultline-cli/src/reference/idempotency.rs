@@ -14,7 +14,7 @@ use axum::routing::MethodRouter;
 use faultline::clock::{Clock, SystemClock};
 use faultline::idempotency::Settings;
 use faultline_axum::Contract;
-use faultline_axum::idempotency::IdempotencyLayer;
+use faultline_axum::idempotency::{IdempotencyLayer, IdempotencyStore};
 use faultline_sqlite::idempotency::SqliteIdempotencyStore;
 use faultline_sqlite::{Pool, PoolOptions};
 
@@ -35,6 +35,9 @@ pub struct IdempotencyOptions {
     /// Holds every keyed request this long after its claim, before the handler (crash tests
     /// use it to kill a server while a claim is held); zero in normal use.
     pub hold: Duration,
+    /// Keeps the records in this store instead of the reference API's SQLite file; handlers
+    /// then leave completion to the layer (no shared transaction).
+    pub store: Option<Arc<dyn IdempotencyStore>>,
 }
 
 impl std::fmt::Debug for IdempotencyOptions {
@@ -42,6 +45,7 @@ impl std::fmt::Debug for IdempotencyOptions {
         f.debug_struct("IdempotencyOptions")
             .field("settings", &self.settings)
             .field("hold", &self.hold)
+            .field("own_store", &self.store.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -53,12 +57,19 @@ impl Default for IdempotencyOptions {
 }
 
 impl IdempotencyOptions {
+    /// The catalog's `[idempotency]` settings (the defaults when it has none), on the system
+    /// clock.
+    pub fn from_catalog(catalog: &faultline::Catalog) -> Self {
+        Self::from_settings(catalog.idempotency.clone().unwrap_or_default())
+    }
+
     /// `settings` on the system clock, holding nothing.
     pub fn from_settings(settings: Settings) -> Self {
         IdempotencyOptions {
             settings,
             clock: Arc::new(SystemClock),
             hold: Duration::ZERO,
+            store: None,
         }
     }
 }
@@ -83,7 +94,10 @@ pub(super) fn layer(
     contract: Arc<Contract>,
     options: &IdempotencyOptions,
 ) -> Result<IdempotencyLayer, StartError> {
-    let records = Arc::new(store_on(store)?);
+    let records: Arc<dyn IdempotencyStore> = match &options.store {
+        Some(records) => Arc::clone(records),
+        None => Arc::new(store_on(store)?),
+    };
     Ok(IdempotencyLayer::new(records, contract)
         .settings(&options.settings)
         .clock(Arc::clone(&options.clock)))

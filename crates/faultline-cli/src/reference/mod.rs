@@ -63,6 +63,9 @@ pub struct AppState {
     keys: Arc<KeyManager>,
     cursor_key: Arc<Vec<u8>>,
     docs_html: Arc<String>,
+    /// Whether idempotency records live in `store`'s database (handlers then complete them in
+    /// their own transactions).
+    records_in_store: bool,
 }
 
 /// Everything needed to build the app.
@@ -99,15 +102,21 @@ pub fn app(settings: Settings) -> Result<Router, StartError> {
 }
 
 /// Builds the reference app, and gives the contract it serves (for [`faultline_axum::ContractListener`]).
+///
+/// Idempotency keys are kept as the catalog's `[idempotency]` table says (the defaults when it
+/// has none).
 pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> {
-    build_with(settings, &idempotency::IdempotencyOptions::default())
+    let options = idempotency::IdempotencyOptions::from_catalog(&settings.catalog);
+    build_with(settings, &options)
 }
 
-/// [`build`] with these idempotency options.
+/// [`build`] with these idempotency options; the docs page states them (they replace the
+/// catalog's `[idempotency]` table).
 pub fn build_with(
-    settings: Settings,
+    mut settings: Settings,
     idempotency: &idempotency::IdempotencyOptions,
 ) -> Result<(Router, Arc<Contract>), StartError> {
+    settings.catalog.idempotency = Some(idempotency.settings.clone());
     // The handlers raise codes of the compiled-in chatbots catalog; a catalog given at run time
     // must hold them with the same status, or the docs would not match what is served.
     for def in errors::defs::ALL {
@@ -153,6 +162,7 @@ pub fn build_with(
         keys: settings.keys,
         cursor_key: Arc::new(cursor_key),
         docs_html: Arc::new(docs_html),
+        records_in_store: idempotency.store.is_none(),
     };
     // Each method of a route gets its own scope; the key check wraps only routed methods, so
     // an unknown route or method is answered 404 or 405 whatever the credentials.
@@ -223,13 +233,8 @@ pub fn app_on_file(
     db: &FsPath,
     keys: Arc<KeyManager>,
 ) -> Result<(Router, Arc<Contract>), StartError> {
-    app_on_file_with(
-        catalog,
-        profile,
-        db,
-        keys,
-        &idempotency::IdempotencyOptions::default(),
-    )
+    let options = idempotency::IdempotencyOptions::from_catalog(&catalog);
+    app_on_file_with(catalog, profile, db, keys, &options)
 }
 
 /// [`app_on_file`] with these idempotency options.
