@@ -4,7 +4,8 @@
 # against the same POST without a key (target >= 0.5x), and a replay against a plain
 # GET /v1/chatbots/{id} (target >= 0.8x), as throughput ratios of one run.
 # Usage: bench/idempotency_ratios.sh [store] [extra criterion args]
-#   store: sqlite (default; records in the app's SQLite file) or memory. Other engines add
+#   store: sqlite (default; records in the app's SQLite file), memory, or postgres (needs
+#   FAULTLINE_TEST_POSTGRES_URL, e.g. postgres://postgres@127.0.0.1:5432). Other engines add
 #   their name to FAULTLINE_BENCH_IDEMPOTENCY in the bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,7 +4,8 @@
 //! `bench/idempotency_ratios.sh` runs it and prints the ratios.
 //!
 //! `FAULTLINE_BENCH_IDEMPOTENCY` picks the record store: `sqlite` (default: the records in the
-//! reference API's own SQLite file, completed inside the insert's transaction) or `memory`.
+//! reference API's own SQLite file, completed inside the insert's transaction), `memory`, or
+//! `postgres` (a throw-away database on the server in `FAULTLINE_TEST_POSTGRES_URL`).
 #![allow(missing_docs)] // criterion_group! generates an undocumented public function
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a broken fixture should stop the benchmark
 
@@ -79,10 +80,21 @@ fn idempotency(c: &mut Criterion) {
     });
     let engine = std::env::var("FAULTLINE_BENCH_IDEMPOTENCY").unwrap_or_else(|_| "sqlite".into());
     let mut options = IdempotencyOptions::from_catalog(&catalog());
+    // `postgres`: records in a throw-away database on FAULTLINE_TEST_POSTGRES_URL's server.
+    let mut postgres = None;
     match engine.as_str() {
         "sqlite" => {}
         "memory" => options.store = Some(Arc::new(MemoryIdempotencyStore::new())),
-        other => panic!("unknown FAULTLINE_BENCH_IDEMPOTENCY `{other}`: sqlite or memory"),
+        "postgres" => {
+            let db = faultline_postgres::testing::TestDatabase::migrated()
+                .expect("FAULTLINE_TEST_POSTGRES_URL names the server");
+            let pool = faultline_postgres::PgPool::new(&db.options()).expect("a pool");
+            options.store = Some(Arc::new(faultline_postgres::PgIdempotencyStore::new(pool)));
+            postgres = Some(db);
+        }
+        other => {
+            panic!("unknown FAULTLINE_BENCH_IDEMPOTENCY `{other}`: sqlite, memory or postgres")
+        }
     }
     let (app, _) = build_with(
         Settings {
@@ -128,6 +140,7 @@ fn idempotency(c: &mut Criterion) {
     });
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
+    drop(postgres);
 }
 
 criterion_group! {
