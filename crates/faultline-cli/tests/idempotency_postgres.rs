@@ -38,11 +38,17 @@ fn free_port() -> u16 {
 
 /// Starts `serve` on `db` (SQLite) with its idempotency store on `database_url`.
 fn serve(db: &Path, database_url: &str) -> Server {
+    serve_with(db, database_url, &[])
+}
+
+/// [`serve`] with more flags.
+fn serve_with(db: &Path, database_url: &str, extra: &[&str]) -> Server {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_faultline"))
         .args(["serve", "--addr", &addr, "--db"])
         .arg(db)
         .args(["--database-url", database_url])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -344,5 +350,125 @@ async fn a_postgresql_outage_is_a_503_with_retry_after_and_serve_recovers_by_its
             recovered.is_some(),
             "{outage}: serve recovers without a restart"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_left_in_postgresql_by_a_killed_server_ends_with_its_lease_and_runs_once() {
+    let Some(pg) = TestDatabase::create() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "faultline-pg-crash-{}-{}",
+        std::process::id(),
+        pg.name()
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let db = dir.0.join("reference.db");
+    let bearer = format!("Bearer {}", create_key(&db));
+    let body = r#"{"name":"crash","status":"active"}"#;
+    let post = |addr: String| {
+        let bearer = bearer.clone();
+        async move {
+            send(
+                &addr,
+                "POST",
+                "/v1/chatbots",
+                &[("authorization", &bearer), ("idempotency-key", "crash-key")],
+                Some(body),
+            )
+            .await
+        }
+    };
+
+    // The first server claims the key, then holds the request until it is killed.
+    let lease = ["--idempotency-lease", "2"];
+    let mut first = serve_with(
+        &db,
+        &pg.url(),
+        &[lease[0], lease[1], "--idempotency-hold-ms", "60000"],
+    );
+    wait_ready(&mut first).await;
+    let caller = tokio::spawn(post(first.addr.clone()));
+    let pool = PgPool::connect(&pg.options()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let claims = pool
+            .get()
+            .await
+            .unwrap()
+            .query(
+                "SELECT 1 FROM idempotency_records WHERE status IS NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        if !claims.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the request never claimed its key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.child.kill().unwrap(); // SIGKILL: nothing is released
+    first.child.wait().unwrap();
+    assert!(
+        caller.await.unwrap().is_err_or_empty(),
+        "the connection died with the server"
+    );
+
+    // Another server: in progress until the lease ends, then the retry runs, once.
+    let mut second = serve_with(&db, &pg.url(), &lease);
+    wait_ready(&mut second).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut waited = 0;
+    let created = loop {
+        let reply = post(second.addr.clone()).await.unwrap();
+        match reply.status {
+            201 => break reply,
+            409 if reply.body.contains("idempotency_in_progress") => {
+                waited += 1;
+                assert!(Instant::now() < deadline, "the lease never ended");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => panic!("unexpected {reply:?}"),
+        }
+    };
+    assert!(
+        waited > 0,
+        "the dead server's claim held until its lease ended"
+    );
+    assert_ne!(created.header("idempotent-replayed"), Some("true"));
+    let replay = post(second.addr.clone()).await.unwrap();
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body, created.body);
+    let list = send(
+        &second.addr,
+        "GET",
+        "/v1/chatbots",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await
+    .unwrap();
+    let page: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 1, "{page}");
+}
+
+/// A request to a server killed mid-way gets no answer.
+trait NoAnswer {
+    fn is_err_or_empty(&self) -> bool;
+}
+
+impl NoAnswer for std::io::Result<Reply> {
+    fn is_err_or_empty(&self) -> bool {
+        match self {
+            Err(_) => true,
+            Ok(reply) => reply.status == 0,
+        }
     }
 }
