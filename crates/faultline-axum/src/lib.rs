@@ -15,6 +15,8 @@
 //!   and closes slow, idle and excess connections;
 //! - [`auth`] (feature `auth`, on by default): API keys, scopes and tenancy; its stores on
 //!   SQLite are in the `faultline-sqlite` crate;
+//! - `idempotency` (feature `idempotency`): `Idempotency-Key` honoured, one execution per key,
+//!   byte-identical replays; its SQLite store is in `faultline-sqlite`;
 //! - [`refuse::RefuseOr`]: the response future every guarding middleware shares.
 //!
 //! # Layout
@@ -29,6 +31,7 @@
 //! |---|---|---|
 //! | `auth` | yes | [`auth`]: API keys (checksum format, SHA-256 digests, constant-time checks, a cache), scopes, tenancy, `KeyLookup`/`KeyAdmin` with an in-memory store |
 //! | `limit` | no | [`limit`]: rate limits (GCRA), quotas and concurrency limits from the catalog's `[limits]`, one atomic decision per request, IETF `RateLimit` headers, `LimitStore` with a sharded in-memory store |
+//! | `idempotency` | no | `idempotency`: `Idempotency-Key` claims, replays and conflicts, the store trait and an in-memory store |
 //! | `garde` | no | `ValidJson`: garde's rules after the schema, in the same details |
 //!
 //! Without any feature the crate still gives the layer, the renderer, the extractors, the
@@ -39,6 +42,8 @@ pub mod auth;
 pub mod contract;
 pub mod extract;
 pub mod health;
+#[cfg(feature = "idempotency")]
+pub mod idempotency;
 pub mod layer;
 #[cfg(feature = "limit")]
 pub mod limit;

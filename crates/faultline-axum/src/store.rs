@@ -9,7 +9,7 @@ use faultline::Situation;
 use crate::contract::Error;
 
 /// The future a store method returns: boxed, so that stores can sit behind `dyn` traits
-/// (`dyn KeyLookup`, a readiness check, …).
+/// (`dyn KeyLookup`, a readiness check, …; `auth::StoreFuture` is the same type).
 pub type StoreFuture<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
 

@@ -67,6 +67,10 @@ enum Command {
         /// Serve without the catalog's rate, quota and concurrency limits (for benchmarks).
         #[arg(long, conflicts_with = "redis_url")]
         no_limits: bool,
+        #[command(flatten)]
+        postgres: PostgresArgs,
+        #[command(flatten)]
+        idempotency: IdempotencyArgs,
     },
     /// Manage the reference API's keys in its database.
     Keys {
@@ -95,6 +99,80 @@ struct ConnectionArgs {
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C; then they are cut.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
+}
+
+/// State shared by several `serve` processes.
+#[derive(Debug, clap::Args)]
+struct PostgresArgs {
+    /// Keep idempotency records in PostgreSQL (`postgres://user@host:port/dbname`; default: env
+    /// `DATABASE_URL`), so that several `serve` processes share them. Migrations run at start.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Connections to PostgreSQL at most, per process.
+    #[arg(long, default_value_t = 16)]
+    database_max_connections: usize,
+    /// Milliseconds a PostgreSQL connect or statement may take before the request is answered
+    /// 503 with `Retry-After`.
+    #[arg(long, default_value_t = 2000)]
+    database_timeout_ms: u64,
+}
+
+impl PostgresArgs {
+    /// The URL from the flag, else from `DATABASE_URL`.
+    fn url(&self) -> Option<String> {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .filter(|url| !url.trim().is_empty())
+    }
+
+    /// The idempotency store on PostgreSQL, when a URL is given. Nothing connects yet:
+    /// [`migrate_postgres`] does, at start-up.
+    fn idempotency_store(
+        &self,
+    ) -> Result<Option<Arc<faultline_postgres::PgIdempotencyStore>>, UsageError> {
+        let Some(url) = self.url() else {
+            return Ok(None);
+        };
+        let mut options = faultline_postgres::PgOptions::from_url(&url)
+            .map_err(|e| UsageError(format!("--database-url: {e}")))?;
+        options.max_connections = self.database_max_connections.max(1);
+        options.connect_timeout = Duration::from_millis(self.database_timeout_ms.max(1));
+        options.statement_timeout = Duration::from_millis(self.database_timeout_ms.max(1));
+        let pool = faultline_postgres::PgPool::new(&options).map_err(store_error)?;
+        Ok(Some(Arc::new(faultline_postgres::PgIdempotencyStore::new(
+            pool,
+        ))))
+    }
+}
+
+/// Brings the PostgreSQL schema up to date (safe when several processes start at once).
+async fn migrate_postgres(
+    store: &faultline_postgres::PgIdempotencyStore,
+) -> Result<(), UsageError> {
+    faultline_postgres::migrate(store.pool())
+        .await
+        .map(drop)
+        .map_err(|e| UsageError(format!("PostgreSQL (--database-url): {e}")))
+}
+
+/// How `Idempotency-Key` records are kept.
+#[derive(Debug, clap::Args)]
+struct IdempotencyArgs {
+    /// Seconds a claim holds before a retry may take it over (a server that died holding it)
+    /// [default: the catalog's `lease_seconds`, else 60].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_lease: Option<u64>,
+    /// Seconds a completed answer is replayed to retries with the same key [default: the
+    /// catalog's `retention_seconds`, else 86400].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_retention: Option<u64>,
+    /// Seconds between two prunings of ended records.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_prune_every: u64,
+    /// Milliseconds every keyed request waits after its claim (crash tests only).
+    #[arg(long, default_value_t = 0, hide = true)]
+    idempotency_hold_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +288,8 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             connections,
             redis_url,
             no_limits,
+            postgres,
+            idempotency,
         } => serve(
             addr,
             &db,
@@ -217,6 +297,8 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             profile,
             &connections,
             (!no_limits).then_some(redis_url.as_deref()),
+            &postgres,
+            &idempotency,
         ),
         Command::Keys {
             command:
@@ -356,6 +438,8 @@ fn serve(
     profile: Option<Profile>,
     connections: &ConnectionArgs,
     limits: Option<Option<&str>>,
+    postgres: &PostgresArgs,
+    idempotency: &IdempotencyArgs,
 ) -> Result<ExitCode, UsageError> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -369,20 +453,43 @@ fn serve(
         None => Catalog::from_toml_str(reference::errors::SOURCE)
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
+    let pg_idempotency = postgres.idempotency_store()?;
     let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
     // `limits`: `None` serves without limits, `Some(redis_url)` with them.
     let limits = limits
         .map(|redis_url| reference::limits::limit_store(redis_url).map_err(|e| UsageError(e.0)))
         .transpose()?;
-    let built = reference::app_on_file_with(parsed, profile, db, Arc::clone(&keys), limits)
-        .map_err(|e| UsageError(e.to_string()))?;
+    let mut options = reference::idempotency::IdempotencyOptions::from_catalog(&parsed);
+    if let Some(seconds) = idempotency.idempotency_lease {
+        options.settings.lease = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = idempotency.idempotency_retention {
+        options.settings.retention = Duration::from_secs(seconds);
+    }
+    options.hold = Duration::from_millis(idempotency.idempotency_hold_ms);
+    if let Some(pg) = &pg_idempotency {
+        options.store = Some(Arc::clone(pg) as _);
+    }
+    let built =
+        reference::app_on_file_with(parsed, profile, db, Arc::clone(&keys), limits, &options)
+            .map_err(|e| UsageError(e.to_string()))?;
     let (app, contract, health) = (built.router, built.contract, built.health);
+    // With --database-url the records (and so their pruning) are in PostgreSQL.
+    let records: Arc<dyn faultline_axum::idempotency::IdempotencyStore> = match &pg_idempotency {
+        Some(pg) => Arc::clone(pg) as _,
+        None => Arc::new(reference::idempotency::store_on_file(db).map_err(|e| UsageError(e.0))?),
+    };
+    let prune_every = Duration::from_secs(idempotency.idempotency_prune_every);
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
+        if let Some(store) = &pg_idempotency {
+            migrate_postgres(store).await?;
+            say!("idempotency records in PostgreSQL (schema up to date)");
+        }
         say!("faultline reference API on http://{addr} (database {}, docs at http://{addr}/docs)", db.display());
         // An empty database gets a demo organisation and one key, shown this once.
         let fresh = keys.count_orgs().await.map_err(store_error)? == 0;
@@ -400,6 +507,12 @@ fn serve(
         } else {
             say!("create a key with: faultline keys create --db {} --org demo --scopes all", db.display());
         }
+        // Ended idempotency records go on a task of their own; requests never wait for it.
+        let _pruning = faultline_axum::idempotency::spawn_pruning(
+            records,
+            Arc::clone(&options.clock),
+            prune_every,
+        );
         // Requests hyper cannot parse get the catalog's answer too.
         let listener = faultline_axum::ContractListener::new(listener, contract)
             .header_read_timeout(Duration::from_secs(connections.header_read_timeout))

@@ -9,8 +9,12 @@
 //!   locked database is answered as unavailable (the catalog's 503 with `Retry-After`), never
 //!   as an internal error;
 //! - [`SqliteKeyStore`]: API keys (as SHA-256 digests) and organisations, on a [`Pool`]; it
-//!   implements both `faultline_axum::auth::KeyLookup` and `KeyAdmin`.
+//!   implements both `faultline_axum::auth::KeyLookup` and `KeyAdmin`;
+//! - [`idempotency`] (feature `idempotency`, on by default): idempotency records on a
+//!   [`Pool`], and their completion inside a handler's own transaction.
 
+#[cfg(feature = "idempotency")]
+pub mod idempotency;
 mod keys;
 mod pool;
 

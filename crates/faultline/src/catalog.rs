@@ -52,6 +52,8 @@ use crate::style::CodeStyle;
 pub struct Catalog {
     /// API-wide settings. No index depends on them.
     pub api: ApiSettings,
+    /// The `[idempotency]` table: how `Idempotency-Key` is honoured (none when absent).
+    pub idempotency: Option<crate::idempotency::Settings>,
     bindings: BTreeMap<Situation, String>,
     errors: Vec<ErrorSpec>,
     index: HashMap<String, usize>,
@@ -304,6 +306,7 @@ struct RawDoc {
     bindings: Option<Spanned<RawTable>>,
     errors: Option<Vec<Spanned<RawTable>>>,
     limits: Option<Spanned<crate::limits::RawLimits>>,
+    idempotency: Option<Spanned<RawTable>>,
 }
 
 const API_KEYS: [&str; 8] = [
@@ -396,10 +399,19 @@ impl<'s> Parser<'s> {
             &bindings,
             &mut self.problems,
         );
+        let idempotency = raw.idempotency.as_ref().map(|table| {
+            let (settings, problems) = crate::idempotency::parse_section(table.get_ref());
+            for (at, rule, message) in problems {
+                let line = self.line(at);
+                self.problem(line, None, rule, message);
+            }
+            settings
+        });
 
         match api {
             Some(api) if self.problems.is_empty() => Ok(Catalog {
                 api,
+                idempotency,
                 bindings,
                 errors,
                 index,

@@ -265,6 +265,9 @@ pub fn markdown(catalog: &Catalog) -> String {
     }
     out.push('\n');
     out.push_str(&crate::limits::docs_section(catalog, false));
+    if let Some(settings) = &catalog.idempotency {
+        out.push_str(&crate::idempotency::docs_markdown(catalog, settings));
+    }
     let _ = writeln!(out, "## Error codes\n");
     for (category, codes) in sections(catalog) {
         let _ = writeln!(out, "### {category}\n");
@@ -473,6 +476,9 @@ pub fn html(catalog: &Catalog) -> String {
     }
     let _ = writeln!(out, "</tbody>\n</table>");
     out.push_str(&crate::limits::docs_section(catalog, true));
+    if let Some(settings) = &catalog.idempotency {
+        out.push_str(&crate::idempotency::docs_html(catalog, settings, prose));
+    }
     let _ = writeln!(out, "<h2 id=\"codes\">Error codes</h2>");
     let _ = writeln!(
         out,

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod details;
 pub mod docs;
 pub mod error;
+pub mod idempotency;
 pub mod limits;
 mod names;
 pub mod profile;

@@ -4,9 +4,13 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use faultline_axum::auth::Principal;
+use faultline_axum::idempotency::IdempotencyClaim;
 use faultline_axum::{Error, Path, Query, ValidJson};
+use faultline_sqlite::idempotency::complete_in;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -152,11 +156,18 @@ fn live(principal: &Principal, found: Option<ChatbotRow>) -> Result<ChatbotRow, 
 }
 
 /// `POST /v1/chatbots`.
+///
+/// # The chatbot and its idempotency record commit together
+///
+/// With an `Idempotency-Key`, the answer is recorded in the same transaction as the row: a
+/// failure after the insert leaves neither, and a claim lost meanwhile (its lease ended and a
+/// retry took it over) rolls the insert back and answers `idempotency_in_progress`.
 pub(super) async fn create(
     State(state): State<AppState>,
     principal: Principal,
+    claim: Option<IdempotencyClaim>,
     ValidJson(input): ValidJson<CreateChatbot>,
-) -> Result<(StatusCode, axum::Json<Chatbot>), Error> {
+) -> Result<Response, Error> {
     let ts = now();
     let row = ChatbotRow {
         id: Uuid::new_v4().to_string(),
@@ -168,12 +179,42 @@ pub(super) async fn create(
         deleted_at: None,
     };
     let saved = row.clone();
-    state
+    let body = serde_json::to_vec(&Chatbot::from(row)).map_err(Error::internal)?;
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let in_store = state.records_in_store;
+    let record = claim.as_ref().filter(|_| in_store).map(|claim| {
+        (
+            claim.token().clone(),
+            claim.response(StatusCode::CREATED, &headers, body.clone()),
+            claim.now_millis(),
+            claim.retention(),
+        )
+    });
+    let recorded = state
         .store
-        .write(move |c| store::insert_chatbot(c, &saved))
+        .write(move |c| {
+            let tx = c.transaction()?;
+            store::insert_chatbot(&tx, &saved)?;
+            if let Some((token, response, now, retention)) = &record
+                && !complete_in(&tx, token, response, *now, *retention)?
+            {
+                // Dropping the transaction rolls the insert back.
+                return Ok(false);
+            }
+            tx.commit()?;
+            Ok(true)
+        })
         .await
         .map_err(storage)?;
-    Ok((StatusCode::CREATED, axum::Json(row.into())))
+    if !recorded {
+        return Err(Error::bound(faultline::Situation::IdempotencyInProgress)
+            .with_header("Retry-After", "1"));
+    }
+    if let Some(claim) = claim.as_ref().filter(|_| in_store) {
+        claim.completed();
+    }
+    Ok((StatusCode::CREATED, headers, body).into_response())
 }
 
 /// `GET /v1/chatbots/{id}`.

@@ -7,6 +7,7 @@
 mod categories;
 mod chatbots;
 pub mod cursor;
+pub mod idempotency;
 pub mod keys;
 pub mod limits;
 pub mod store;
@@ -63,6 +64,9 @@ pub struct AppState {
     keys: Arc<KeyManager>,
     cursor_key: Arc<Vec<u8>>,
     docs_html: Arc<String>,
+    /// Whether idempotency records live in `store`'s database (handlers then complete them in
+    /// their own transactions).
+    records_in_store: bool,
 }
 
 /// Everything needed to build the app.
@@ -99,6 +103,9 @@ pub fn app(settings: Settings) -> Result<Router, StartError> {
 }
 
 /// Builds the reference app, and gives the contract it serves (for [`faultline_axum::ContractListener`]).
+///
+/// Idempotency keys are kept as the catalog's `[idempotency]` table says (the defaults when it
+/// has none); no rate limits.
 pub fn build(settings: Settings) -> Result<(Router, Arc<Contract>), StartError> {
     build_limited(settings, None)
 }
@@ -108,7 +115,17 @@ pub fn build_limited(
     settings: Settings,
     limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
 ) -> Result<(Router, Arc<Contract>), StartError> {
-    build_parts_with(settings, limits).map(|built| (built.router, built.contract))
+    let options = idempotency::IdempotencyOptions::from_catalog(&settings.catalog);
+    build_parts_with(settings, limits, &options).map(|built| (built.router, built.contract))
+}
+
+/// [`build`] with these idempotency options; the docs page states them (they replace the
+/// catalog's `[idempotency]` table).
+pub fn build_with(
+    settings: Settings,
+    idempotency: &idempotency::IdempotencyOptions,
+) -> Result<(Router, Arc<Contract>), StartError> {
+    build_parts_with(settings, None, idempotency).map(|built| (built.router, built.contract))
 }
 
 /// The reference app and what its operator needs beside it.
@@ -127,11 +144,12 @@ pub struct Built {
 
 /// Builds the reference app (without limits) with its health checks and metrics.
 pub fn build_parts(settings: Settings) -> Result<Built, StartError> {
-    build_parts_with(settings, None)
+    let options = idempotency::IdempotencyOptions::from_catalog(&settings.catalog);
+    build_parts_with(settings, None, &options)
 }
 
-/// Builds the reference app with its health checks and metrics, and the catalog's limits on
-/// every `/v1` route when `limits` gives a store.
+/// Builds the reference app with its health checks and metrics, the catalog's limits on
+/// every `/v1` route when `limits` gives a store, and these idempotency options.
 ///
 /// # Operations routes sit outside the key check
 ///
@@ -139,9 +157,11 @@ pub fn build_parts(settings: Settings) -> Result<Built, StartError> {
 /// (Prometheus text) need no API key, like `/docs`; put `/metrics` behind the network's own
 /// access rules in production.
 pub fn build_parts_with(
-    settings: Settings,
+    mut settings: Settings,
     limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+    idempotency: &idempotency::IdempotencyOptions,
 ) -> Result<Built, StartError> {
+    settings.catalog.idempotency = Some(idempotency.settings.clone());
     // The handlers raise codes of the compiled-in chatbots catalog; a catalog given at run time
     // must hold them with the same status, or the docs would not match what is served.
     for def in errors::defs::ALL {
@@ -180,14 +200,28 @@ pub fn build_parts_with(
     let probe = settings.store.clone();
     let health = faultline_axum::Health::new().check("database", move || {
         let store = probe.clone();
-        async move { store.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await }
+        async move {
+            store
+                .read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+                .await
+        }
     });
+    let faultline = Faultline::new(contract)
+        .body_limit(settings.body_limit)
+        .timeout(settings.timeout);
+    let keyed_layer = idempotency::layer(
+        &settings.store,
+        Arc::clone(faultline.contract()),
+        idempotency,
+    )?;
+    let keyed = |route| idempotency::keyed(route, &keyed_layer, idempotency.hold);
     let state = AppState {
         store: settings.store,
         auth: Arc::clone(settings.keys.authenticator()),
         keys: settings.keys,
         cursor_key: Arc::new(cursor_key),
         docs_html: Arc::new(docs_html),
+        records_in_store: idempotency.store.is_none(),
     };
     // Each method of a route gets its own scope; the key check wraps only routed methods, so
     // an unknown route or method is answered 404 or 405 whatever the credentials.
@@ -204,7 +238,7 @@ pub fn build_parts_with(
     let router = Router::new()
         .route(
             "/v1/chatbots",
-            guard(post(chatbots::create), "chatbots:write")
+            guard(keyed(post(chatbots::create)), "chatbots:write")
                 .merge(guard(get(chatbots::list), "chatbots:read")),
         )
         .route(
@@ -215,7 +249,7 @@ pub fn build_parts_with(
         )
         .route(
             "/v1/categories",
-            guard(post(categories::create), "categories:write"),
+            guard(keyed(post(categories::create)), "categories:write"),
         )
         .route(
             "/v1/categories/{id}",
@@ -224,7 +258,7 @@ pub fn build_parts_with(
         )
         .route(
             "/v1/api_keys",
-            guard(post(keys::create), "api_keys:write")
+            guard(keyed(post(keys::create)), "api_keys:write")
                 .merge(guard(get(keys::list), "api_keys:read")),
         )
         .route(
@@ -236,9 +270,6 @@ pub fn build_parts_with(
         .route("/metrics", get(metrics.handler()))
         .merge(health.routes())
         .with_state(state);
-    let faultline = Faultline::new(contract)
-        .body_limit(settings.body_limit)
-        .timeout(settings.timeout);
     let contract = Arc::clone(faultline.contract());
     Ok(Built {
         router: faultline.install(router),
@@ -285,16 +316,19 @@ pub fn app_on_file_limited(
     keys: Arc<KeyManager>,
     limits: Arc<dyn faultline_axum::limit::LimitStore>,
 ) -> Result<Built, StartError> {
-    app_on_file_with(catalog, profile, db, keys, Some(limits))
+    let options = idempotency::IdempotencyOptions::from_catalog(&catalog);
+    app_on_file_with(catalog, profile, db, keys, Some(limits), &options)
 }
 
-/// [`app_on_file`] with its limit buckets in `limits`, or without limits when `None`.
+/// [`app_on_file`] with its limit buckets in `limits` (no limits when `None`) and these
+/// idempotency options.
 pub fn app_on_file_with(
     catalog: Catalog,
     profile: Option<faultline::Profile>,
     db: &FsPath,
     keys: Arc<KeyManager>,
     limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+    idempotency: &idempotency::IdempotencyOptions,
 ) -> Result<Built, StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
@@ -308,6 +342,7 @@ pub fn app_on_file_with(
             timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
         },
         limits,
+        idempotency,
     )
 }
 

@@ -1,0 +1,30 @@
+//! # faultline-postgres
+//!
+//! faultline on PostgreSQL, for APIs that run as several processes: every store here is shared
+//! by all of them.
+//!
+//! - [`PgPool`]: a bounded pool of `tokio-postgres` connections with a deadline on connecting
+//!   and on every statement; an unreachable, stalled or restarting server is answered as
+//!   unavailable (the catalog's 503 with `Retry-After`) within the deadline, never by a hang,
+//!   and the pool recovers by itself when the server comes back. Sessions run in UTC.
+//! - [`migrate()`]: the schema is embedded in the binary and applied at start-up under an
+//!   advisory lock, so any number of processes may start at once; applied steps are recorded
+//!   in `schema_migrations`.
+//! - `PgIdempotencyStore` (feature `idempotency`, on by default): the records of
+//!   `faultline_axum::idempotency`, claimed with one atomic statement, so any number of
+//!   processes share one exactly-once guarantee.
+//! - `testing` (feature `testing`): a throw-away database per test run, named by the
+//!   environment variable `FAULTLINE_TEST_POSTGRES_URL`.
+
+#[cfg(feature = "idempotency")]
+mod idempotency;
+mod migrate;
+mod pool;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+#[cfg(feature = "idempotency")]
+pub use idempotency::PgIdempotencyStore;
+pub use migrate::{DEFAULT_MIGRATION_WAIT, MIGRATIONS, Migration, migrate, migrate_with};
+pub use pool::{BadUrl, PgConn, PgOptions, PgPool, PgTransaction, store_error};
+pub use tokio_postgres;
