@@ -4,7 +4,7 @@
 //! # Time
 //!
 //! Stores never read a clock: every call that depends on time is given `now` in **Unix
-//! milliseconds** by the caller (the layer reads its injectable [`faultline::Clock`]), so tests
+//! milliseconds** by the caller (the layer reads its injectable [`faultline::clock::Clock`]), so tests
 //! drive expiry with a manual clock and engines on several machines agree with the layer.
 //!
 //! # One record per scope and key
