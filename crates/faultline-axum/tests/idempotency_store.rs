@@ -55,10 +55,7 @@ mod encoding {
     fn header() -> impl Strategy<Value = (HeaderName, HeaderValue)> {
         (
             "[a-z][a-z0-9-]{0,20}",
-            proptest::collection::vec(
-                prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff],
-                0..40,
-            ),
+            proptest::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..40),
         )
             .prop_map(|(name, value)| {
                 (
