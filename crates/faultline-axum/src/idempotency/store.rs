@@ -336,10 +336,9 @@ struct Record {
 
 impl Tables {
     fn insert(&mut self, id: RecordId, record: Record) {
+        self.remove(&id);
         self.by_end.insert((record.expires_at, id.clone()));
-        if let Some(old) = self.records.insert(id.clone(), record) {
-            self.by_end.remove(&(old.expires_at, id));
-        }
+        self.records.insert(id, record);
     }
 
     fn remove(&mut self, id: &RecordId) -> Option<Record> {
