@@ -46,3 +46,37 @@ async fn retention_and_pruning() {
     suite::retention_and_pruning(Arc::clone(&s)).await;
     assert!(!s.is_empty(), "records still within retention are kept");
 }
+
+mod encoding {
+    use axum::http::{HeaderName, HeaderValue};
+    use faultline_axum::idempotency::StoredResponse;
+    use proptest::prelude::*;
+
+    fn header() -> impl Strategy<Value = (HeaderName, HeaderValue)> {
+        (
+            "[a-z][a-z0-9-]{0,20}",
+            proptest::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..40),
+        )
+            .prop_map(|(name, value)| {
+                (
+                    HeaderName::from_bytes(name.as_bytes()).expect("a valid name"),
+                    HeaderValue::from_bytes(&value).expect("a valid value"),
+                )
+            })
+    }
+
+    proptest! {
+        /// Any list of headers a response can hold survives the blob format, in order.
+        #[test]
+        fn headers_survive_the_blob(headers in proptest::collection::vec(header(), 0..8)) {
+            let blob = StoredResponse::encode_headers(&headers);
+            prop_assert_eq!(StoredResponse::decode_headers(&blob), Some(headers));
+        }
+
+        /// No blob panics the decoder.
+        #[test]
+        fn any_blob_decodes_or_is_refused(blob in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = StoredResponse::decode_headers(&blob);
+        }
+    }
+}

@@ -40,11 +40,11 @@ CREATE INDEX IF NOT EXISTS idempotency_records_by_expiry ON idempotency_records 
 /// nothing was written is the live record read, in the same transaction. Two processes on one
 /// file are serialised by SQLite's write lock, so of concurrent claims exactly one wins.
 ///
-/// # Replays read without the writer
+/// # Replays take no write lock
 ///
-/// A completed record never changes until it ends, so a claim first looks for one on a reader
-/// connection and replays it from there; only a key that is absent, claimed or ended goes to
-/// the writer.
+/// A completed record never changes until it ends, so a claim first reads the record without a
+/// transaction and replays a completed one from there; only a key that is absent, claimed or
+/// ended opens the immediate transaction. Each claim is one trip to the writer connection.
 #[derive(Debug, Clone)]
 pub struct SqliteIdempotencyStore {
     pool: Pool,
@@ -106,6 +106,18 @@ fn read_record(conn: &Connection, scope: &str, key: &str) -> rusqlite::Result<Op
 }
 
 fn claim_on(conn: &mut Connection, request: &ClaimRequest) -> rusqlite::Result<ClaimOutcome> {
+    // A completed record never changes until it ends: it is replayed without a transaction.
+    if let Some((fingerprint, Some(response), end)) =
+        read_record(conn, &request.scope, request.key.as_str())?
+        && end > request.now
+    {
+        return Ok(ClaimOutcome::for_existing(
+            request,
+            &fingerprint,
+            Some(&response),
+            end,
+        ));
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let written = tx.execute(
         "INSERT INTO idempotency_records (scope, key, fingerprint, lease_id, expires_at) \
@@ -200,26 +212,8 @@ pub fn complete_in(
 
 impl IdempotencyStore for SqliteIdempotencyStore {
     fn claim<'a>(&'a self, request: &'a ClaimRequest) -> StoreFuture<'a, ClaimOutcome> {
-        Box::pin(async move {
-            let (scope, key, now) = (request.scope.clone(), request.key.to_string(), request.now);
-            let completed = self
-                .pool
-                .read(move |conn| {
-                    Ok(read_record(conn, &scope, &key)?
-                        .filter(|(_, response, end)| response.is_some() && *end > now))
-                })
-                .await?;
-            if let Some((fingerprint, response, end)) = completed {
-                return Ok(ClaimOutcome::for_existing(
-                    request,
-                    &fingerprint,
-                    response.as_ref(),
-                    end,
-                ));
-            }
-            let request = request.clone();
-            self.pool.write(move |conn| claim_on(conn, &request)).await
-        })
+        let request = request.clone();
+        Box::pin(self.pool.write(move |conn| claim_on(conn, &request)))
     }
 
     fn complete<'a>(

@@ -59,7 +59,7 @@ type ScopeFn = dyn Fn(&Parts) -> String + Send + Sync;
 /// Honours `Idempotency-Key` on the wrapped routes: one execution per key, replays after.
 ///
 /// Add it with `Router::route_layer`, inside the faultline layer and after auth (so the
-/// [`crate::auth::Principal`] is known), on the routes that accept keys.
+/// `auth::Principal` is known), on the routes that accept keys.
 ///
 /// # What a request with a key gets
 ///

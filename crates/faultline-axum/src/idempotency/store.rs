@@ -4,7 +4,7 @@
 //! # Time
 //!
 //! Stores never read a clock: every call that depends on time is given `now` in **Unix
-//! milliseconds** by the caller (the layer reads its injectable [`faultline::Clock`]), so tests
+//! milliseconds** by the caller (the layer reads its injectable [`faultline::clock::Clock`]), so tests
 //! drive expiry with a manual clock and engines on several machines agree with the layer.
 //!
 //! # One record per scope and key
@@ -13,7 +13,7 @@
 //! **completed** response (kept until its retention ends). A record whose end has passed counts
 //! as absent: the next claim replaces it in the same atomic step.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -307,11 +307,22 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
 
 /// Records in memory, for one process (tests, demos, a single instance).
 ///
-/// One mutex over a map, held only for the few lookups of one call and never across an
-/// `await`.
+/// One mutex over a map and an index of records by their end, held only for the few lookups of
+/// one call and never across an `await`. Records are also indexed by the time they end, so
+/// [`IdempotencyStore::prune`] visits only the ended records it deletes, however many live ones
+/// the store holds.
 #[derive(Clone, Default)]
 pub struct MemoryIdempotencyStore {
-    inner: Arc<Mutex<HashMap<(String, IdempotencyKey), Record>>>,
+    inner: Arc<Mutex<Tables>>,
+}
+
+type RecordId = (String, IdempotencyKey);
+
+#[derive(Debug, Default)]
+struct Tables {
+    records: HashMap<RecordId, Record>,
+    /// Every record's `(expires_at, id)`, so ended records are found in order.
+    by_end: BTreeSet<(i64, RecordId)>,
 }
 
 #[derive(Debug)]
@@ -321,6 +332,27 @@ struct Record {
     response: Option<StoredResponse>,
     /// Unix milliseconds: end of the lease, or of the retention once completed.
     expires_at: i64,
+}
+
+impl Tables {
+    fn insert(&mut self, id: RecordId, record: Record) {
+        self.remove(&id);
+        self.by_end.insert((record.expires_at, id.clone()));
+        self.records.insert(id, record);
+    }
+
+    fn remove(&mut self, id: &RecordId) -> Option<Record> {
+        let old = self.records.remove(id)?;
+        self.by_end.remove(&(old.expires_at, id.clone()));
+        Some(old)
+    }
+
+    /// The record `token` names, while it is still that claim.
+    fn claim_of(&self, token: &ClaimToken) -> Option<RecordId> {
+        let id = (token.scope.clone(), token.key.clone());
+        let record = self.records.get(&id)?;
+        (record.lease_id == token.lease_id && record.response.is_none()).then_some(id)
+    }
 }
 
 impl fmt::Debug for MemoryIdempotencyStore {
@@ -337,9 +369,9 @@ impl MemoryIdempotencyStore {
         Self::default()
     }
 
-    /// How many records it holds, expired ones included until pruned.
+    /// How many records it holds, ended ones included until pruned.
     pub fn len(&self) -> usize {
-        self.with(|map| map.len())
+        self.with(|t| t.records.len())
     }
 
     /// Whether it holds no record.
@@ -347,24 +379,11 @@ impl MemoryIdempotencyStore {
         self.len() == 0
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<(String, IdempotencyKey), Record>) -> T) -> T {
-        // Every write below is one insert, remove or field assignment: a panic elsewhere
-        // cannot leave a record half-written, so a poisoned lock is safe to use.
-        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut map)
-    }
-
-    fn with_claim<T>(
-        &self,
-        token: &ClaimToken,
-        f: impl FnOnce(&mut HashMap<(String, IdempotencyKey), Record>, (String, IdempotencyKey)) -> T,
-        otherwise: T,
-    ) -> T {
-        let id = (token.scope.clone(), token.key.clone());
-        self.with(|map| match map.get(&id) {
-            Some(r) if r.lease_id == token.lease_id && r.response.is_none() => f(map, id),
-            _ => otherwise,
-        })
+    fn with<T>(&self, f: impl FnOnce(&mut Tables) -> T) -> T {
+        // A panic inside these short sections would need an allocation failure; even then the
+        // worst left behind is an index entry without its record, which pruning skips.
+        let mut tables = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut tables)
     }
 }
 
@@ -375,8 +394,8 @@ fn ready<T: Send + 'static>(value: T) -> StoreFuture<'static, T> {
 impl IdempotencyStore for MemoryIdempotencyStore {
     fn claim<'a>(&'a self, request: &'a ClaimRequest) -> StoreFuture<'a, ClaimOutcome> {
         let id = (request.scope.clone(), request.key.clone());
-        ready(self.with(|map| {
-            if let Some(r) = map.get(&id).filter(|r| r.expires_at > request.now) {
+        ready(self.with(|t| {
+            if let Some(r) = t.records.get(&id).filter(|r| r.expires_at > request.now) {
                 return ClaimOutcome::for_existing(
                     request,
                     &r.fingerprint,
@@ -384,7 +403,7 @@ impl IdempotencyStore for MemoryIdempotencyStore {
                     r.expires_at,
                 );
             }
-            map.insert(
+            t.insert(
                 id,
                 Record {
                     fingerprint: request.fingerprint.clone(),
@@ -404,35 +423,34 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         now: i64,
         retention: Duration,
     ) -> StoreFuture<'a, bool> {
-        ready(self.with_claim(
-            token,
-            |map, id| {
-                if let Some(r) = map.get_mut(&id) {
-                    r.response = Some(response.clone());
-                    r.expires_at = now.saturating_add(millis(retention));
-                }
-                true
-            },
-            false,
-        ))
+        ready(self.with(|t| {
+            let Some(id) = t.claim_of(token) else {
+                return false;
+            };
+            let Some(mut record) = t.remove(&id) else {
+                return false;
+            };
+            record.response = Some(response.clone());
+            record.expires_at = now.saturating_add(millis(retention));
+            t.insert(id, record);
+            true
+        }))
     }
 
     fn release<'a>(&'a self, token: &'a ClaimToken) -> StoreFuture<'a, bool> {
-        ready(self.with_claim(token, |map, id| map.remove(&id).is_some(), false))
+        ready(self.with(|t| t.claim_of(token).is_some_and(|id| t.remove(&id).is_some())))
     }
 
     fn prune(&self, now: i64, limit: usize) -> StoreFuture<'_, u64> {
-        ready(self.with(|map| {
-            let expired: Vec<_> = map
+        ready(self.with(|t| {
+            let ended: Vec<RecordId> = t
+                .by_end
                 .iter()
-                .filter(|(_, r)| r.expires_at <= now)
-                .map(|(id, _)| id.clone())
+                .take_while(|(end, _)| *end <= now)
                 .take(limit)
+                .map(|(_, id)| id.clone())
                 .collect();
-            for id in &expired {
-                map.remove(id);
-            }
-            expired.len() as u64
+            ended.iter().filter(|id| t.remove(id).is_some()).count() as u64
         }))
     }
 }
