@@ -9,7 +9,10 @@
 //!
 //! The file runs with `PRAGMA synchronous = NORMAL` (no fsync per commit, WAL's usual setting)
 //! unless `FAULTLINE_BENCH_SYNC=full`: on a shared virtual disk an fsync takes from 0.1 to
-//! several milliseconds, which would swamp the cost being measured.
+//! several milliseconds, which would swamp the cost being measured. For the same reason the
+//! PostgreSQL sessions run with `synchronous_commit = off` (commits are flushed by the WAL
+//! writer a moment later; a crash loses at most the last ones, never consistency) unless
+//! `FAULTLINE_BENCH_SYNC=full`.
 #![allow(missing_docs)] // criterion_group! generates an undocumented public function
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a broken fixture should stop the benchmark
 
@@ -97,7 +100,11 @@ fn idempotency(c: &mut Criterion) {
         "postgres" => {
             let db = faultline_postgres::testing::TestDatabase::migrated()
                 .expect("FAULTLINE_TEST_POSTGRES_URL names the server");
-            let pool = faultline_postgres::PgPool::new(&db.options()).expect("a pool");
+            let mut pg_options = db.options();
+            if std::env::var("FAULTLINE_BENCH_SYNC").as_deref() != Ok("full") {
+                pg_options.config.options("-c synchronous_commit=off");
+            }
+            let pool = faultline_postgres::PgPool::new(&pg_options).expect("a pool");
             options.store = Some(Arc::new(faultline_postgres::PgIdempotencyStore::new(pool)));
             postgres = Some(db);
         }

@@ -1,5 +1,7 @@
 //! [`PgIdempotencyStore`]: idempotency records in PostgreSQL, shared by every process of an API.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use faultline::idempotency::Fingerprint;
@@ -100,15 +102,110 @@ const CLAIM_ATTEMPTS: usize = 8;
 /// Every statement runs through the [`PgPool`], so an unreachable or stalled server gives
 /// [`StoreError::is_unavailable`] (the catalog's 503 with `Retry-After`) within the
 /// statement deadline.
+///
+/// # Replays are answered from memory once seen
+///
+/// A completed record never changes before its retention ends (completion is final, a
+/// takeover needs an ended record, release only frees claims, pruning only deletes ended
+/// records), so each store keeps the completed records it has read, up to
+/// [`DEFAULT_REPLAY_CACHE`] of them (see [`PgIdempotencyStore::with_replay_cache`]), and
+/// answers later claims of the same key from memory until the record's end. A replay then
+/// costs no round trip, and keeps working while the database is unreachable.
 #[derive(Debug, Clone)]
 pub struct PgIdempotencyStore {
     pool: PgPool,
+    replays: Arc<ReplayCache>,
+}
+
+/// How many completed records a [`PgIdempotencyStore`] keeps in memory by default.
+pub const DEFAULT_REPLAY_CACHE: usize = 10_000;
+
+/// Responses larger than this are never kept in memory (they are replayed from the database).
+const MAX_CACHED_BODY: usize = 64 * 1024;
+
+/// A completed record as the cache keeps it.
+#[derive(Debug, Clone)]
+struct Completed {
+    fingerprint: Fingerprint,
+    response: StoredResponse,
+    expires_at: i64,
+}
+
+/// Completed records by scope and key, bounded: when full, ended records are dropped, and if
+/// none has ended, nothing new is kept.
+#[derive(Debug)]
+struct ReplayCache {
+    capacity: usize,
+    entries: Mutex<HashMap<(String, String), Completed>>,
+}
+
+impl ReplayCache {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<(String, String), Completed>) -> T) -> T {
+        // Every write is one insert, remove or retain: a poisoned map is still whole.
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut entries)
+    }
+
+    /// What the cached record of the request's key says, if it is cached and has not ended.
+    fn answer(&self, request: &ClaimRequest) -> Option<ClaimOutcome> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let id = (request.scope.clone(), request.key.as_str().to_owned());
+        self.with(|entries| {
+            let completed = entries.get(&id)?;
+            if completed.expires_at <= request.now {
+                entries.remove(&id);
+                return None;
+            }
+            Some(ClaimOutcome::for_existing(
+                request,
+                &completed.fingerprint,
+                Some(&completed.response),
+                completed.expires_at,
+            ))
+        })
+    }
+
+    fn keep(&self, request: &ClaimRequest, completed: Completed) {
+        if self.capacity == 0 || completed.response.body.len() > MAX_CACHED_BODY {
+            return;
+        }
+        let id = (request.scope.clone(), request.key.as_str().to_owned());
+        self.with(|entries| {
+            if entries.len() >= self.capacity && !entries.contains_key(&id) {
+                entries.retain(|_, c| c.expires_at > request.now);
+                if entries.len() >= self.capacity {
+                    return;
+                }
+            }
+            entries.insert(id, completed);
+        });
+    }
 }
 
 impl PgIdempotencyStore {
-    /// A store on `pool`; the schema must be migrated ([`crate::migrate()`]).
+    /// A store on `pool`; the schema must be migrated ([`crate::migrate()`]). It keeps up to
+    /// [`DEFAULT_REPLAY_CACHE`] completed records in memory for replays.
     pub fn new(pool: PgPool) -> Self {
-        PgIdempotencyStore { pool }
+        PgIdempotencyStore {
+            pool,
+            replays: Arc::new(ReplayCache {
+                capacity: DEFAULT_REPLAY_CACHE,
+                entries: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Keeps at most `entries` completed records in memory (0: none; every replay reads the
+    /// database).
+    #[must_use]
+    pub fn with_replay_cache(mut self, entries: usize) -> Self {
+        self.replays = Arc::new(ReplayCache {
+            capacity: entries,
+            entries: Mutex::new(HashMap::new()),
+        });
+        self
     }
 
     /// The pool it uses.
@@ -217,8 +314,8 @@ impl std::error::Error for Contended {}
 enum Seen {
     /// This claim took the key.
     Claimed,
-    /// An unexpired record holds it.
-    Held(ClaimOutcome),
+    /// An unexpired record holds it (and, when completed, this is the record).
+    Held(ClaimOutcome, Option<Completed>),
     /// The record ended or vanished since: claim again.
     Gone,
 }
@@ -256,12 +353,13 @@ fn read_holder(request: &ClaimRequest, row: Option<&Row>) -> Result<Seen, StoreE
             ))
         }
     };
-    Ok(Seen::Held(ClaimOutcome::for_existing(
-        request,
-        &fingerprint,
-        response.as_ref(),
+    let outcome = ClaimOutcome::for_existing(request, &fingerprint, response.as_ref(), expires_at);
+    let completed = response.map(|response| Completed {
+        fingerprint,
+        response,
         expires_at,
-    )))
+    });
+    Ok(Seen::Held(outcome, completed))
 }
 
 impl PgIdempotencyStore {
@@ -270,11 +368,17 @@ impl PgIdempotencyStore {
         let fingerprint = request.fingerprint.to_bytes();
         let fingerprint: &[u8] = &fingerprint;
         let expires = until(request.now, request.lease);
+        if let Some(outcome) = self.replays.answer(request) {
+            return Ok(outcome);
+        }
         let mut conn = self.pool.get().await?;
         // A live record answers from a plain read: replays and waits take no lock and write
         // nothing. Only when the key looks free does the claim write.
         let row = conn.query_opt(HOLDER, &[&request.scope, &key]).await?;
-        if let Seen::Held(outcome) = read_holder(request, row.as_ref())? {
+        if let Seen::Held(outcome, completed) = read_holder(request, row.as_ref())? {
+            if let Some(completed) = completed {
+                self.replays.keep(request, completed);
+            }
             return Ok(outcome);
         }
         for _ in 0..CLAIM_ATTEMPTS {
@@ -301,7 +405,12 @@ impl PgIdempotencyStore {
             };
             match seen {
                 Seen::Claimed => return Ok(ClaimOutcome::Claimed(request.token())),
-                Seen::Held(outcome) => return Ok(outcome),
+                Seen::Held(outcome, completed) => {
+                    if let Some(completed) = completed {
+                        self.replays.keep(request, completed);
+                    }
+                    return Ok(outcome);
+                }
                 Seen::Gone => continue,
             }
         }

@@ -24,7 +24,7 @@ mod pool;
 pub mod testing;
 
 #[cfg(feature = "idempotency")]
-pub use idempotency::PgIdempotencyStore;
+pub use idempotency::{DEFAULT_REPLAY_CACHE, PgIdempotencyStore};
 pub use migrate::{DEFAULT_MIGRATION_WAIT, MIGRATIONS, Migration, migrate, migrate_with};
 pub use pool::{BadUrl, PgConn, PgOptions, PgPool, PgTransaction, store_error};
 pub use tokio_postgres;

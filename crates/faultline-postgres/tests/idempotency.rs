@@ -33,6 +33,69 @@ async fn the_idempotency_store_suite_passes_on_postgresql() {
     assert_eq!(databases.len(), 7);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_suite_passes_with_every_replay_read_from_the_database() {
+    if faultline_postgres::testing::server_url().is_none() {
+        return;
+    }
+    let mut databases = Vec::new();
+    suite::all(|| {
+        let db = TestDatabase::migrated().unwrap();
+        let store = Arc::new(store_on(&db).with_replay_cache(0));
+        databases.push(db);
+        store
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replay_seen_once_is_answered_from_memory_until_its_record_ends() {
+    let Some(db) = TestDatabase::migrated() else {
+        return;
+    };
+    let proxy = TcpProxy::start(db.server_addr()).await.unwrap();
+    let pool = PgPool::connect(&quick(db.options_via(proxy.addr())))
+        .await
+        .unwrap();
+    let cached = PgIdempotencyStore::new(pool.clone());
+    let uncached = PgIdempotencyStore::new(pool).with_replay_cache(0);
+    let clock = suite::clock();
+    let answer = suite::awkward_response();
+    let request = suite::request(&clock, "org_1", "seen", b"{}");
+    let token = suite::claimed(&cached, &request).await;
+    assert!(
+        cached
+            .complete(&token, &answer, clock.now_millis(), suite::RETENTION)
+            .await
+            .unwrap()
+    );
+    for store in [&cached, &uncached] {
+        assert_eq!(
+            suite::outcome(store, &request).await,
+            ClaimOutcome::Replay(answer.clone())
+        );
+    }
+
+    // With the database cut off, only the store that has seen the record still answers.
+    proxy.cut();
+    assert_eq!(
+        suite::outcome(&cached, &request).await,
+        ClaimOutcome::Replay(answer.clone())
+    );
+    let other = suite::request(&clock, "org_1", "seen", b"another body");
+    assert_eq!(
+        suite::outcome(&cached, &other).await,
+        ClaimOutcome::Mismatch(faultline::idempotency::Difference::Body)
+    );
+    assert!(uncached.claim(&request).await.unwrap_err().is_unavailable());
+
+    // Once the record has ended, memory no longer answers for it.
+    clock.advance(suite::RETENTION + Duration::from_secs(1));
+    let later = suite::request(&clock, "org_1", "seen", b"{}");
+    assert!(cached.claim(&later).await.unwrap_err().is_unavailable());
+    proxy.restore().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pools_on_one_database_elect_one_claim() {
     // Two pools stand for two processes: their claims of one key meet only in PostgreSQL.
