@@ -48,6 +48,8 @@ fn serve_with(db: &Path, database_url: &str, extra: &[&str]) -> Server {
         .args(["serve", "--addr", &addr, "--db"])
         .arg(db)
         .args(["--database-url", database_url])
+        // 200 requests from one key: far past the free tier; limits have tests of their own.
+        .arg("--no-limits")
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -271,6 +273,7 @@ fn serve_quick(db: &Path, database_url: &str) -> Server {
             database_url,
             "--database-timeout-ms",
             "500",
+            "--no-limits",
         ])
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())
