@@ -56,6 +56,33 @@ pub const DEFAULT_KEPT_HEADERS: [HeaderName; 9] = [
 
 type ScopeFn = dyn Fn(&Parts) -> String + Send + Sync;
 
+/// A response extension: the body replays get instead of the one sent now.
+///
+/// # A secret shown once is never kept
+///
+/// An answer that holds a secret (a new API key, shown once) must not sit in the record
+/// store for the retention window. Its handler inserts `ReplayBody` with the same answer
+/// without the secret; the layer keeps that one, so the first caller sees the secret and a
+/// retry sees everything else, with the same status and headers.
+///
+/// ```
+/// # use axum::response::IntoResponse;
+/// let mut response = (axum::http::StatusCode::CREATED, r#"{"id":"k1","key":"sk_secret"}"#)
+///     .into_response();
+/// response
+///     .extensions_mut()
+///     .insert(faultline_axum::idempotency::ReplayBody::new(r#"{"id":"k1","key":null}"#));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ReplayBody(Bytes);
+
+impl ReplayBody {
+    /// Replays answer `body` instead.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        ReplayBody(body.into())
+    }
+}
+
 /// Honours `Idempotency-Key` on the wrapped routes: one execution per key, replays after.
 ///
 /// Add it with `Router::route_layer`, inside the faultline layer and after auth (so the
@@ -513,7 +540,8 @@ where
     let mut request = Request::from_parts(parts, Body::from(bytes));
     request.extensions_mut().insert(handle.clone());
     let response = inner.call(request).await?;
-    let response = config.resolve_pending(response, &id, path.as_deref().unwrap_or(""));
+    let mut response = config.resolve_pending(response, &id, path.as_deref().unwrap_or(""));
+    let replay_body = response.extensions_mut().remove::<ReplayBody>();
     if response.status().is_server_error() {
         guard.release().await;
         return Ok(response);
@@ -541,7 +569,7 @@ where
     let stored = StoredResponse::new(
         parts.status,
         kept_headers(&config.kept, &parts.headers),
-        bytes.clone(),
+        replay_body.map_or_else(|| bytes.clone(), |replay| replay.0),
     );
     match config
         .store

@@ -21,7 +21,7 @@ pub mod suite;
 pub use layer::{
     DEFAULT_KEPT_HEADERS, DEFAULT_MAX_STORED_BODY, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED,
     Idempotency, IdempotencyClaim, IdempotencyFuture, IdempotencyLayer, KeyedFuture, PRUNE_BATCH,
-    spawn_pruning,
+    ReplayBody, spawn_pruning,
 };
 pub use store::{
     ClaimOutcome, ClaimRequest, ClaimToken, IdempotencyStore, MemoryIdempotencyStore,

@@ -14,12 +14,14 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use faultline::Situation;
 use faultline::details::{Echo, Limit, Reason};
 use faultline_axum::auth::{
     ChangeKeyError, CreateKeyError, KeyAction, KeyPosition, KeyRecord, NewKey, Overreach,
     Principal, StatusChange,
 };
+use faultline_axum::idempotency::ReplayBody;
 use faultline_axum::{Error, Json, Path, Problems, Query};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use schemars::JsonSchema;
@@ -63,7 +65,7 @@ pub struct ListApiKeys {
 }
 
 /// A key as the API shows it (never the key itself, except once at creation).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ApiKeyView {
     id: String,
     name: String,
@@ -96,10 +98,15 @@ impl ApiKeyView {
 ///
 /// `Debug` prints the view and `key: "<redacted>"`, so logging the answer leaks nothing.
 #[derive(Serialize)]
+///
+/// # A replay never shows the key
+///
+/// A retry of the creation with the same `Idempotency-Key` gets the same answer with `key`
+/// `null`: the key is shown once, and the idempotency record never holds it.
 pub struct CreatedApiKey {
     #[serde(flatten)]
     view: ApiKeyView,
-    key: String,
+    key: Option<String>,
 }
 
 impl fmt::Debug for CreatedApiKey {
@@ -379,7 +386,7 @@ pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
     Json(input): Json<CreateApiKey>,
-) -> Result<(StatusCode, axum::Json<CreatedApiKey>), Error> {
+) -> Result<Response, Error> {
     let mut problems = Problems::default();
     // The chatbots' garde rule, called here so that its problem joins the expiry's.
     if let Err(blank) = not_blank(&input.name, &()) {
@@ -442,13 +449,22 @@ pub async fn create(
             return Err(e.into());
         }
     }
-    Ok((
+    let view = ApiKeyView::new(record, input.webhook_url);
+    let replay = serde_json::to_vec(&CreatedApiKey {
+        view: view.clone(),
+        key: None,
+    })
+    .map_err(Error::internal)?;
+    let mut response = (
         StatusCode::CREATED,
         axum::Json(CreatedApiKey {
-            view: ApiKeyView::new(record, input.webhook_url),
-            key: secret.expose().to_owned(),
+            view,
+            key: Some(secret.expose().to_owned()),
         }),
-    ))
+    )
+        .into_response();
+    response.extensions_mut().insert(ReplayBody::new(replay));
+    Ok(response)
 }
 
 /// `GET /v1/api_keys?limit=&cursor=`: the organisation's keys, oldest first, a page at a time.
