@@ -12,7 +12,8 @@ use axum::http::Request;
 use faultline::Profile;
 use faultline_axum::auth::{Authenticator, KeyManager, MemoryKeyStore, NewKey};
 use faultline_axum::limit::MemoryLimitStore;
-use faultline_cli::reference::{SCOPES, Settings, build_limited, key_format, store::Store};
+use faultline_cli::reference::idempotency::IdempotencyOptions;
+use faultline_cli::reference::{SCOPES, Settings, build_parts_with, key_format, store::Store};
 use faultline_conformance::{Answer, Case, CaseBody, check, check_limit_headers};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -36,7 +37,10 @@ async fn thirty_requests_from_a_free_key_get_ten_answers_and_twenty_catalog_429s
         body_limit: 64 * 1024,
         timeout: Duration::from_secs(30),
     };
-    let (app, _) = build_limited(settings, Some(Arc::new(MemoryLimitStore::new()))).unwrap();
+    let options = IdempotencyOptions::from_catalog(&settings.catalog);
+    let built =
+        build_parts_with(settings, Some(Arc::new(MemoryLimitStore::new())), &options).unwrap();
+    let (app, metrics) = (built.router, built.metrics);
     let catalog = common::catalog();
     let case = Case {
         name: "over the limit",
@@ -106,6 +110,23 @@ async fn thirty_requests_from_a_free_key_get_ten_answers_and_twenty_catalog_429s
     }
     assert_eq!(statuses[..10], [200; 10]);
     assert_eq!(statuses[10..], [429; 20]);
+    // The refusing policies (both free-tier minute caps are 10) count the refusals; the
+    // others admitted all thirty.
+    let text = metrics.render();
+    for (policy, outcome, count) in [
+        ("org_per_minute", "admitted", 10),
+        ("org_per_minute", "refused", 20),
+        ("key_per_minute", "refused", 20),
+        ("key_per_hour", "admitted", 30),
+        ("key_per_hour", "refused", 0),
+        ("monthly_requests", "admitted", 30),
+    ] {
+        let line = format!(
+            "faultline_limiter_decisions_total{{policy=\"{policy}\",outcome=\"{outcome}\"}} {count}\n"
+        );
+        assert!(text.contains(&line), "{line}in\n{text}");
+    }
+    assert_eq!(metrics.errors_answered("rate_limited"), 20);
 }
 
 #[test]

@@ -24,6 +24,7 @@ use super::body::{LeaseBody, LeaseGuard};
 use super::store::{Check, Decision, LimitStore, StoreError};
 use super::subject::{Caller, Subject};
 use crate::contract::{Error, Pending};
+use crate::metrics::{Counter, Metrics, Outcome};
 
 /// How long the layer waits for the store before answering as [`FailureMode`] says: 250 ms.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(250);
@@ -99,6 +100,7 @@ struct Config {
     failure: FailureMode,
     deadline: Duration,
     legacy: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 struct Shared {
@@ -120,6 +122,9 @@ struct Applied {
     shape: DetailsShape,
     /// The first part of its bucket keys: `name:`.
     prefix: String,
+    /// Its decisions by outcome (admitted, refused, failed open, failed closed), when metrics
+    /// are on: counters taken once, bumped without a lookup.
+    counters: Option<[Counter; 4]>,
 }
 
 /// What applies to callers of one tier.
@@ -173,6 +178,7 @@ impl LimitLayer {
             failure: FailureMode::Open,
             deadline: DEFAULT_DEADLINE,
             legacy: catalog.limits().legacy_headers,
+            metrics: None,
         };
         let shared = Arc::new(compile(&config));
         LimitLayer { config, shared }
@@ -226,6 +232,19 @@ impl LimitLayer {
         self.rebuilt(|c| c.deadline = deadline)
     }
 
+    /// Counts every decision in `metrics`, by policy and outcome
+    /// (`faultline_limiter_decisions_total`; see [`crate::metrics`]).
+    ///
+    /// # Every policy's decisions are counted
+    ///
+    /// Each policy that applied to a request counts one outcome: admitted, refused (by this
+    /// policy: a policy that would have admitted a refused request counts as admitted), or
+    /// failed open / failed closed when the store did not answer.
+    #[must_use]
+    pub fn metrics(self, metrics: Arc<Metrics>) -> Self {
+        self.rebuilt(|c| c.metrics = Some(metrics))
+    }
+
     /// Whether to send the legacy `X-RateLimit-*` headers (default: as the catalog says).
     #[must_use]
     pub fn legacy_headers(self, on: bool) -> Self {
@@ -247,11 +266,21 @@ fn compile(config: &Config) -> Shared {
             let shape = code
                 .as_ref()
                 .map_or(DetailsShape::None, |c| c.details.clone());
+            let counters = config.metrics.as_ref().map(|metrics| {
+                [
+                    Outcome::Admitted,
+                    Outcome::Refused,
+                    Outcome::FailedOpen,
+                    Outcome::FailedClosed,
+                ]
+                .map(|outcome| metrics.limiter_counter(&policy.name, outcome))
+            });
             Applied {
                 prefix: format!("{}:", policy.name),
                 policy: policy.clone(),
                 code,
                 shape,
+                counters,
             }
         })
         .collect();
@@ -454,12 +483,18 @@ impl Shared {
         let decision = match result {
             Ok(decision) if decision.outcomes.len() == used.len() => decision,
             Ok(_) => {
-                return self.failed(&StoreError::new(
-                    "the limit store answered a different number of checks",
-                ));
+                return self.failed(
+                    used,
+                    StoreError::new("the limit store answered a different number of checks"),
+                );
             }
-            Err(e) => return self.failed(&e),
+            Err(e) => return self.failed(used, e),
         };
+        for (&(i, _), outcome) in used.iter().zip(&decision.outcomes) {
+            if let Some(counters) = &self.policies[i].counters {
+                counters[usize::from(!outcome.admitted)].increment();
+            }
+        }
         let headers = self.headers(plan, used, &decision);
         if decision.admitted {
             let guard = decision
@@ -474,9 +509,10 @@ impl Shared {
                 .cmp(&decision.outcomes[b].retry_after_us)
                 .then(b.cmp(&a))
         }) else {
-            return self.failed(&StoreError::new(
-                "the limit store refused without a refusing check",
-            ));
+            return self.failed(
+                used,
+                StoreError::new("the limit store refused without a refusing check"),
+            );
         };
         let applied = &self.policies[used[decisive].0];
         let outcome = &decision.outcomes[decisive];
@@ -493,21 +529,31 @@ impl Shared {
         Judged::Refuse(error.with_details(details(applied, outcome)))
     }
 
-    fn failed(&self, error: &StoreError) -> Judged {
+    fn failed(&self, used: &[(usize, u64)], error: StoreError) -> Judged {
+        let slot = match self.failure {
+            FailureMode::Open => 2,
+            FailureMode::Closed => 3,
+        };
+        for &(i, _) in used {
+            if let Some(counters) = &self.policies[i].counters {
+                counters[slot].increment();
+            }
+        }
         match self.failure {
             FailureMode::Open => {
                 tracing::warn!(cause = %error, "limit store failed; request admitted without limits");
                 Judged::Through
             }
             FailureMode::Closed => {
-                tracing::warn!(cause = %error, "limit store failed; request refused");
                 let wait = error
                     .retry_after()
                     .unwrap_or(crate::store::DEFAULT_UNAVAILABLE_RETRY_AFTER);
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                // The faultline layer logs the cause with the request id and counts it.
                 Judged::Refuse(
                     Error::bound(Situation::ServiceUnavailable)
-                        .with_header("Retry-After", seconds.max(1).to_string()),
+                        .with_header("Retry-After", seconds.max(1).to_string())
+                        .with_cause(error),
                 )
             }
         }

@@ -183,9 +183,11 @@ pub fn build_parts_with(
     }
     check_request_types()?;
     let docs_html = faultline::docs::html(&settings.catalog);
-    let limit =
-        limits.map(|store| faultline_axum::limit::LimitLayer::new(&settings.catalog, store));
     let metrics = Arc::new(faultline_axum::Metrics::new(&settings.catalog));
+    let limit = limits.map(|store| {
+        faultline_axum::limit::LimitLayer::new(&settings.catalog, store)
+            .metrics(Arc::clone(&metrics))
+    });
     let mut contract = Contract::new(settings.catalog)
         .map_err(|e| StartError(e.to_string()))?
         .with_metrics(Arc::clone(&metrics));
