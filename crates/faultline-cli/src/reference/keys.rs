@@ -660,7 +660,7 @@ mod tests {
                 ),
                 None,
             ),
-            key: "cb_live_secretsecretsecret".to_owned(),
+            key: Some("cb_live_secretsecretsecret".to_owned()),
         };
         let debug = format!("{created:?}");
         assert!(!debug.contains("secretsecret"), "{debug}");
