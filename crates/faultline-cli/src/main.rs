@@ -502,6 +502,7 @@ macro_rules! say {
 }
 
 #[allow(clippy::print_stdout)]
+#[allow(clippy::too_many_arguments)] // one per group of flags, read once
 fn serve(
     addr: std::net::SocketAddr,
     db: &Path,
