@@ -119,7 +119,10 @@ struct PostgresArgs {
 
 impl PostgresArgs {
     /// Keys and organisations on PostgreSQL, when a URL is given. Nothing connects yet.
-    fn key_store(&self) -> Result<Option<reference::pg_keys::PgKeys>, UsageError> {
+    fn key_store(
+        &self,
+        redis_url: Option<&str>,
+    ) -> Result<Option<reference::pg_keys::PgKeys>, UsageError> {
         let Some(url) = self.url() else {
             return Ok(None);
         };
@@ -128,7 +131,7 @@ impl PostgresArgs {
         options.max_connections = self.database_max_connections.max(1);
         options.connect_timeout = Duration::from_millis(self.database_timeout_ms.max(1));
         options.statement_timeout = Duration::from_millis(self.database_timeout_ms.max(1));
-        reference::pg_keys::PgKeys::new(&options)
+        reference::pg_keys::PgKeys::new(&options, redis_url)
             .map(Some)
             .map_err(|e| UsageError(e.0))
     }
@@ -178,7 +181,7 @@ fn keys_for(
         database_max_connections: 2,
         database_timeout_ms: 5000,
     };
-    match postgres.key_store()? {
+    match postgres.key_store(None)? {
         Some(pg) => Ok((Arc::clone(&pg.manager), Some(pg))),
         None => Ok((
             reference::keys_on_file(db).map_err(|e| UsageError(e.0))?,
@@ -287,6 +290,9 @@ enum OrgsCommand {
         /// The catalog whose tiers are allowed [default: the built-in chatbots catalog].
         #[arg(long)]
         catalog: Option<PathBuf>,
+        /// Organisations in PostgreSQL instead of --db (default: env `DATABASE_URL`).
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -424,7 +430,8 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
                     tier,
                     db,
                     catalog,
-                } => return set_tier(&name, &tier, &db, catalog.as_deref()),
+                    database_url,
+                } => return set_tier(&name, &tier, &db, catalog.as_deref(), database_url),
             };
             let (keys, pg) = keys_for(&db, database_url)?;
             let found = block_on(async {
@@ -528,7 +535,7 @@ fn serve(
     let pg_idempotency = postgres.idempotency_store()?;
     // With --database-url, keys and organisations are in PostgreSQL, and every change is
     // announced to the other processes' key caches.
-    let pg_keys = postgres.key_store()?;
+    let pg_keys = postgres.key_store(limits.flatten())?;
     let keys = match &pg_keys {
         Some(pg) => Arc::clone(&pg.manager),
         None => reference::keys_on_file(db).map_err(|e| UsageError(e.0))?,
@@ -536,6 +543,20 @@ fn serve(
     let mut ready = faultline_axum::Health::new();
     if let Some(pg) = &pg_keys {
         ready = ready.check("postgres", pg.ready_check());
+    }
+    if let Some(url) = limits.flatten() {
+        let redis = faultline_redis::RedisPool::new(url, faultline_redis::PoolOptions::default())
+            .map_err(|e| UsageError(format!("--redis-url: {e}")))?;
+        let redis = Arc::new(redis);
+        ready = ready.check("redis", move || {
+            let redis = Arc::clone(&redis);
+            async move {
+                redis
+                    .query::<String>(&faultline_redis::redis::cmd("PING"))
+                    .await
+                    .map(drop)
+            }
+        });
     }
     // `limits`: `None` serves without limits, `Some(redis_url)` with them.
     let limits = limits
@@ -581,8 +602,9 @@ fn serve(
         }
         // Other processes' key changes reach this one's cache (applied until `serve` stops).
         let _invalidations = pg_keys.as_ref().map(|pg| {
-            say!("keys and organisations in PostgreSQL; changes announced over LISTEN/NOTIFY");
-            pg.subscribe()
+            let subscription = pg.subscribe();
+            say!("keys and organisations in PostgreSQL; changes announced over {}", subscription.engine());
+            subscription
         });
         say!("faultline reference API on http://{addr} (database {}, docs at http://{addr}/docs)", db.display());
         // An empty database gets a demo organisation and one key, shown this once.
@@ -667,6 +689,7 @@ fn set_tier(
     tier: &str,
     db: &Path,
     catalog: Option<&Path>,
+    database_url: Option<String>,
 ) -> Result<ExitCode, UsageError> {
     let parsed = match catalog {
         Some(path) => load(path)?,
@@ -674,8 +697,9 @@ fn set_tier(
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
     reference::limits::known_tier(&parsed, tier).map_err(|e| UsageError(e.0))?;
-    let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
+    let (keys, pg) = keys_for(db, database_url)?;
     let found = block_on(async {
+        migrate_keys(pg.as_ref()).await?;
         match keys.org_by_name(name).await? {
             Some(org) => keys.set_org_tier(&org.id, Some(tier)).await,
             None => Ok(false),

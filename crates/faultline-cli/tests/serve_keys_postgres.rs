@@ -31,13 +31,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn serve(db: &Path, database_url: &str) -> Server {
+/// `serve` with its keys on `database_url`; with `redis` (a URL and a key prefix), limits and
+/// invalidations go through that Redis, else it serves without limits.
+fn serve(db: &Path, database_url: &str, redis: Option<(&str, &str)>) -> Server {
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_faultline"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_faultline"));
+    command
         .args(["serve", "--addr", &addr, "--db"])
         .arg(db)
-        .args(["--database-url", database_url])
-        .arg("--no-limits")
+        .args(["--database-url", database_url]);
+    match redis {
+        Some((url, prefix)) => command
+            .args(["--redis-url", url])
+            .env("FAULTLINE_REDIS_PREFIX", prefix),
+        None => command.arg("--no-limits"),
+    };
+    let child = command
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -159,14 +168,46 @@ async fn a_key_revoked_through_one_serve_is_refused_by_the_other_within_a_second
     let Some(pg) = TestDatabase::create() else {
         return;
     };
+    revocation_between_two_serves(&pg, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_over_redis_pub_sub() {
+    let Some(pg) = TestDatabase::create() else {
+        return;
+    };
+    let redis = std::env::var("FAULTLINE_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    if std::net::TcpStream::connect(redis.trim_start_matches("redis://")).is_err() {
+        eprintln!("skipped: no Redis at {redis}");
+        return;
+    }
+    let prefix = format!("fltest-keys-{}", std::process::id());
+    revocation_between_two_serves(&pg, Some((&redis, &prefix))).await;
+}
+
+async fn revocation_between_two_serves(pg: &TestDatabase, redis: Option<(&str, &str)>) {
     let url = pg.url();
-    let dir = temp_dir("keys-pg");
+    let dir = temp_dir(if redis.is_some() {
+        "keys-pg-redis"
+    } else {
+        "keys-pg"
+    });
     // Keys are created before either server starts: the CLI migrates the database itself.
     let (_, admin) = create_key(&url, "acme", "all");
     let (victim_id, victim) = create_key(&url, "acme", "chatbots:read");
+    // Polling goes faster than the free tier allows.
+    faultline(&[
+        "orgs",
+        "set-tier",
+        "acme",
+        "enterprise",
+        "--database-url",
+        &url,
+    ]);
     let (mut a, mut b) = (
-        serve(&dir.0.join("a.db"), &url),
-        serve(&dir.0.join("b.db"), &url),
+        serve(&dir.0.join("a.db"), &url, redis),
+        serve(&dir.0.join("b.db"), &url, redis),
     );
     wait_ready(&mut a).await;
     wait_ready(&mut b).await;
@@ -195,6 +236,14 @@ async fn a_key_revoked_through_one_serve_is_refused_by_the_other_within_a_second
 
     // An organisation deactivated from the command line: both refuse within a second.
     let (_, other) = create_key(&url, "globex", "chatbots:read");
+    faultline(&[
+        "orgs",
+        "set-tier",
+        "globex",
+        "enterprise",
+        "--database-url",
+        &url,
+    ]);
     for server in [&a, &b] {
         assert_eq!(
             send(&server.addr, "GET", "/v1/chatbots", Some(&other))
