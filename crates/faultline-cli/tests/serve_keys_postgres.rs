@@ -184,6 +184,33 @@ async fn the_same_over_redis_pub_sub() {
     }
     let prefix = format!("fltest-keys-{}", std::process::id());
     revocation_between_two_serves(&pg, Some((&redis, &prefix))).await;
+    // The limit buckets of this test's prefix go.
+    let pool =
+        faultline_redis::RedisPool::new(&redis, faultline_redis::PoolOptions::default()).unwrap();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = pool
+            .query(
+                faultline_redis::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("*{prefix}*"))
+                    .arg("COUNT")
+                    .arg(500),
+            )
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = pool
+                .query(faultline_redis::redis::cmd("DEL").arg(&keys))
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
 }
 
 async fn revocation_between_two_serves(pg: &TestDatabase, redis: Option<(&str, &str)>) {
