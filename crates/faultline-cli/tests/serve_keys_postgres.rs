@@ -289,3 +289,60 @@ async fn revocation_between_two_serves(pg: &TestDatabase, redis: Option<(&str, &
         assert!(delay < Duration::from_secs(1));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_postgresql_and_a_cached_key_keeps_working_when_it_is_cut() {
+    let Some(pg) = TestDatabase::create() else {
+        return;
+    };
+    let proxy = faultline_testkit::TcpProxy::start(pg.server_addr())
+        .await
+        .unwrap();
+    let url = pg.url();
+    let dir = temp_dir("keys-pg-ready");
+    let (_, key) = create_key(&url, "acme", "chatbots:read");
+    let mut server = serve(&dir.0.join("a.db"), &pg.url_via(proxy.addr()), None);
+    wait_ready(&mut server).await;
+    let get = |key: Option<String>| {
+        let addr = server.addr.clone();
+        async move {
+            send(&addr, "GET", "/v1/chatbots", key.as_deref())
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get(Some(key.clone())).await.0, 200);
+
+    proxy.cut();
+    let start = Instant::now();
+    loop {
+        let (status, body) = send(&server.addr, "GET", "/readyz", None).await.unwrap();
+        if status == 503 {
+            assert!(body.contains("service_unavailable"), "{body}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "/readyz stayed {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The key cached before the cut still passes (the chatbots are in SQLite here).
+    assert_eq!(get(Some(key.clone())).await.0, 200);
+    // A key no process has cached cannot be checked: the contract's 503, not a refusal.
+    let (_, unseen) = create_key(&url, "acme", "chatbots:read");
+    let (status, body) = get(Some(unseen.clone())).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("service_unavailable"), "{body}");
+
+    proxy.restore().unwrap();
+    let start = Instant::now();
+    while send(&server.addr, "GET", "/readyz", None).await.unwrap().0 != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never ready again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(Some(unseen)).await.0, 200);
+}
