@@ -104,8 +104,9 @@ struct ConnectionArgs {
 /// State shared by several `serve` processes.
 #[derive(Debug, clap::Args)]
 struct PostgresArgs {
-    /// Keep idempotency records in PostgreSQL (`postgres://user@host:port/dbname`; default: env
-    /// `DATABASE_URL`), so that several `serve` processes share them. Migrations run at start.
+    /// Keep idempotency records, API keys and organisations in PostgreSQL
+    /// (`postgres://user@host:port/dbname`; default: env `DATABASE_URL`), so that several
+    /// `serve` processes share them. Migrations run at start.
     #[arg(long)]
     database_url: Option<String>,
     /// Connections to PostgreSQL at most, per process.
