@@ -104,8 +104,9 @@ struct ConnectionArgs {
 /// State shared by several `serve` processes.
 #[derive(Debug, clap::Args)]
 struct PostgresArgs {
-    /// Keep idempotency records in PostgreSQL (`postgres://user@host:port/dbname`; default: env
-    /// `DATABASE_URL`), so that several `serve` processes share them. Migrations run at start.
+    /// Keep idempotency records, API keys and organisations in PostgreSQL
+    /// (`postgres://user@host:port/dbname`; default: env `DATABASE_URL`), so that several
+    /// `serve` processes share them. Migrations run at start.
     #[arg(long)]
     database_url: Option<String>,
     /// Connections to PostgreSQL at most, per process.
@@ -118,6 +119,24 @@ struct PostgresArgs {
 }
 
 impl PostgresArgs {
+    /// Keys and organisations on PostgreSQL, when a URL is given. Nothing connects yet.
+    fn key_store(
+        &self,
+        redis_url: Option<&str>,
+    ) -> Result<Option<reference::pg_keys::PgKeys>, UsageError> {
+        let Some(url) = self.url() else {
+            return Ok(None);
+        };
+        let mut options = faultline_postgres::PgOptions::from_url(&url)
+            .map_err(|e| UsageError(format!("--database-url: {e}")))?;
+        options.max_connections = self.database_max_connections.max(1);
+        options.connect_timeout = Duration::from_millis(self.database_timeout_ms.max(1));
+        options.statement_timeout = Duration::from_millis(self.database_timeout_ms.max(1));
+        reference::pg_keys::PgKeys::new(&options, redis_url)
+            .map(Some)
+            .map_err(|e| UsageError(e.0))
+    }
+
     /// The URL from the flag, else from `DATABASE_URL`.
     fn url(&self) -> Option<String> {
         self.database_url
@@ -143,6 +162,40 @@ impl PostgresArgs {
         Ok(Some(Arc::new(faultline_postgres::PgIdempotencyStore::new(
             pool,
         ))))
+    }
+}
+
+/// Keys on PostgreSQL when `database_url` (or env `DATABASE_URL`) is given, else on the
+/// SQLite file `db`; for PostgreSQL, the keys (whose pool [`migrate_keys`] brings up to date).
+fn keys_for(
+    db: &Path,
+    database_url: Option<String>,
+) -> Result<
+    (
+        Arc<faultline_axum::auth::KeyManager>,
+        Option<reference::pg_keys::PgKeys>,
+    ),
+    UsageError,
+> {
+    let postgres = PostgresArgs {
+        database_url,
+        database_max_connections: 2,
+        database_timeout_ms: 5000,
+    };
+    match postgres.key_store(None)? {
+        Some(pg) => Ok((Arc::clone(&pg.manager), Some(pg))),
+        None => Ok((
+            reference::keys_on_file(db).map_err(|e| UsageError(e.0))?,
+            None,
+        )),
+    }
+}
+
+/// Brings the schema of the keys on PostgreSQL up to date (nothing for SQLite).
+async fn migrate_keys(pg: Option<&reference::pg_keys::PgKeys>) -> Result<(), StoreError> {
+    match pg {
+        Some(pg) => faultline_postgres::migrate(&pg.pool).await.map(drop),
+        None => Ok(()),
     }
 }
 
@@ -194,6 +247,9 @@ enum KeysCommand {
         /// SQLite database file.
         #[arg(long, default_value = "faultline.db")]
         db: PathBuf,
+        /// Keys in PostgreSQL instead of --db (default: env `DATABASE_URL`).
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -206,6 +262,10 @@ enum OrgsCommand {
         /// SQLite database file.
         #[arg(long, default_value = "faultline.db")]
         db: PathBuf,
+        /// Organisations in PostgreSQL instead of --db (default: env `DATABASE_URL`); the
+        /// running `serve` processes on it are told at once.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Refuse every call made with the organisation's keys (`org_inactive`).
     Deactivate {
@@ -214,6 +274,10 @@ enum OrgsCommand {
         /// SQLite database file.
         #[arg(long, default_value = "faultline.db")]
         db: PathBuf,
+        /// Organisations in PostgreSQL instead of --db (default: env `DATABASE_URL`); the
+        /// running `serve` processes on it are told at once.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Put the organisation on a plan tier of the catalog's `[limits]` (e.g. free, pro).
     SetTier {
@@ -227,6 +291,9 @@ enum OrgsCommand {
         /// The catalog whose tiers are allowed [default: the built-in chatbots catalog].
         #[arg(long)]
         catalog: Option<PathBuf>,
+        /// Organisations in PostgreSQL instead of --db (default: env `DATABASE_URL`).
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -308,9 +375,10 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
                     name,
                     expires_in,
                     db,
+                    database_url,
                 },
         } => {
-            let keys = reference::keys_on_file(&db).map_err(|e| UsageError(e.0))?;
+            let (keys, pg) = keys_for(&db, database_url)?;
             let scopes = if scopes.iter().any(|s| s == "all") {
                 reference::all_scopes()
             } else {
@@ -327,6 +395,7 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             }
             let expires_at = expires_in.map(|s| keys.authenticator().clock().now() + i64::from(s));
             let (record, key) = block_on(async {
+                migrate_keys(pg.as_ref()).await?;
                 let org = keys.ensure_org(&org).await?;
                 let new = NewKey::new(name, scopes).with_expiry(expires_at);
                 Ok(keys.create_key(&org.id, new).await)
@@ -346,18 +415,28 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Orgs { command } => {
-            let (name, db, active) = match command {
-                OrgsCommand::Activate { name, db } => (name, db, true),
-                OrgsCommand::Deactivate { name, db } => (name, db, false),
+            let (name, db, database_url, active) = match command {
+                OrgsCommand::Activate {
+                    name,
+                    db,
+                    database_url,
+                } => (name, db, database_url, true),
+                OrgsCommand::Deactivate {
+                    name,
+                    db,
+                    database_url,
+                } => (name, db, database_url, false),
                 OrgsCommand::SetTier {
                     name,
                     tier,
                     db,
                     catalog,
-                } => return set_tier(&name, &tier, &db, catalog.as_deref()),
+                    database_url,
+                } => return set_tier(&name, &tier, &db, catalog.as_deref(), database_url),
             };
-            let keys = reference::keys_on_file(&db).map_err(|e| UsageError(e.0))?;
+            let (keys, pg) = keys_for(&db, database_url)?;
             let found = block_on(async {
+                migrate_keys(pg.as_ref()).await?;
                 match keys.org_by_name(&name).await? {
                     Some(org) => keys.set_org_active(&org.id, active).await,
                     None => Ok(false),
@@ -455,7 +534,31 @@ fn serve(
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
     let pg_idempotency = postgres.idempotency_store()?;
-    let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
+    // With --database-url, keys and organisations are in PostgreSQL, and every change is
+    // announced to the other processes' key caches.
+    let pg_keys = postgres.key_store(limits.flatten())?;
+    let keys = match &pg_keys {
+        Some(pg) => Arc::clone(&pg.manager),
+        None => reference::keys_on_file(db).map_err(|e| UsageError(e.0))?,
+    };
+    let mut ready = faultline_axum::Health::new();
+    if let Some(pg) = &pg_keys {
+        ready = ready.check("postgres", pg.ready_check());
+    }
+    if let Some(url) = limits.flatten() {
+        let redis = faultline_redis::RedisPool::new(url, faultline_redis::PoolOptions::default())
+            .map_err(|e| UsageError(format!("--redis-url: {e}")))?;
+        let redis = Arc::new(redis);
+        ready = ready.check("redis", move || {
+            let redis = Arc::clone(&redis);
+            async move {
+                redis
+                    .query::<String>(&faultline_redis::redis::cmd("PING"))
+                    .await
+                    .map(drop)
+            }
+        });
+    }
     // `limits`: `None` serves without limits, `Some(redis_url)` with them.
     let limits = limits
         .map(|redis_url| reference::limits::limit_store(redis_url).map_err(|e| UsageError(e.0)))
@@ -471,9 +574,16 @@ fn serve(
     if let Some(pg) = &pg_idempotency {
         options.store = Some(Arc::clone(pg) as _);
     }
-    let built =
-        reference::app_on_file_with(parsed, profile, db, Arc::clone(&keys), limits, &options)
-            .map_err(|e| UsageError(e.to_string()))?;
+    let built = reference::app_on_file_checked(
+        parsed,
+        profile,
+        db,
+        Arc::clone(&keys),
+        limits,
+        &options,
+        ready,
+    )
+    .map_err(|e| UsageError(e.to_string()))?;
     let (app, contract, health) = (built.router, built.contract, built.health);
     // With --database-url the records (and so their pruning) are in PostgreSQL.
     let records: Arc<dyn faultline_axum::idempotency::IdempotencyStore> = match &pg_idempotency {
@@ -491,6 +601,12 @@ fn serve(
             migrate_postgres(store).await?;
             say!("idempotency records in PostgreSQL (schema up to date)");
         }
+        // Other processes' key changes reach this one's cache (applied until `serve` stops).
+        let _invalidations = pg_keys.as_ref().map(|pg| {
+            let subscription = pg.subscribe();
+            say!("keys and organisations in PostgreSQL; changes announced over {}", subscription.engine());
+            subscription
+        });
         say!("faultline reference API on http://{addr} (database {}, docs at http://{addr}/docs)", db.display());
         // An empty database gets a demo organisation and one key, shown this once.
         let fresh = keys.count_orgs().await.map_err(store_error)? == 0;
@@ -574,6 +690,7 @@ fn set_tier(
     tier: &str,
     db: &Path,
     catalog: Option<&Path>,
+    database_url: Option<String>,
 ) -> Result<ExitCode, UsageError> {
     let parsed = match catalog {
         Some(path) => load(path)?,
@@ -581,8 +698,9 @@ fn set_tier(
             .map_err(|_| UsageError("the built-in catalog is invalid".into()))?,
     };
     reference::limits::known_tier(&parsed, tier).map_err(|e| UsageError(e.0))?;
-    let keys = reference::keys_on_file(db).map_err(|e| UsageError(e.0))?;
+    let (keys, pg) = keys_for(db, database_url)?;
     let found = block_on(async {
+        migrate_keys(pg.as_ref()).await?;
         match keys.org_by_name(name).await? {
             Some(org) => keys.set_org_tier(&org.id, Some(tier)).await,
             None => Ok(false),

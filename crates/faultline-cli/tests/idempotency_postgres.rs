@@ -140,11 +140,13 @@ impl Drop for TempDir {
     }
 }
 
-/// Creates a key with every scope in the SQLite file, so that neither server seeds a demo.
-fn create_key(db: &Path) -> String {
+/// Creates a key with every scope where the servers keep keys (with `--database-url`, the
+/// PostgreSQL database), so that neither server seeds a demo.
+fn create_key(db: &Path, database_url: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_faultline"))
         .args(["keys", "create", "--org", "acme", "--scopes", "all", "--db"])
         .arg(db)
+        .args(["--database-url", database_url])
         .output()
         .expect("keys create runs");
     assert!(
@@ -169,7 +171,7 @@ async fn two_servers_on_one_postgresql_run_a_keyed_post_once() {
     )));
     std::fs::create_dir_all(&dir.0).unwrap();
     let db = dir.0.join("reference.db");
-    let key = create_key(&db);
+    let key = create_key(&db, &pg.url());
     let bearer = format!("Bearer {key}");
 
     // One after the other: two servers opening a new SQLite file at the same instant can race
@@ -301,7 +303,7 @@ async fn a_postgresql_outage_is_a_503_with_retry_after_and_serve_recovers_by_its
     )));
     std::fs::create_dir_all(&dir.0).unwrap();
     let db = dir.0.join("reference.db");
-    let bearer = format!("Bearer {}", create_key(&db));
+    let bearer = format!("Bearer {}", create_key(&db, &pg.url()));
     let mut server = serve_quick(&db, &pg.url_via(proxy.addr()));
     wait_ready(&mut server).await;
 
@@ -369,7 +371,7 @@ async fn a_claim_left_in_postgresql_by_a_killed_server_ends_with_its_lease_and_r
     )));
     std::fs::create_dir_all(&dir.0).unwrap();
     let db = dir.0.join("reference.db");
-    let bearer = format!("Bearer {}", create_key(&db));
+    let bearer = format!("Bearer {}", create_key(&db, &pg.url()));
     let body = r#"{"name":"crash","status":"active"}"#;
     let post = |addr: String| {
         let bearer = bearer.clone();

@@ -13,11 +13,18 @@
 //! - `PgIdempotencyStore` (feature `idempotency`, on by default): the records of
 //!   `faultline_axum::idempotency`, claimed with one atomic statement, so any number of
 //!   processes share one exactly-once guarantee.
+//! - [`PgKeyStore`]: organisations and API keys (`faultline_axum::auth`), with the
+//!   per-organisation cap held across processes.
+//! - [`PgInvalidations`]: key-cache invalidations between processes over `LISTEN/NOTIFY`.
 //! - `testing` (feature `testing`): a throw-away database per test run, named by the
 //!   environment variable `FAULTLINE_TEST_POSTGRES_URL`.
 
 #[cfg(feature = "idempotency")]
 mod idempotency;
+#[cfg(feature = "keys")]
+mod invalidate;
+#[cfg(feature = "keys")]
+mod keys;
 mod migrate;
 mod pool;
 #[cfg(feature = "testing")]
@@ -25,6 +32,10 @@ pub mod testing;
 
 #[cfg(feature = "idempotency")]
 pub use idempotency::{DEFAULT_REPLAY_CACHE, PgIdempotencyStore};
+#[cfg(feature = "keys")]
+pub use invalidate::{DEFAULT_CHANNEL, PgInvalidations, Subscription};
+#[cfg(feature = "keys")]
+pub use keys::PgKeyStore;
 pub use migrate::{DEFAULT_MIGRATION_WAIT, MIGRATIONS, Migration, migrate, migrate_with};
 pub use pool::{BadUrl, PgConn, PgOptions, PgPool, PgTransaction, store_error};
 pub use tokio_postgres;

@@ -20,11 +20,18 @@ pub struct Migration {
 }
 
 /// The schema of every store in this crate, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "idempotency_records",
-    sql: include_str!("../migrations/0001_idempotency_records.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "idempotency_records",
+        sql: include_str!("../migrations/0001_idempotency_records.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "orgs_and_api_keys",
+        sql: include_str!("../migrations/0002_orgs_and_api_keys.sql"),
+    },
+];
 
 /// The advisory lock that serialises migrations in one database ("faultlin" in ASCII).
 const LOCK_KEY: i64 = 0x6661_756c_746c_696e;

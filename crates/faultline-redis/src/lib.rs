@@ -4,6 +4,8 @@
 //! - [`RedisLimitStore`] implements [`faultline_axum::limit::LimitStore`]: every decision is
 //!   one `EVALSHA` of a Lua script that checks all the policies of a request and spends them
 //!   only if all admit, on Redis's own clock, with the formulas of [`faultline::limits`];
+//! - [`RedisInvalidations`] carries key-cache invalidations between processes over pub/sub
+//!   (`PUBLISH` / `SUBSCRIBE`), resubscribing with backoff after a dropped connection;
 //! - [`RedisPool`] is the small pool of multiplexed connections it sends through, with a
 //!   deadline on every call: an unreachable, refusing or stalled Redis gives
 //!   [`faultline_axum::StoreError::unavailable`] within the deadline, never a hang.
@@ -37,9 +39,11 @@
 //! The tests need a Redis (`FAULTLINE_REDIS_URL`, default `redis://127.0.0.1:6379`); without
 //! one they print a `skipped:` line and pass, unless `FAULTLINE_REQUIRE_REDIS` is set.
 
+mod invalidate;
 mod limit;
 mod pool;
 
+pub use invalidate::{DEFAULT_CHANNEL, RedisInvalidations, RedisSubscription};
 pub use limit::{DEFAULT_PREFIX, RedisLimitStore};
 pub use pool::{PoolOptions, RedisPool};
 /// The `redis` crate this one is built on, for commands sent through [`RedisPool::query`].

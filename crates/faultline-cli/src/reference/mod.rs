@@ -10,6 +10,7 @@ pub mod cursor;
 pub mod idempotency;
 pub mod keys;
 pub mod limits;
+pub mod pg_keys;
 pub mod store;
 
 use std::path::Path as FsPath;
@@ -157,9 +158,20 @@ pub fn build_parts(settings: Settings) -> Result<Built, StartError> {
 /// (Prometheus text) need no API key, like `/docs`; put `/metrics` behind the network's own
 /// access rules in production.
 pub fn build_parts_with(
+    settings: Settings,
+    limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+    idempotency: &idempotency::IdempotencyOptions,
+) -> Result<Built, StartError> {
+    build_parts_checked(settings, limits, idempotency, faultline_axum::Health::new())
+}
+
+/// [`build_parts_with`], with `/readyz` also asking the checks of `health` (e.g. PostgreSQL
+/// and Redis when the keys or the limits live there), before its own database check.
+pub fn build_parts_checked(
     mut settings: Settings,
     limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
     idempotency: &idempotency::IdempotencyOptions,
+    health: faultline_axum::Health,
 ) -> Result<Built, StartError> {
     settings.catalog.idempotency = Some(idempotency.settings.clone());
     // The handlers raise codes of the compiled-in chatbots catalog; a catalog given at run time
@@ -200,7 +212,7 @@ pub fn build_parts_with(
         .map_err(|_| StartError("cannot read the database".into()))?;
     let auth = AuthLayer::new(Arc::clone(settings.keys.authenticator()));
     let probe = settings.store.clone();
-    let health = faultline_axum::Health::new().check("database", move || {
+    let health = health.check("database", move || {
         let store = probe.clone();
         async move {
             store
@@ -332,9 +344,30 @@ pub fn app_on_file_with(
     limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
     idempotency: &idempotency::IdempotencyOptions,
 ) -> Result<Built, StartError> {
+    app_on_file_checked(
+        catalog,
+        profile,
+        db,
+        keys,
+        limits,
+        idempotency,
+        faultline_axum::Health::new(),
+    )
+}
+
+/// [`app_on_file_with`], with `/readyz` also asking the checks of `health`.
+pub fn app_on_file_checked(
+    catalog: Catalog,
+    profile: Option<faultline::Profile>,
+    db: &FsPath,
+    keys: Arc<KeyManager>,
+    limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+    idempotency: &idempotency::IdempotencyOptions,
+    health: faultline_axum::Health,
+) -> Result<Built, StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
-    build_parts_with(
+    build_parts_checked(
         Settings {
             catalog,
             profile,
@@ -345,6 +378,7 @@ pub fn app_on_file_with(
         },
         limits,
         idempotency,
+        health,
     )
 }
 
