@@ -200,11 +200,7 @@ pub fn build_parts_with(
     let probe = settings.store.clone();
     let health = faultline_axum::Health::new().check("database", move || {
         let store = probe.clone();
-        async move {
-            store
-                .read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
-                .await
-        }
+        async move { store.ping().await }
     });
     let faultline = Faultline::new(contract)
         .body_limit(settings.body_limit)
