@@ -467,28 +467,45 @@ fn serve(
         options.settings.retention = Duration::from_secs(seconds);
     }
     options.hold = Duration::from_millis(idempotency.idempotency_hold_ms);
-    if let Some(pg) = &pg_idempotency {
-        options.store = Some(Arc::clone(pg) as _);
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
+    // With --database-url the reference data and the idempotency records (and so their
+    // pruning) are in PostgreSQL; the chatbot POST completes its record in its own transaction.
+    let pg_data = match &pg_idempotency {
+        Some(pg) => Some(
+            runtime
+                .block_on(reference::store::PgStore::connect(pg.pool().clone()))
+                .map_err(|e| UsageError(format!("PostgreSQL (--database-url): {e}")))?,
+        ),
+        None => None,
+    };
+    let built = match &pg_data {
+        Some(pg) => reference::app_on_store_with(
+            parsed,
+            profile,
+            reference::store::Store::from(pg.clone()),
+            Arc::clone(&keys),
+            limits,
+            &options,
+        ),
+        None => {
+            reference::app_on_file_with(parsed, profile, db, Arc::clone(&keys), limits, &options)
+        }
     }
-    let built =
-        reference::app_on_file_with(parsed, profile, db, Arc::clone(&keys), limits, &options)
-            .map_err(|e| UsageError(e.to_string()))?;
+    .map_err(|e| UsageError(e.to_string()))?;
     let (app, contract, health) = (built.router, built.contract, built.health);
-    // With --database-url the records (and so their pruning) are in PostgreSQL.
-    let records: Arc<dyn faultline_axum::idempotency::IdempotencyStore> = match &pg_idempotency {
-        Some(pg) => Arc::clone(pg) as _,
+    let records: Arc<dyn faultline_axum::idempotency::IdempotencyStore> = match &pg_data {
+        Some(pg) => Arc::new(pg.records().clone()),
         None => Arc::new(reference::idempotency::store_on_file(db).map_err(|e| UsageError(e.0))?),
     };
     let prune_every = Duration::from_secs(idempotency.idempotency_prune_every);
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
         if let Some(store) = &pg_idempotency {
             migrate_postgres(store).await?;
-            say!("idempotency records in PostgreSQL (schema up to date)");
+            say!("reference data and idempotency records in PostgreSQL (schema up to date)");
         }
         say!("faultline reference API on http://{addr} (database {}, docs at http://{addr}/docs)", db.display());
         // An empty database gets a demo organisation and one key, shown this once.

@@ -342,6 +342,30 @@ pub fn app_on_file_with(
     )
 }
 
+/// [`app_on_file_with`] on a store already open (e.g. [`store::PgStore`] for several
+/// processes on one PostgreSQL database), with the default body limit and timeout.
+pub fn app_on_store_with(
+    catalog: Catalog,
+    profile: Option<faultline::Profile>,
+    store: Store,
+    keys: Arc<KeyManager>,
+    limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+    idempotency: &idempotency::IdempotencyOptions,
+) -> Result<Built, StartError> {
+    build_parts_with(
+        Settings {
+            catalog,
+            profile,
+            store,
+            keys,
+            body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
+            timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
+        },
+        limits,
+        idempotency,
+    )
+}
+
 /// Calls `$check::<T>()?` for every type the app reads from a request body or query string.
 ///
 /// This is the one list of request types: start-up checks of their schemas go in
