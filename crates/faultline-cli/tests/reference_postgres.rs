@@ -33,7 +33,11 @@ async fn chatbots_live_their_whole_life_on_postgres() {
     let mut ids = Vec::new();
     for i in 0..5 {
         let created = api
-            .send("POST", "/v1/chatbots", Some(json!({"name": format!("Bot {i}")})))
+            .send(
+                "POST",
+                "/v1/chatbots",
+                Some(json!({"name": format!("Bot {i}")})),
+            )
             .await;
         assert_eq!(created.status, 201, "{:?}", created.body);
         assert_eq!(created.body["status"], "draft");
@@ -41,7 +45,10 @@ async fn chatbots_live_their_whole_life_on_postgres() {
     }
     let path = format!("/v1/chatbots/{}", ids[0]);
     let got = api.send("GET", &path, None).await;
-    assert_eq!((got.status, got.body["name"].as_str()), (200, Some("Bot 0")));
+    assert_eq!(
+        (got.status, got.body["name"].as_str()),
+        (200, Some("Bot 0"))
+    );
 
     // Pages of two, in creation order, with a signed cursor.
     let mut seen = Vec::new();
@@ -58,16 +65,17 @@ async fn chatbots_live_their_whole_life_on_postgres() {
         }
     }
     assert_eq!(seen, ids);
-    let tampered = api
-        .send("GET", "/v1/chatbots?cursor=AAAA.BBBB", None)
-        .await;
+    let tampered = api.send("GET", "/v1/chatbots?cursor=AAAA.BBBB", None).await;
     assert_eq!(tampered.code(), Some("invalid_cursor"));
 
     // The state machine, on the locked row.
     let active = api
         .send("PATCH", &path, Some(json!({"status": "active"})))
         .await;
-    assert_eq!((active.status, active.body["status"].as_str()), (200, Some("active")));
+    assert_eq!(
+        (active.status, active.body["status"].as_str()),
+        (200, Some("active"))
+    );
     let back = api
         .send("PATCH", &path, Some(json!({"status": "draft"})))
         .await;
@@ -129,7 +137,12 @@ async fn category_trees_nest_bounded_and_delete_whole_on_postgres() {
             Some(json!({"name": "Too deep", "parent_id": parent})),
         )
         .await;
-    assert_eq!(too_deep.code(), Some("invalid_payload"), "{:?}", too_deep.body);
+    assert_eq!(
+        too_deep.code(),
+        Some("invalid_payload"),
+        "{:?}",
+        too_deep.body
+    );
 
     // Another organisation cannot hang a category under ours, nor see or delete it.
     let foreign_child = api
@@ -149,15 +162,25 @@ async fn category_trees_nest_bounded_and_delete_whole_on_postgres() {
         404
     );
     assert_eq!(
-        api.send_as(&api.other_bearer, "DELETE", &format!("{root_path}?cascade=true"), None)
-            .await
-            .status,
+        api.send_as(
+            &api.other_bearer,
+            "DELETE",
+            &format!("{root_path}?cascade=true"),
+            None
+        )
+        .await
+        .status,
         404
     );
 
     // Without cascade a parent stays; with it the whole chain goes.
     let refused = api.send("DELETE", &root_path, None).await;
-    assert_eq!(refused.code(), Some("category_not_empty"), "{:?}", refused.body);
+    assert_eq!(
+        refused.code(),
+        Some("category_not_empty"),
+        "{:?}",
+        refused.body
+    );
     let deleted = api
         .send("DELETE", &format!("{root_path}?cascade=true"), None)
         .await;
