@@ -431,6 +431,7 @@ macro_rules! say {
 }
 
 #[allow(clippy::print_stdout)]
+#[allow(clippy::too_many_arguments)] // one argument per group of flags
 fn serve(
     addr: std::net::SocketAddr,
     db: &Path,

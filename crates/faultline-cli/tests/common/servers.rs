@@ -39,10 +39,11 @@ pub async fn redis_available(test: &str) -> bool {
                 "Redis not reachable at {} and FAULTLINE_REQUIRE_REDIS is set: {error}",
                 redis_url()
             );
-            eprintln!(
-                "{test}: skipped: Redis not reachable at {} ({error})",
+            let line = format!(
+                "{test}: skipped: Redis not reachable at {} ({error})\n",
                 redis_url()
             );
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             false
         }
     }
