@@ -104,7 +104,8 @@ struct ConnectionArgs {
 /// State shared by several `serve` processes.
 #[derive(Debug, clap::Args)]
 struct PostgresArgs {
-    /// Keep idempotency records in PostgreSQL (`postgres://user@host:port/dbname`; default: env
+    /// Keep the reference data (chatbots, categories, cursor secret, webhook URLs) and the
+    /// idempotency records in PostgreSQL (`postgres://user@host:port/dbname`; default: env
     /// `DATABASE_URL`), so that several `serve` processes share them. Migrations run at start.
     #[arg(long)]
     database_url: Option<String>,
