@@ -90,6 +90,18 @@ pub struct Server {
     pub addr: SocketAddr,
 }
 
+impl Server {
+    /// A server around a started child.
+    pub fn new(child: Child, addr: SocketAddr) -> Self {
+        Server { child, addr }
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
