@@ -38,7 +38,7 @@ psql "$PG/postgres" -qc "CREATE DATABASE $DBNAME" >/dev/null
 
 # The chatbots catalog with the enterprise tier raised far beyond what wrk can send.
 catalog=$dir/bench.toml
-sed -E 's/enterprise = [0-9]+ \}/enterprise = 1000000000 }/' examples/catalogs/chatbots.toml >"$catalog"
+sed -E 's/enterprise = [0-9]+ \}/enterprise = 10000000 }/' examples/catalogs/chatbots.toml >"$catalog"
 
 export RUST_LOG=${RUST_LOG:-warn}
 key_for() { # db org
