@@ -13,6 +13,7 @@ use std::time::Duration;
 use faultline_postgres::tokio_postgres::Row;
 use faultline_postgres::{
     DEFAULT_MIGRATION_WAIT, Migration, PgIdempotencyStore, PgPool, migrate, migrate_with,
+    store_error,
 };
 
 use super::{
@@ -142,8 +143,8 @@ impl PgStore {
                 &[],
             )
             .await?
-            .map(|row| row.get(0))
-            .ok_or_else(|| StoreError::new(MissingSecret))?;
+            .ok_or_else(|| StoreError::new(MissingSecret))
+            .and_then(|row| column(&row, 0))?;
         drop(conn);
         Ok(PgStore {
             records: PgIdempotencyStore::new(pool.clone()),
@@ -211,10 +212,10 @@ impl PgStore {
 
     pub(super) async fn get_chatbot(&self, id: &str) -> Result<Option<ChatbotRow>, StoreError> {
         let mut conn = self.pool.get().await?;
-        Ok(conn
-            .query_opt(GET_CHATBOT, &[&id])
+        conn.query_opt(GET_CHATBOT, &[&id])
             .await?
-            .map(|r| chatbot(&r)))
+            .map(|r| chatbot(&r))
+            .transpose()
     }
 
     pub(super) async fn list_chatbots(
@@ -229,7 +230,7 @@ impl PgStore {
         let rows = conn
             .query(LIST_CHATBOTS, &[&org_id, &after_ts, &after_id, &limit])
             .await?;
-        Ok(rows.iter().map(chatbot).collect())
+        rows.iter().map(chatbot).collect()
     }
 
     pub(super) async fn change_chatbot<R>(
@@ -242,7 +243,8 @@ impl PgStore {
         let found = tx
             .query_opt(LOCK_CHATBOT, &[&id])
             .await?
-            .map(|r| chatbot(&r));
+            .map(|r| chatbot(&r))
+            .transpose()?;
         let decided = change(found);
         if let Ok(row) = &decided {
             tx.execute(
@@ -264,10 +266,10 @@ impl PgStore {
 
     pub(super) async fn get_category(&self, id: &str) -> Result<Option<CategoryRow>, StoreError> {
         let mut conn = self.pool.get().await?;
-        Ok(conn
-            .query_opt(GET_CATEGORY, &[&id])
+        conn.query_opt(GET_CATEGORY, &[&id])
             .await?
-            .map(|r| category(&r)))
+            .map(|r| category(&r))
+            .transpose()
     }
 
     pub(super) async fn insert_category(
@@ -277,15 +279,19 @@ impl PgStore {
         let mut conn = self.pool.get().await?;
         let mut tx = conn.transaction().await?;
         if let Some(parent) = &row.parent_id {
-            match tx.query_opt(LOCK_CATEGORY, &[parent]).await? {
-                Some(found) if found.get::<_, String>(1) == row.org_id => {}
-                _ => return Ok(Err(InsertRefused::ParentNotFound)),
+            let found = tx
+                .query_opt(LOCK_CATEGORY, &[parent])
+                .await?
+                .map(|r| category(&r))
+                .transpose()?;
+            if found.is_none_or(|found| found.org_id != row.org_id) {
+                return Ok(Err(InsertRefused::ParentNotFound));
             }
             let max = i32::try_from(MAX_CATEGORY_DEPTH).unwrap_or(i32::MAX);
-            let level: i32 = tx
-                .query_opt(LEVEL, &[parent, &max])
-                .await?
-                .map_or(0, |r| r.get(0));
+            let level: i32 = match tx.query_opt(LEVEL, &[parent, &max]).await? {
+                Some(r) => column(&r, 0)?,
+                None => 0,
+            };
             if level >= max {
                 return Ok(Err(InsertRefused::TooDeep));
             }
@@ -313,8 +319,12 @@ impl PgStore {
     ) -> Result<Deleted, StoreError> {
         let mut conn = self.pool.get().await?;
         let mut tx = conn.transaction().await?;
-        let found = tx.query_opt(LOCK_CATEGORY, &[&id]).await?;
-        if found.is_none_or(|row| row.get::<_, String>(1) != org_id) {
+        let found = tx
+            .query_opt(LOCK_CATEGORY, &[&id])
+            .await?
+            .map(|r| category(&r))
+            .transpose()?;
+        if found.is_none_or(|row| row.org_id != org_id) {
             return Ok(Deleted::NotFound);
         }
         let has_children = tx.query_opt(HAS_CHILDREN, &[&id]).await?.is_some();
@@ -322,12 +332,12 @@ impl PgStore {
             return Ok(Deleted::HasChildren);
         }
         let cap = i64::try_from(MAX_CASCADE + 2).unwrap_or(i64::MAX);
-        let tree: Vec<String> = tx
+        let tree = tx
             .query(SUBTREE, &[&id, &org_id, &cap])
             .await?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| column::<String>(r, 0))
+            .collect::<Result<Vec<_>, _>>()?;
         if tree.len() > MAX_CASCADE + 1 {
             return Ok(Deleted::TooLarge);
         }
@@ -380,7 +390,9 @@ impl PgStore {
                 &[&org_id, &ids],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| Ok((column(r, 0)?, column(r, 1)?)))
+            .collect()
     }
 }
 
@@ -412,24 +424,39 @@ impl std::fmt::Display for MissingSecret {
 
 impl std::error::Error for MissingSecret {}
 
-fn chatbot(row: &Row) -> ChatbotRow {
-    ChatbotRow {
-        id: row.get(0),
-        org_id: row.get(1),
-        name: row.get(2),
-        status: row.get(3),
-        created_at: row.get(4),
-        updated_at: row.get(5),
-        deleted_at: row.get(6),
-    }
+/// A row read as the schema says; a column of another type is a defect (500), never a panic.
+fn chatbot(row: &Row) -> Result<ChatbotRow, StoreError> {
+    let read = || {
+        Ok::<_, faultline_postgres::tokio_postgres::Error>(ChatbotRow {
+            id: row.try_get(0)?,
+            org_id: row.try_get(1)?,
+            name: row.try_get(2)?,
+            status: row.try_get(3)?,
+            created_at: row.try_get(4)?,
+            updated_at: row.try_get(5)?,
+            deleted_at: row.try_get(6)?,
+        })
+    };
+    read().map_err(store_error)
 }
 
-fn category(row: &Row) -> CategoryRow {
-    CategoryRow {
-        id: row.get(0),
-        org_id: row.get(1),
-        parent_id: row.get(2),
-        name: row.get(3),
-        created_at: row.get(4),
-    }
+fn category(row: &Row) -> Result<CategoryRow, StoreError> {
+    let read = || {
+        Ok::<_, faultline_postgres::tokio_postgres::Error>(CategoryRow {
+            id: row.try_get(0)?,
+            org_id: row.try_get(1)?,
+            parent_id: row.try_get(2)?,
+            name: row.try_get(3)?,
+            created_at: row.try_get(4)?,
+        })
+    };
+    read().map_err(store_error)
+}
+
+/// Column `i` of `row`, as [`chatbot`] reads columns.
+fn column<'a, T: faultline_postgres::tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    i: usize,
+) -> Result<T, StoreError> {
+    row.try_get(i).map_err(store_error)
 }
