@@ -75,6 +75,7 @@ fn idempotency(c: &mut Criterion) {
     let sync = std::env::var("FAULTLINE_BENCH_SYNC").unwrap_or_else(|_| "normal".into());
     store
         .pool()
+        .expect("the store is on SQLite")
         .write_blocking(move |c| c.pragma_update(None, "synchronous", &sync))
         .expect("the synchronous pragma");
     let keys_store = Arc::new(MemoryKeyStore::new());

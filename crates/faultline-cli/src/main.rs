@@ -104,9 +104,10 @@ struct ConnectionArgs {
 /// State shared by several `serve` processes.
 #[derive(Debug, clap::Args)]
 struct PostgresArgs {
-    /// Keep idempotency records, API keys and organisations in PostgreSQL
-    /// (`postgres://user@host:port/dbname`; default: env `DATABASE_URL`), so that several
-    /// `serve` processes share them. Migrations run at start.
+    /// Keep the reference data (chatbots, categories, cursor secret, webhook URLs), API keys,
+    /// organisations and idempotency records in PostgreSQL (`postgres://user@host:port/dbname`;
+    /// default: env `DATABASE_URL`), so that several `serve` processes share them. Migrations
+    /// run at start.
     #[arg(long)]
     database_url: Option<String>,
     /// Connections to PostgreSQL at most, per process.
@@ -510,7 +511,7 @@ macro_rules! say {
 }
 
 #[allow(clippy::print_stdout)]
-#[allow(clippy::too_many_arguments)] // one per group of flags, read once
+#[allow(clippy::too_many_arguments)] // one argument per group of flags
 fn serve(
     addr: std::net::SocketAddr,
     db: &Path,
@@ -571,35 +572,52 @@ fn serve(
         options.settings.retention = Duration::from_secs(seconds);
     }
     options.hold = Duration::from_millis(idempotency.idempotency_hold_ms);
-    if let Some(pg) = &pg_idempotency {
-        options.store = Some(Arc::clone(pg) as _);
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
+    // With --database-url the reference data and the idempotency records (and so their
+    // pruning) are in PostgreSQL; the chatbot POST completes its record in its own transaction.
+    let pg_data = match &pg_idempotency {
+        Some(pg) => Some(
+            runtime
+                .block_on(reference::store::PgStore::connect(pg.pool().clone()))
+                .map_err(|e| UsageError(format!("PostgreSQL (--database-url): {e}")))?,
+        ),
+        None => None,
+    };
+    let built = match &pg_data {
+        Some(pg) => reference::app_on_store_checked(
+            parsed,
+            profile,
+            reference::store::Store::from(pg.clone()),
+            Arc::clone(&keys),
+            limits,
+            &options,
+            ready,
+        ),
+        None => reference::app_on_file_checked(
+            parsed,
+            profile,
+            db,
+            Arc::clone(&keys),
+            limits,
+            &options,
+            ready,
+        ),
     }
-    let built = reference::app_on_file_checked(
-        parsed,
-        profile,
-        db,
-        Arc::clone(&keys),
-        limits,
-        &options,
-        ready,
-    )
     .map_err(|e| UsageError(e.to_string()))?;
     let (app, contract, health) = (built.router, built.contract, built.health);
-    // With --database-url the records (and so their pruning) are in PostgreSQL.
-    let records: Arc<dyn faultline_axum::idempotency::IdempotencyStore> = match &pg_idempotency {
-        Some(pg) => Arc::clone(pg) as _,
+    let records: Arc<dyn faultline_axum::idempotency::IdempotencyStore> = match &pg_data {
+        Some(pg) => Arc::new(pg.records().clone()),
         None => Arc::new(reference::idempotency::store_on_file(db).map_err(|e| UsageError(e.0))?),
     };
     let prune_every = Duration::from_secs(idempotency.idempotency_prune_every);
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
         if let Some(store) = &pg_idempotency {
             migrate_postgres(store).await?;
-            say!("idempotency records in PostgreSQL (schema up to date)");
+            say!("reference data and idempotency records in PostgreSQL (schema up to date)");
         }
         // Other processes' key changes reach this one's cache (applied until `serve` stops).
         let _invalidations = pg_keys.as_ref().map(|pg| {

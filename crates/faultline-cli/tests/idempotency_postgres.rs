@@ -228,7 +228,7 @@ async fn two_servers_on_one_postgresql_run_a_keyed_post_once() {
         assert_eq!(replay.body, originals[0].body, "replays are byte-identical");
     }
 
-    // One chatbot in the shared SQLite file, seen from either server.
+    // One chatbot in the shared PostgreSQL database, seen from either server.
     for server in [&a, &b] {
         let list = send(
             &server.addr,
@@ -260,7 +260,11 @@ async fn two_servers_on_one_postgresql_run_a_keyed_post_once() {
         .query("SELECT version FROM schema_migrations", &[])
         .await
         .unwrap();
-    assert_eq!(migrations.len(), faultline_postgres::MIGRATIONS.len());
+    assert_eq!(
+        migrations.len(),
+        faultline_postgres::MIGRATIONS.len()
+            + faultline_cli::reference::store::postgres::MIGRATIONS.len()
+    );
     drop((a, b));
 }
 

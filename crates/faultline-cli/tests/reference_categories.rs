@@ -293,6 +293,7 @@ async fn a_deadline_hit_during_a_cascade_leaves_the_tree_intact() {
     let gate = Arc::clone(&release);
     api.store
         .pool()
+        .expect("the store is on SQLite")
         .write_blocking(move |conn| {
             conn.create_scalar_function(
                 "hold_delete",

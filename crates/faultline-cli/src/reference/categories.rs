@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::store::{self, CategoryRow, Deleted, InsertRefused, MAX_CASCADE, MAX_CATEGORY_DEPTH};
+use super::store::{CategoryRow, Deleted, InsertRefused, MAX_CASCADE, MAX_CATEGORY_DEPTH};
 use super::{AppState, errors, not_blank, now, storage};
 
 /// The body of `POST /v1/categories`.
@@ -64,11 +64,7 @@ pub(super) async fn create(
         created_at: now(),
     };
     let saved = row.clone();
-    let inserted = state
-        .store
-        .write(move |c| store::insert_category(c, &saved))
-        .await
-        .map_err(storage)?;
+    let inserted = state.store.insert_category(saved).await.map_err(storage)?;
     match inserted {
         Ok(()) => Ok((StatusCode::CREATED, axum::Json(row.into()))),
         // A parent of another organisation is answered like one that does not exist.
@@ -95,7 +91,7 @@ pub(super) async fn get(
 ) -> Result<axum::Json<Category>, Error> {
     let found = state
         .store
-        .read(move |c| store::get_category(c, &id.to_string()))
+        .get_category(id.to_string())
         .await
         .map_err(storage)?;
     Ok(axum::Json(principal.scope(found)?.into()))
@@ -126,9 +122,7 @@ pub(super) async fn delete(
     let org_id = principal.org_id.to_string();
     let deleted = state
         .store
-        .write_steps(move |c, cancelled| {
-            store::delete_category(c, &org_id, &id, cascade, cancelled)
-        })
+        .delete_category(org_id, id, cascade)
         .await
         .map_err(storage)?;
     match deleted {

@@ -1,8 +1,6 @@
 //! Chatbots: create, read, list, change and delete, each state change decided and written in
 //! one transaction.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -10,12 +8,11 @@ use axum::response::{IntoResponse, Response};
 use faultline_axum::auth::Principal;
 use faultline_axum::idempotency::IdempotencyClaim;
 use faultline_axum::{Error, Path, Query, ValidJson};
-use faultline_sqlite::idempotency::complete_in;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::store::{self, ChatbotRow};
+use super::store::{ChatbotRow, Record};
 use super::{AppState, cursor, errors, not_blank, now, storage};
 
 /// A chatbot as the API shows it.
@@ -183,28 +180,15 @@ pub(super) async fn create(
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let in_store = state.records_in_store;
-    let record = claim.as_ref().filter(|_| in_store).map(|claim| {
-        (
-            claim.token().clone(),
-            claim.response(StatusCode::CREATED, &headers, body.clone()),
-            claim.now_millis(),
-            claim.retention(),
-        )
+    let record = claim.as_ref().filter(|_| in_store).map(|claim| Record {
+        token: claim.token().clone(),
+        response: claim.response(StatusCode::CREATED, &headers, body.clone()),
+        now: claim.now_millis(),
+        retention: claim.retention(),
     });
     let recorded = state
         .store
-        .write(move |c| {
-            let tx = c.transaction()?;
-            store::insert_chatbot(&tx, &saved)?;
-            if let Some((token, response, now, retention)) = &record
-                && !complete_in(&tx, token, response, *now, *retention)?
-            {
-                // Dropping the transaction rolls the insert back.
-                return Ok(false);
-            }
-            tx.commit()?;
-            Ok(true)
-        })
+        .create_chatbot(saved, record)
         .await
         .map_err(storage)?;
     if !recorded {
@@ -225,7 +209,7 @@ pub(super) async fn get(
 ) -> Result<axum::Json<Chatbot>, Error> {
     let found = state
         .store
-        .read(move |c| store::get_chatbot(c, &id.to_string()))
+        .get_chatbot(id.to_string())
         .await
         .map_err(storage)?;
     Ok(axum::Json(live(&principal, found)?.into()))
@@ -247,24 +231,22 @@ pub(super) async fn update(
     let ts = now();
     let changed = state
         .store
-        .write(move |c| {
-            store::change_chatbot(c, &id.to_string(), |found| {
-                let mut row = live(&principal, found)?;
-                if let Some(status) = input.status {
-                    if !Status::can_become(&row.status, status) {
-                        return Err(Refused::Transition {
-                            current: row.status,
-                            requested: status,
-                        });
-                    }
-                    row.status = status.as_str().to_owned();
+        .change_chatbot(id.to_string(), move |found| {
+            let mut row = live(&principal, found)?;
+            if let Some(status) = input.status {
+                if !Status::can_become(&row.status, status) {
+                    return Err(Refused::Transition {
+                        current: row.status,
+                        requested: status,
+                    });
                 }
-                if let Some(name) = input.name {
-                    row.name = name.trim().to_owned();
-                }
-                row.updated_at = ts;
-                Ok(row)
-            })
+                row.status = status.as_str().to_owned();
+            }
+            if let Some(name) = input.name {
+                row.name = name.trim().to_owned();
+            }
+            row.updated_at = ts;
+            Ok(row)
         })
         .await
         .map_err(storage)??;
@@ -280,13 +262,11 @@ pub(super) async fn delete(
     let ts = now();
     state
         .store
-        .write(move |c| {
-            store::change_chatbot(c, &id.to_string(), |found| {
-                let mut row = live(&principal, found)?;
-                row.deleted_at = Some(ts.clone());
-                row.updated_at = ts;
-                Ok::<_, Refused>(row)
-            })
+        .change_chatbot(id.to_string(), move |found| {
+            let mut row = live(&principal, found)?;
+            row.deleted_at = Some(ts.clone());
+            row.updated_at = ts;
+            Ok::<_, Refused>(row)
         })
         .await
         .map_err(storage)??;
@@ -324,10 +304,9 @@ pub(super) async fn list(
         }
     };
     // One extra row tells whether another page follows.
-    let org_id = Arc::clone(&principal.org_id);
     let mut rows = state
         .store
-        .read(move |c| store::list_chatbots(c, &org_id, after, limit + 1))
+        .list_chatbots(principal.org_id.to_string(), after, limit + 1)
         .await
         .map_err(storage)?;
     let next_cursor = if rows.len() > limit as usize {

@@ -75,9 +75,20 @@ impl IdempotencyOptions {
 }
 
 /// The idempotency store of the reference API on the store's own database.
-pub(super) fn store_on(store: &Store) -> Result<SqliteIdempotencyStore, StartError> {
-    SqliteIdempotencyStore::new(store.pool().clone())
-        .map_err(|e| StartError(format!("cannot create the idempotency table: {e}")))
+///
+/// # Records live with the data
+///
+/// On SQLite, the file's own table; on PostgreSQL, the same database's, so the chatbot POST
+/// completes its record in its own transaction on either engine.
+pub(super) fn store_on(store: &Store) -> Result<Arc<dyn IdempotencyStore>, StartError> {
+    match (store.pool(), store.postgres()) {
+        (Some(pool), _) => Ok(Arc::new(
+            SqliteIdempotencyStore::new(pool.clone())
+                .map_err(|e| StartError(format!("cannot create the idempotency table: {e}")))?,
+        )),
+        (None, Some(pg)) => Ok(Arc::new(pg.records().clone())),
+        (None, None) => Err(StartError("the store has no engine".into())),
+    }
 }
 
 /// The idempotency store on a database file (e.g. for the pruning task of `serve`).
@@ -96,7 +107,7 @@ pub(super) fn layer(
 ) -> Result<IdempotencyLayer, StartError> {
     let records: Arc<dyn IdempotencyStore> = match &options.store {
         Some(records) => Arc::clone(records),
-        None => Arc::new(store_on(store)?),
+        None => store_on(store)?,
     };
     Ok(IdempotencyLayer::new(records, contract)
         .settings(&options.settings)

@@ -7,7 +7,6 @@
 //! Webhook URLs are the reference API's own data, not the key store's: they live in the
 //! `api_key_webhooks` table of the reference [`super::store::Store`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -23,7 +22,6 @@ use faultline_axum::auth::{
 };
 use faultline_axum::idempotency::ReplayBody;
 use faultline_axum::{Error, Json, Path, Problems, Query};
-use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -33,13 +31,6 @@ use super::{AppState, SCOPES, cursor, errors, not_blank};
 const MAX_WEBHOOK_URL: usize = 2048;
 /// Keys per page unless `limit` says otherwise.
 const DEFAULT_PAGE: u32 = 20;
-
-/// The reference API's table of webhook URLs, one per key at most.
-const WEBHOOK_TABLE: &str = "CREATE TABLE IF NOT EXISTS api_key_webhooks (
-    key_id TEXT PRIMARY KEY,
-    org_id TEXT NOT NULL,
-    url TEXT NOT NULL
-)";
 
 /// The body of `POST /v1/api_keys`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -348,39 +339,6 @@ fn overreach(refusal: Overreach, asked_expiry: Option<i64>) -> Error {
     }
 }
 
-/// The webhook URLs of `key_ids` (keys of `org_id`), by key id.
-fn webhooks_of(
-    conn: &Connection,
-    org_id: &str,
-    key_ids: &[String],
-) -> rusqlite::Result<HashMap<String, String>> {
-    // Until a key is created with a webhook, the table may not exist; reading must not create
-    // it (reads may run on read-only connections).
-    let exists = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'api_key_webhooks'",
-            [],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    if !exists || key_ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let placeholders = (2..key_ids.len() + 2)
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut statement = conn.prepare(&format!(
-        "SELECT key_id, url FROM api_key_webhooks WHERE org_id = ?1 AND key_id IN ({placeholders})"
-    ))?;
-    let values = std::iter::once(org_id).chain(key_ids.iter().map(String::as_str));
-    let rows = statement.query_map(params_from_iter(values), |row| {
-        Ok((row.get(0)?, row.get(1)?))
-    })?;
-    rows.collect()
-}
-
 /// `POST /v1/api_keys`.
 pub async fn create(
     State(state): State<AppState>,
@@ -428,17 +386,7 @@ pub async fn create(
     };
     if let Some(url) = input.webhook_url.clone() {
         let (key_id, org_id) = (record.id.clone(), record.org_id.clone());
-        let saved = state
-            .store
-            .call(move |conn| {
-                conn.execute_batch(WEBHOOK_TABLE)?;
-                conn.execute(
-                    "INSERT INTO api_key_webhooks (key_id, org_id, url) VALUES (?1, ?2, ?3)",
-                    params![key_id, org_id, url],
-                )?;
-                Ok(())
-            })
-            .await;
+        let saved = state.store.save_webhook(key_id, org_id, url).await;
         if let Err(e) = saved {
             // The client never sees this key: revoke it, so that it holds no place under the
             // cap and cannot be used. If even that fails, the key is unknown to everyone.
@@ -507,10 +455,7 @@ pub async fn list(
     };
     let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
     let org_id = Arc::clone(&principal.org_id);
-    let mut webhooks = state
-        .store
-        .call(move |conn| webhooks_of(conn, &org_id, &ids))
-        .await?;
+    let mut webhooks = state.store.webhooks_of(org_id.to_string(), ids).await?;
     Ok(axum::Json(ApiKeyList {
         data: keys
             .into_iter()
@@ -545,10 +490,7 @@ pub async fn change(
     match change {
         StatusChange::Changed(key) => {
             let (org_id, ids) = (Arc::clone(&principal.org_id), vec![key.id.clone()]);
-            let mut webhooks = state
-                .store
-                .call(move |conn| webhooks_of(conn, &org_id, &ids))
-                .await?;
+            let mut webhooks = state.store.webhooks_of(org_id.to_string(), ids).await?;
             let url = webhooks.remove(&key.id);
             Ok(axum::Json(ApiKeyView::new(key, url)))
         }

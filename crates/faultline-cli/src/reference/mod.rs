@@ -214,11 +214,7 @@ pub fn build_parts_checked(
     let probe = settings.store.clone();
     let health = health.check("database", move || {
         let store = probe.clone();
-        async move {
-            store
-                .read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
-                .await
-        }
+        async move { store.ping().await }
     });
     let faultline = Faultline::new(contract)
         .body_limit(settings.body_limit)
@@ -367,6 +363,33 @@ pub fn app_on_file_checked(
 ) -> Result<Built, StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
+    build_parts_checked(
+        Settings {
+            catalog,
+            profile,
+            store,
+            keys,
+            body_limit: faultline_axum::layer::DEFAULT_BODY_LIMIT,
+            timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
+        },
+        limits,
+        idempotency,
+        health,
+    )
+}
+
+/// [`app_on_file_checked`] on a store already open (e.g. [`store::PgStore`] for several
+/// processes on one PostgreSQL database), with the default body limit and timeout; `health`
+/// holds the readiness checks beyond the store's own.
+pub fn app_on_store_checked(
+    catalog: Catalog,
+    profile: Option<faultline::Profile>,
+    store: Store,
+    keys: Arc<KeyManager>,
+    limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+    idempotency: &idempotency::IdempotencyOptions,
+    health: faultline_axum::Health,
+) -> Result<Built, StartError> {
     build_parts_checked(
         Settings {
             catalog,

@@ -1,8 +1,8 @@
-//! The reference API's storage: an embedded SQLite database behind a [`Pool`] (one writer,
-//! readers that never wait for it).
+//! The SQLite engine of the reference data: an embedded database behind a [`Pool`] (one
+//! writer, readers that never wait for it).
 //!
-//! The SQL functions here take a connection and are called inside [`Store::read`] or
-//! [`Store::write`]; those that check and then change state run in one `IMMEDIATE`
+//! The SQL functions here take a connection and are called inside [`SqliteStore::read`] or
+//! [`SqliteStore::write`]; those that check and then change state run in one `IMMEDIATE`
 //! transaction, so that the check still holds when the change is written, for every process
 //! on the file.
 
@@ -13,58 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use faultline_sqlite::{Pool, PoolOptions};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-/// The one store error of faultline (busy or unreachable → 503 with `Retry-After`).
-pub use faultline_axum::StoreError;
-
-/// A chatbot row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatbotRow {
-    /// UUID.
-    pub id: String,
-    /// Owning organisation.
-    pub org_id: String,
-    /// Display name.
-    pub name: String,
-    /// draft | active | paused | archived.
-    pub status: String,
-    /// ISO-8601, `+00:00`.
-    pub created_at: String,
-    /// ISO-8601, `+00:00`.
-    pub updated_at: String,
-    /// Set once deleted.
-    pub deleted_at: Option<String>,
-}
-
-/// A category row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CategoryRow {
-    /// UUID.
-    pub id: String,
-    /// Owning organisation.
-    pub org_id: String,
-    /// Parent category, if any.
-    pub parent_id: Option<String>,
-    /// Display name.
-    pub name: String,
-    /// ISO-8601, `+00:00`.
-    pub created_at: String,
-}
-
-/// The most levels a category tree can have (a root category is level 1).
-///
-/// # Every tree can be deleted
-///
-/// Creating a category below level [`MAX_CATEGORY_DEPTH`] is refused, so no chain can grow
-/// deep enough to make its deletion expensive or to hit one of SQLite's recursion limits.
-pub const MAX_CATEGORY_DEPTH: u32 = 32;
-
-/// The most descendants one cascading delete removes along with the category itself.
-///
-/// # A cascade is bounded
-///
-/// A larger tree is refused whole (nothing is deleted): one request never holds the write
-/// lock for an unbounded time.
-pub const MAX_CASCADE: usize = 10_000;
+use super::{
+    CategoryRow, ChatbotRow, Deleted, InsertRefused, MAX_CASCADE, MAX_CATEGORY_DEPTH, StoreError,
+};
 
 /// How many categories one `DELETE` statement of a cascade removes.
 const DELETE_BATCH: usize = 500;
@@ -117,11 +68,11 @@ ALTER TABLE categories_rebuilt RENAME TO categories;
 
 /// The SQLite store, shared by request handlers; calls run on the blocking pool.
 #[derive(Clone, Debug)]
-pub struct Store {
+pub struct SqliteStore {
     pool: Pool,
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating it, readable by its owner only, if needed) the database file, with the
     /// pool's default options.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -160,7 +111,7 @@ impl Store {
             }
             conn.execute_batch(INDEXES)
         })?;
-        Ok(Store { pool })
+        Ok(SqliteStore { pool })
     }
 
     /// The pool underneath (tests use it to reach the writer connection).
@@ -188,7 +139,7 @@ impl Store {
         self.pool.write(f).await
     }
 
-    /// The same as [`Store::write`] (the name the key management code uses).
+    /// The same as [`SqliteStore::write`] (the name the key management code uses).
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -197,7 +148,7 @@ impl Store {
         self.write(f).await
     }
 
-    /// [`Store::write`] for work of many statements: `f` also gets a [`Cancelled`] flag to
+    /// [`SqliteStore::write`] for work of many statements: `f` also gets a [`Cancelled`] flag to
     /// check between statements.
     ///
     /// # Work of many statements stops with its request too
@@ -222,28 +173,27 @@ impl Store {
     /// The secret that signs cursors, created on first use and kept in the database so cursors
     /// survive restarts.
     pub fn cursor_secret(&self) -> Result<Vec<u8>, StoreError> {
+        // `INSERT OR IGNORE` then read, in one IMMEDIATE transaction: two processes starting
+        // at once on a new file both end up with the secret the first one wrote.
         self.pool.write_blocking(|conn| {
-            let existing: Option<Vec<u8>> = conn
-                .query_row(
-                    "SELECT value FROM settings WHERE key = 'cursor_secret'",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(secret) = existing {
-                return Ok(secret);
-            }
-            let secret: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
-            conn.execute(
-                "INSERT INTO settings (key, value) VALUES ('cursor_secret', ?1)",
-                params![secret],
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let candidate: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+            tx.execute(
+                "INSERT OR IGNORE INTO settings (key, value) VALUES ('cursor_secret', ?1)",
+                params![candidate],
             )?;
+            let secret: Vec<u8> = tx.query_row(
+                "SELECT value FROM settings WHERE key = 'cursor_secret'",
+                [],
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
             Ok(secret)
         })
     }
 }
 
-/// Set when the request that started a [`Store::write_steps`] is gone.
+/// Set when the request that started a [`SqliteStore::write_steps`] is gone.
 #[derive(Debug, Clone, Default)]
 pub struct Cancelled(Arc<AtomicBool>);
 
@@ -412,15 +362,6 @@ pub fn get_category(conn: &Connection, id: &str) -> rusqlite::Result<Option<Cate
         .optional()
 }
 
-/// Why a category cannot be created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InsertRefused {
-    /// The parent does not exist in the row's organisation.
-    ParentNotFound,
-    /// The parent is already at [`MAX_CATEGORY_DEPTH`].
-    TooDeep,
-}
-
 /// Inserts a category after checking, in the same `IMMEDIATE` transaction, that its parent
 /// exists in the same organisation and is not at [`MAX_CATEGORY_DEPTH`].
 ///
@@ -454,19 +395,6 @@ pub fn insert_category(
 /// ancestors, so a chain left too deep by an older version costs no more than that.
 fn level(conn: &Connection, id: &str) -> rusqlite::Result<u32> {
     conn.query_row(LEVEL, params![id, MAX_CATEGORY_DEPTH], |r| r.get(0))
-}
-
-/// What [`delete_category`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deleted {
-    /// No such category in the organisation.
-    NotFound,
-    /// It has children and no cascade was asked for.
-    HasChildren,
-    /// The category has more than [`MAX_CASCADE`] descendants; nothing was deleted.
-    TooLarge,
-    /// This many categories were deleted.
-    Done(usize),
 }
 
 /// Deletes category `id` of `org_id` (with its descendants when `cascade`), in one
@@ -533,6 +461,61 @@ fn subtree(
     Ok(ids)
 }
 
+/// The reference API's table of webhook URLs, one per key at most.
+const WEBHOOK_TABLE: &str = "CREATE TABLE IF NOT EXISTS api_key_webhooks (
+    key_id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL,
+    url TEXT NOT NULL
+)";
+
+/// Records the webhook URL of key `key_id` of `org_id`.
+pub fn save_webhook(
+    conn: &Connection,
+    key_id: &str,
+    org_id: &str,
+    url: &str,
+) -> rusqlite::Result<()> {
+    conn.execute_batch(WEBHOOK_TABLE)?;
+    conn.execute(
+        "INSERT INTO api_key_webhooks (key_id, org_id, url) VALUES (?1, ?2, ?3)",
+        params![key_id, org_id, url],
+    )?;
+    Ok(())
+}
+
+/// The webhook URLs of `key_ids` (keys of `org_id`), by key id.
+pub fn webhooks_of(
+    conn: &Connection,
+    org_id: &str,
+    key_ids: &[String],
+) -> rusqlite::Result<std::collections::HashMap<String, String>> {
+    // Until a key is created with a webhook, the table may not exist; reading must not create
+    // it (reads may run on read-only connections).
+    let exists = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'api_key_webhooks'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !exists || key_ids.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let placeholders = (2..key_ids.len() + 2)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut statement = conn.prepare(&format!(
+        "SELECT key_id, url FROM api_key_webhooks WHERE org_id = ?1 AND key_id IN ({placeholders})"
+    ))?;
+    let values = std::iter::once(org_id).chain(key_ids.iter().map(String::as_str));
+    let rows = statement.query_map(rusqlite::params_from_iter(values), |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })?;
+    rows.collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,7 +542,7 @@ mod tests {
     /// grow with other organisations' data.
     #[test]
     fn every_lookup_of_a_request_uses_an_index() {
-        let store = Store::in_memory().expect("an in-memory store opens");
+        let store = SqliteStore::in_memory().expect("an in-memory store opens");
         let plans = store
             .pool()
             .write_blocking(|conn| {
@@ -593,7 +576,7 @@ mod tests {
 
     #[test]
     fn the_schema_has_no_cascading_foreign_key() {
-        let store = Store::in_memory().expect("an in-memory store opens");
+        let store = SqliteStore::in_memory().expect("an in-memory store opens");
         let cascades = store
             .pool()
             .write_blocking(|conn| categories_cascade_in_schema(conn))
@@ -603,7 +586,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn work_of_many_statements_stops_when_its_request_is_gone_between_two() {
-        let store = Store::in_memory().expect("an in-memory store opens");
+        let store = SqliteStore::in_memory().expect("an in-memory store opens");
         let (first_done, first_done_rx) = tokio::sync::oneshot::channel::<()>();
         let (go_on, go_on_rx) = std::sync::mpsc::channel::<()>();
         let mut work = Box::pin(store.write_steps(move |conn, cancelled| {
