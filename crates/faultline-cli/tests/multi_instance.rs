@@ -26,8 +26,8 @@ async fn a_per_org_limit_admits_exactly_its_quota_across_three_instances() {
     };
     // Two keys of one free organisation: 10 requests a minute for the organisation.
     let keys = [
-        create_key(&cluster.keys_db(), "acme", None),
-        create_key(&cluster.keys_db(), "acme", None),
+        create_key(&cluster, "acme", None),
+        create_key(&cluster, "acme", None),
     ];
     cluster.launch(&ClusterOptions {
         redis_url: Some(servers::redis_url()),
@@ -73,7 +73,7 @@ async fn three_instances_create_once_under_200_concurrent_posts_and_share_cursor
     let Some(mut cluster) = Cluster::new() else {
         return;
     };
-    let key = create_key(&cluster.keys_db(), "acme", None);
+    let key = create_key(&cluster, "acme", None);
     cluster.launch(&ClusterOptions::default());
     let addrs = cluster.addrs();
     let bearer = format!("Bearer {key}");

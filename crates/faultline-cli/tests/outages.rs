@@ -103,7 +103,7 @@ async fn serve_answers_cut_and_stalled_engines_with_503s_and_recovers_without_re
     let redis_proxy = TcpProxy::start(redis_target).await.unwrap();
     // Four organisations on the enterprise tier, one worker each.
     let keys: Vec<String> = (0..4)
-        .map(|i| create_key(&cluster.keys_db(), &format!("org{i}"), Some("enterprise")))
+        .map(|i| create_key(&cluster, &format!("org{i}"), Some("enterprise")))
         .collect();
     cluster.launch(&ClusterOptions {
         servers: 2,

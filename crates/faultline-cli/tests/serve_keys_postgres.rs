@@ -327,11 +327,24 @@ async fn readyz_follows_postgresql_and_a_cached_key_keeps_working_when_it_is_cut
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The key cached before the cut still passes (the chatbots are in SQLite here).
-    assert_eq!(get(Some(key.clone())).await.0, 200);
+    // The key cached before the cut still passes: a request that needs no data (a malformed
+    // id) gets past the key check to its own 400. The data is in PostgreSQL too, so a read
+    // would be the 503.
+    let bad_id = |key: String| {
+        let addr = server.addr.clone();
+        async move {
+            send(&addr, "GET", "/v1/chatbots/not-a-uuid", Some(&key))
+                .await
+                .unwrap()
+        }
+    };
+    let (status, body) = bad_id(key.clone()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_id"), "{body}");
+    assert_eq!(get(Some(key.clone())).await.0, 503);
     // A key no process has cached cannot be checked: the contract's 503, not a refusal.
     let (_, unseen) = create_key(&url, "acme", "chatbots:read");
-    let (status, body) = get(Some(unseen.clone())).await;
+    let (status, body) = bad_id(unseen.clone()).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("service_unavailable"), "{body}");
 

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -155,8 +155,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Creates the database, the key file's directory and the Redis prefix; `None` when
-    /// PostgreSQL is not configured (after a `skipped:` line). Create keys with [`create_key`]
-    /// on [`Cluster::keys_db`], then [`Cluster::launch`].
+    /// PostgreSQL is not configured (after a `skipped:` line). Create keys with [`create_key`],
+    /// then [`Cluster::launch`].
     pub fn new() -> Option<Self> {
         let db = TestDatabase::create()?;
         let dir = std::env::temp_dir().join(format!("faultline-cluster-{}", uuid::Uuid::new_v4()));
@@ -235,19 +235,22 @@ impl Drop for Cluster {
     }
 }
 
-/// Creates a key with every scope for organisation `org` in the key file `db` (creating the
-/// organisation), on tier `tier` when given; returns the key.
-pub fn create_key(db: &Path, org: &str, tier: Option<&str>) -> String {
+/// Creates a key with every scope for organisation `org` in the cluster's PostgreSQL database
+/// (creating the organisation), on tier `tier` when given; returns the key.
+pub fn create_key(cluster: &Cluster, org: &str, tier: Option<&str>) -> String {
+    let url = cluster.db.url();
     let created = Command::new(env!("CARGO_BIN_EXE_faultline"))
         .args(["keys", "create", "--org", org, "--scopes", "all", "--db"])
-        .arg(db)
+        .arg(cluster.keys_db())
+        .args(["--database-url", &url])
         .output()
         .expect("keys create runs");
     assert!(created.status.success(), "{created:?}");
     if let Some(tier) = tier {
         let set = Command::new(env!("CARGO_BIN_EXE_faultline"))
             .args(["orgs", "set-tier", "--db"])
-            .arg(db)
+            .arg(cluster.keys_db())
+            .args(["--database-url", &url])
             .args([org, tier])
             .output()
             .expect("orgs set-tier runs");
