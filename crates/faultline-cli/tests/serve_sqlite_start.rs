@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use servers::{Server, create_key, http};
+use servers::{Server, create_key_on_file, http};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_started_together_on_a_new_file_share_one_cursor_secret() {
@@ -18,7 +18,7 @@ async fn processes_started_together_on_a_new_file_share_one_cursor_secret() {
         std::fs::create_dir_all(&dir).unwrap();
         // The keys file exists; the reference tables and the secret do not yet.
         let db = dir.join("reference.db");
-        let key = create_key(&db, "acme", None);
+        let key = create_key_on_file(&db, "acme");
         let bearer = format!("Bearer {key}");
         let addrs: Vec<_> = (0..4)
             .map(|_| {

@@ -235,6 +235,21 @@ impl Drop for Cluster {
     }
 }
 
+/// Creates a key with every scope for organisation `org` in the SQLite key file `db`
+/// (creating the organisation); returns the key.
+pub fn create_key_on_file(db: &std::path::Path, org: &str) -> String {
+    let created = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["keys", "create", "--org", org, "--scopes", "all", "--db"])
+        .arg(db)
+        .output()
+        .expect("keys create runs");
+    assert!(created.status.success(), "{created:?}");
+    String::from_utf8(created.stdout)
+        .expect("the key is text")
+        .trim()
+        .to_owned()
+}
+
 /// Creates a key with every scope for organisation `org` in the cluster's PostgreSQL database
 /// (creating the organisation), on tier `tier` when given; returns the key.
 pub fn create_key(cluster: &Cluster, org: &str, tier: Option<&str>) -> String {
