@@ -67,6 +67,10 @@ enum Command {
         /// Serve without the catalog's rate, quota and concurrency limits (for benchmarks).
         #[arg(long, conflicts_with = "redis_url")]
         no_limits: bool,
+        /// When the limit store (Redis) fails or is late: `open` admits the request without
+        /// limits and logs a warning; `closed` answers the catalog's 503 with `Retry-After`.
+        #[arg(long, value_enum, default_value_t = LimitFailure::Open)]
+        limits_on_failure: LimitFailure,
         #[command(flatten)]
         postgres: PostgresArgs,
         #[command(flatten)]
@@ -82,6 +86,24 @@ enum Command {
         #[command(subcommand)]
         command: OrgsCommand,
     },
+}
+
+/// What `serve` answers when its limit store fails.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LimitFailure {
+    /// Admit without limits, with a warning.
+    Open,
+    /// The catalog's 503 with `Retry-After`.
+    Closed,
+}
+
+impl From<LimitFailure> for faultline_axum::limit::FailureMode {
+    fn from(choice: LimitFailure) -> Self {
+        match choice {
+            LimitFailure::Open => Self::Open,
+            LimitFailure::Closed => Self::Closed,
+        }
+    }
 }
 
 /// Limits on client connections.
@@ -356,6 +378,7 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             connections,
             redis_url,
             no_limits,
+            limits_on_failure,
             postgres,
             idempotency,
         } => serve(
@@ -364,7 +387,7 @@ fn run(command: Command) -> Result<ExitCode, UsageError> {
             catalog.as_deref(),
             profile,
             &connections,
-            (!no_limits).then_some(redis_url.as_deref()),
+            (!no_limits).then_some((redis_url.as_deref(), limits_on_failure.into())),
             &postgres,
             &idempotency,
         ),
@@ -518,7 +541,7 @@ fn serve(
     catalog: Option<&Path>,
     profile: Option<Profile>,
     connections: &ConnectionArgs,
-    limits: Option<Option<&str>>,
+    limits: Option<(Option<&str>, faultline_axum::limit::FailureMode)>,
     postgres: &PostgresArgs,
     idempotency: &IdempotencyArgs,
 ) -> Result<ExitCode, UsageError> {
@@ -537,6 +560,8 @@ fn serve(
     let pg_idempotency = postgres.idempotency_store()?;
     // With --database-url, keys and organisations are in PostgreSQL, and every change is
     // announced to the other processes' key caches.
+    let limit_failure = limits.map(|(_, failure)| failure).unwrap_or_default();
+    let limits = limits.map(|(url, _)| url);
     let pg_keys = postgres.key_store(limits.flatten())?;
     let keys = match &pg_keys {
         Some(pg) => Arc::clone(&pg.manager),
@@ -591,6 +616,7 @@ fn serve(
             reference::store::Store::from(pg.clone()),
             Arc::clone(&keys),
             limits,
+            limit_failure,
             &options,
             ready,
         ),
@@ -600,6 +626,7 @@ fn serve(
             db,
             Arc::clone(&keys),
             limits,
+            limit_failure,
             &options,
             ready,
         ),

@@ -33,10 +33,21 @@ fn free_port() -> SocketAddr {
 }
 
 fn serve(db: &std::path::Path, addr: SocketAddr, prefix: &str) -> Server {
+    serve_with(db, addr, prefix, &redis_url(), &[])
+}
+
+fn serve_with(
+    db: &std::path::Path,
+    addr: SocketAddr,
+    prefix: &str,
+    redis: &str,
+    extra: &[&str],
+) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_faultline"))
         .args(["serve", "--addr", &addr.to_string(), "--db"])
         .arg(db)
-        .args(["--redis-url", &redis_url()])
+        .args(["--redis-url", redis])
+        .args(extra)
         .env("FAULTLINE_REDIS_PREFIX", prefix)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -56,6 +67,15 @@ fn serve(db: &std::path::Path, addr: SocketAddr, prefix: &str) -> Server {
 
 /// The status of `GET /v1/chatbots` with `key`, on a connection of its own.
 fn get_status(addr: SocketAddr, key: &str) -> u16 {
+    get_answer(addr, key)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer"))
+}
+
+/// The whole answer to `GET /v1/chatbots` with `key`, on a connection of its own.
+fn get_answer(addr: SocketAddr, key: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -69,10 +89,6 @@ fn get_status(addr: SocketAddr, key: &str) -> u16 {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,5 +160,84 @@ async fn two_serve_processes_on_one_redis_admit_exactly_the_limit() {
     }
     assert!(!keys.is_empty(), "the limits were kept in Redis");
     let _: i64 = pool.query(redis::cmd("DEL").arg(&keys)).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// # A Redis outage is the catalog's 503 when limits fail closed
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_a_catalog_503_when_limits_fail_closed_and_heals_by_itself() {
+    let pool = RedisPool::new(&redis_url(), PoolOptions::default()).unwrap();
+    if let Err(error) = pool.query::<String>(&redis::cmd("PING")).await {
+        assert!(
+            std::env::var_os("FAULTLINE_REQUIRE_REDIS").is_none(),
+            "Redis not reachable at {} and FAULTLINE_REQUIRE_REDIS is set: {error}",
+            redis_url()
+        );
+        let _ = std::io::stderr().write_all(b"fail_closed: skipped: Redis not reachable\n");
+        return;
+    }
+    let target = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse::<SocketAddr>()
+        .unwrap();
+    let proxy = faultline_testkit::TcpProxy::start(target).await.unwrap();
+    let prefix = format!("fltest-closed-{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("faultline-serve-closed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("reference.db");
+    let created = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["keys", "create", "--org", "acme", "--scopes", "all", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let addr = free_port();
+    let via = format!("redis://{}", proxy.addr());
+    let server = serve_with(&db, addr, &prefix, &via, &["--limits-on-failure", "closed"]);
+
+    let run = |key: String| tokio::task::spawn_blocking(move || get_answer(addr, &key));
+    let first = run(key.clone()).await.unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    proxy.cut();
+    let started = Instant::now();
+    let refused = run(key.clone()).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("\"service_unavailable\""), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after:"),
+        "{refused}"
+    );
+
+    proxy.restore().unwrap();
+    let started = Instant::now();
+    loop {
+        let answer = run(key.clone()).await.unwrap();
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no recovery: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(server);
+    // Clean up this test's buckets.
+    let keys: Vec<String> = pool
+        .query(redis::cmd("KEYS").arg(format!("{{{prefix}:*")))
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = pool.query(redis::cmd("DEL").arg(&keys)).await.unwrap();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

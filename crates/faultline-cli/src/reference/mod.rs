@@ -24,6 +24,7 @@ use faultline::Catalog;
 use faultline_axum::auth::{
     AuthLayer, Authenticator, KeyFormat, KeyManager, OrgScoped, RequireScopeLayer,
 };
+use faultline_axum::limit::FailureMode;
 use faultline_axum::{Contract, Error, Faultline};
 use faultline_sqlite::{PoolOptions, SqliteKeyStore};
 use schemars::JsonSchema;
@@ -168,8 +169,27 @@ pub fn build_parts_with(
 /// [`build_parts_with`], with `/readyz` also asking the checks of `health` (e.g. PostgreSQL
 /// and Redis when the keys or the limits live there), before its own database check.
 pub fn build_parts_checked(
+    settings: Settings,
+    limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+    idempotency: &idempotency::IdempotencyOptions,
+    health: faultline_axum::Health,
+) -> Result<Built, StartError> {
+    build_parts_serving(
+        settings,
+        limits,
+        FailureMode::default(),
+        idempotency,
+        health,
+    )
+}
+
+/// [`build_parts_checked`], answering as `limit_failure` says when the limit store fails or
+/// misses its deadline: admit without limits ([`FailureMode::Open`], the default) or the
+/// catalog's 503 with `Retry-After` ([`FailureMode::Closed`]).
+pub fn build_parts_serving(
     mut settings: Settings,
     limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+    limit_failure: FailureMode,
     idempotency: &idempotency::IdempotencyOptions,
     health: faultline_axum::Health,
 ) -> Result<Built, StartError> {
@@ -198,6 +218,7 @@ pub fn build_parts_checked(
     let metrics = Arc::new(faultline_axum::Metrics::new(&settings.catalog));
     let limit = limits.map(|store| {
         faultline_axum::limit::LimitLayer::new(&settings.catalog, store)
+            .on_failure(limit_failure)
             .metrics(Arc::clone(&metrics))
     });
     let mut contract = Contract::new(settings.catalog)
@@ -346,6 +367,7 @@ pub fn app_on_file_with(
         db,
         keys,
         limits,
+        FailureMode::default(),
         idempotency,
         faultline_axum::Health::new(),
     )
@@ -358,12 +380,13 @@ pub fn app_on_file_checked(
     db: &FsPath,
     keys: Arc<KeyManager>,
     limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+    limit_failure: FailureMode,
     idempotency: &idempotency::IdempotencyOptions,
     health: faultline_axum::Health,
 ) -> Result<Built, StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
-    build_parts_checked(
+    build_parts_serving(
         Settings {
             catalog,
             profile,
@@ -373,6 +396,7 @@ pub fn app_on_file_checked(
             timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
         },
         limits,
+        limit_failure,
         idempotency,
         health,
     )
@@ -387,10 +411,11 @@ pub fn app_on_store_checked(
     store: Store,
     keys: Arc<KeyManager>,
     limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
+    limit_failure: FailureMode,
     idempotency: &idempotency::IdempotencyOptions,
     health: faultline_axum::Health,
 ) -> Result<Built, StartError> {
-    build_parts_checked(
+    build_parts_serving(
         Settings {
             catalog,
             profile,
@@ -400,6 +425,7 @@ pub fn app_on_store_checked(
             timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
         },
         limits,
+        limit_failure,
         idempotency,
         health,
     )
