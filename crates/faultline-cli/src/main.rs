@@ -616,9 +616,8 @@ fn serve(
             reference::store::Store::from(pg.clone()),
             Arc::clone(&keys),
             limits,
-            limit_failure,
             &options,
-            ready,
+            reference::Serving::new(ready, limit_failure),
         ),
         None => reference::app_on_file_checked(
             parsed,
@@ -626,9 +625,8 @@ fn serve(
             db,
             Arc::clone(&keys),
             limits,
-            limit_failure,
             &options,
-            ready,
+            reference::Serving::new(ready, limit_failure),
         ),
     }
     .map_err(|e| UsageError(e.to_string()))?;

@@ -130,6 +130,27 @@ pub fn build_with(
     build_parts_with(settings, None, idempotency).map(|built| (built.router, built.contract))
 }
 
+/// How `serve` runs the app beyond its data: the readiness checks beyond the store's own, and
+/// the answer when the limit store fails.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Serving {
+    /// Checks `/readyz` runs besides the database's.
+    pub health: faultline_axum::Health,
+    /// Admit without limits, or answer 503, when the limit store fails.
+    pub limit_failure: FailureMode,
+}
+
+impl Serving {
+    /// These checks and this failure answer.
+    pub fn new(health: faultline_axum::Health, limit_failure: FailureMode) -> Self {
+        Serving {
+            health,
+            limit_failure,
+        }
+    }
+}
+
 /// The reference app and what its operator needs beside it.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -367,9 +388,8 @@ pub fn app_on_file_with(
         db,
         keys,
         limits,
-        FailureMode::default(),
         idempotency,
-        faultline_axum::Health::new(),
+        Serving::default(),
     )
 }
 
@@ -380,9 +400,8 @@ pub fn app_on_file_checked(
     db: &FsPath,
     keys: Arc<KeyManager>,
     limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
-    limit_failure: FailureMode,
     idempotency: &idempotency::IdempotencyOptions,
-    health: faultline_axum::Health,
+    serving: Serving,
 ) -> Result<Built, StartError> {
     let store =
         Store::open(db).map_err(|e| StartError(format!("cannot open {}: {e}", db.display())))?;
@@ -396,9 +415,9 @@ pub fn app_on_file_checked(
             timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
         },
         limits,
-        limit_failure,
+        serving.limit_failure,
         idempotency,
-        health,
+        serving.health,
     )
 }
 
@@ -411,9 +430,8 @@ pub fn app_on_store_checked(
     store: Store,
     keys: Arc<KeyManager>,
     limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
-    limit_failure: FailureMode,
     idempotency: &idempotency::IdempotencyOptions,
-    health: faultline_axum::Health,
+    serving: Serving,
 ) -> Result<Built, StartError> {
     build_parts_serving(
         Settings {
@@ -425,9 +443,9 @@ pub fn app_on_store_checked(
             timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
         },
         limits,
-        limit_failure,
+        serving.limit_failure,
         idempotency,
-        health,
+        serving.health,
     )
 }
 
