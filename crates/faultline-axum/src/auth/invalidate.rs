@@ -159,11 +159,17 @@ mod tests {
             .set_org_active(&org.id, false)
             .await
             .expect("deactivate");
+        // A new plan tier changes the limits other instances apply to the org's keys.
+        manager
+            .set_org_tier(&org.id, Some("pro"))
+            .await
+            .expect("set tier");
         assert_eq!(
             *sink.events.lock().expect("lock"),
             vec![
                 Invalidation::Key(record.id.clone()),
-                Invalidation::Org(org.id.clone())
+                Invalidation::Org(org.id.clone()),
+                Invalidation::Org(org.id.clone()),
             ]
         );
     }

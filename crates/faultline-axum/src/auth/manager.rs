@@ -380,6 +380,10 @@ impl KeyManager {
     pub async fn set_org_tier(&self, org_id: &str, tier: Option<&str>) -> Result<bool, StoreError> {
         let found = self.admin.set_org_tier(org_id, tier).await?;
         self.auth.forget_org(org_id);
+        // Other instances' cached principals carry the old tier (and so the old limits).
+        if found {
+            self.announce(Invalidation::Org(org_id.to_owned())).await;
+        }
         Ok(found)
     }
 }
