@@ -3,11 +3,12 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use faultline_axum::auth::{Authenticator, Invalidation, InvalidationSink, StoreFuture};
-use tokio::task::JoinHandle;
+use faultline_axum::auth::{
+    AbortOnDrop, Authenticator, Invalidation, InvalidationSink, StoreFuture, SubscriberCounts,
+    Subscription, resubscribe_forever,
+};
 use tokio::time::{sleep, timeout};
 use tokio_postgres::{AsyncMessage, Config, NoTls};
 
@@ -106,18 +107,9 @@ impl PgInvalidations {
             min_backoff: self.min_backoff,
             max_backoff: self.max_backoff,
             auth,
-            subscribes: Arc::new(AtomicU64::new(0)),
-            applied: Arc::new(AtomicU64::new(0)),
+            counts: Arc::new(SubscriberCounts::default()),
         };
-        let (subscribes, applied) = (
-            Arc::clone(&listener.subscribes),
-            Arc::clone(&listener.applied),
-        );
-        Subscription {
-            task: tokio::spawn(listener.run()),
-            subscribes,
-            applied,
-        }
+        Subscription::spawn(Arc::clone(&listener.counts), listener.run())
     }
 }
 
@@ -135,34 +127,6 @@ impl InvalidationSink for PgInvalidations {
     }
 }
 
-/// A running subscriber (see [`PgInvalidations::subscribe`]); dropping it stops the task and
-/// closes its connection.
-#[derive(Debug)]
-pub struct Subscription {
-    task: JoinHandle<()>,
-    subscribes: Arc<AtomicU64>,
-    applied: Arc<AtomicU64>,
-}
-
-impl Subscription {
-    /// How many times the `LISTEN` has succeeded (1 after the first subscribe, one more per
-    /// reconnect); each one applied [`Invalidation::All`].
-    pub fn subscribes(&self) -> u64 {
-        self.subscribes.load(Ordering::Acquire)
-    }
-
-    /// How many well-formed events received on the channel have been applied.
-    pub fn applied(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 struct Listener {
     config: Config,
     connect_timeout: Duration,
@@ -172,8 +136,7 @@ struct Listener {
     min_backoff: Duration,
     max_backoff: Duration,
     auth: Arc<Authenticator>,
-    subscribes: Arc<AtomicU64>,
-    applied: Arc<AtomicU64>,
+    counts: Arc<SubscriberCounts>,
 }
 
 /// `name` as a quoted SQL identifier.
@@ -183,18 +146,10 @@ fn quote_ident(name: &str) -> String {
 
 impl Listener {
     async fn run(self) {
-        let mut backoff = self.min_backoff;
-        loop {
-            match self.session().await {
-                // A session that subscribed starts the backoff over.
-                Ok(()) => backoff = self.min_backoff,
-                Err(reason) => {
-                    tracing::warn!(channel = %self.channel, %reason, "invalidation subscriber could not subscribe; retrying");
-                }
-            }
-            sleep(backoff).await;
-            backoff = (backoff * 2).min(self.max_backoff);
-        }
+        resubscribe_forever(&self.channel, self.min_backoff, self.max_backoff, || {
+            self.session()
+        })
+        .await;
     }
 
     /// One connection: subscribe, then apply events until it fails. `Ok` when it subscribed
@@ -207,7 +162,7 @@ impl Listener {
                 Err(_) => return Err("connect timed out".to_owned()),
             };
         let auth = Arc::clone(&self.auth);
-        let applied = Arc::clone(&self.applied);
+        let counts = Arc::clone(&self.counts);
         let channel = self.channel.clone();
         let driver = tokio::spawn(async move {
             while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
@@ -215,7 +170,7 @@ impl Listener {
                     Ok(AsyncMessage::Notification(n)) if n.channel() == channel => {
                         if let Some(event) = Invalidation::decode(n.payload()) {
                             auth.apply(&event);
-                            applied.fetch_add(1, Ordering::AcqRel);
+                            counts.record_applied();
                         } else {
                             tracing::debug!(
                                 payload = n.payload(),
@@ -240,7 +195,7 @@ impl Listener {
         }
         // Whatever was published while this process was not listening is unknown.
         self.auth.apply(&Invalidation::All);
-        self.subscribes.fetch_add(1, Ordering::AcqRel);
+        self.counts.record_subscribe();
         tracing::info!(channel = %self.channel, "invalidation subscriber listening");
         loop {
             sleep(self.keepalive).await;
@@ -259,14 +214,6 @@ impl Listener {
                 }
             }
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -30,10 +30,11 @@ mod pool;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "keys")]
+pub use faultline_axum::auth::Subscription;
 #[cfg(feature = "idempotency")]
 pub use idempotency::{DEFAULT_REPLAY_CACHE, PgIdempotencyStore};
-#[cfg(feature = "keys")]
-pub use invalidate::{DEFAULT_CHANNEL, PgInvalidations, Subscription};
+pub use invalidate::{DEFAULT_CHANNEL, PgInvalidations};
 #[cfg(feature = "keys")]
 pub use keys::PgKeyStore;
 pub use migrate::{DEFAULT_MIGRATION_WAIT, MIGRATIONS, Migration, migrate, migrate_with};

@@ -3,17 +3,22 @@
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use faultline_axum::StoreError;
-use faultline_axum::auth::{Authenticator, Invalidation, InvalidationSink, StoreFuture};
+use faultline_axum::auth::{
+    AbortOnDrop, Authenticator, Invalidation, InvalidationSink, StoreFuture, SubscriberCounts,
+    Subscription, resubscribe_forever,
+};
 use futures_core::Stream;
 use redis::Client;
-use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
 use crate::pool::RedisPool;
+
+/// The running subscriber [`RedisInvalidations::subscribe`] returns (the handle every
+/// transport shares).
+pub type RedisSubscription = Subscription;
 
 /// The channel events travel on unless [`RedisInvalidations::with_channel`] names another.
 pub const DEFAULT_CHANNEL: &str = "faultline:invalidations";
@@ -108,18 +113,9 @@ impl RedisInvalidations {
             min_backoff: self.min_backoff,
             max_backoff: self.max_backoff,
             auth,
-            subscribes: Arc::new(AtomicU64::new(0)),
-            applied: Arc::new(AtomicU64::new(0)),
+            counts: Arc::new(SubscriberCounts::default()),
         };
-        let (subscribes, applied) = (
-            Arc::clone(&listener.subscribes),
-            Arc::clone(&listener.applied),
-        );
-        RedisSubscription {
-            task: tokio::spawn(listener.run()),
-            subscribes,
-            applied,
-        }
+        Subscription::spawn(Arc::clone(&listener.counts), listener.run())
     }
 }
 
@@ -133,34 +129,6 @@ impl InvalidationSink for RedisInvalidations {
     }
 }
 
-/// A running subscriber (see [`RedisInvalidations::subscribe`]); dropping it stops the task
-/// and closes its connection.
-#[derive(Debug)]
-pub struct RedisSubscription {
-    task: JoinHandle<()>,
-    subscribes: Arc<AtomicU64>,
-    applied: Arc<AtomicU64>,
-}
-
-impl RedisSubscription {
-    /// How many times the `SUBSCRIBE` has been confirmed (1 after the first subscribe, one
-    /// more per reconnect); each one applied [`Invalidation::All`].
-    pub fn subscribes(&self) -> u64 {
-        self.subscribes.load(Ordering::Acquire)
-    }
-
-    /// How many well-formed events received on the channel have been applied.
-    pub fn applied(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for RedisSubscription {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 struct Listener {
     client: Client,
     connect_timeout: Duration,
@@ -170,32 +138,15 @@ struct Listener {
     min_backoff: Duration,
     max_backoff: Duration,
     auth: Arc<Authenticator>,
-    subscribes: Arc<AtomicU64>,
-    applied: Arc<AtomicU64>,
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    counts: Arc<SubscriberCounts>,
 }
 
 impl Listener {
     async fn run(self) {
-        let mut backoff = self.min_backoff;
-        loop {
-            match self.session().await {
-                // A session that subscribed starts the backoff over.
-                Ok(()) => backoff = self.min_backoff,
-                Err(reason) => {
-                    tracing::warn!(channel = %self.channel, %reason, "invalidation subscriber could not subscribe; retrying");
-                }
-            }
-            sleep(backoff).await;
-            backoff = (backoff * 2).min(self.max_backoff);
-        }
+        resubscribe_forever(&self.channel, self.min_backoff, self.max_backoff, || {
+            self.session()
+        })
+        .await;
     }
 
     /// One connection: subscribe, then apply events until it fails. `Ok` when it subscribed
@@ -213,7 +164,7 @@ impl Listener {
             Err(_) => return Err("SUBSCRIBE timed out".to_owned()),
         }
         let auth = Arc::clone(&self.auth);
-        let applied = Arc::clone(&self.applied);
+        let counts = Arc::clone(&self.counts);
         let channel = self.channel.clone();
         let reader = tokio::spawn(async move {
             while let Some(message) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
@@ -224,7 +175,7 @@ impl Listener {
                 match payload.as_deref().and_then(Invalidation::decode) {
                     Some(event) => {
                         auth.apply(&event);
-                        applied.fetch_add(1, Ordering::AcqRel);
+                        counts.record_applied();
                     }
                     None => tracing::debug!("ignored a malformed invalidation"),
                 }
@@ -233,7 +184,7 @@ impl Listener {
         let _stop = AbortOnDrop(reader.abort_handle());
         // Whatever was published while this process was not subscribed is unknown.
         self.auth.apply(&Invalidation::All);
-        self.subscribes.fetch_add(1, Ordering::AcqRel);
+        self.counts.record_subscribe();
         tracing::info!(channel = %self.channel, "invalidation subscriber subscribed");
         loop {
             sleep(self.keepalive).await;

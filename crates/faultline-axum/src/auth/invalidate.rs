@@ -15,6 +15,10 @@
 //! to live remains the backstop.
 
 use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use super::store::StoreFuture;
 
@@ -86,6 +90,98 @@ pub trait InvalidationSink: Send + Sync + 'static {
     fn publish(&self, event: Invalidation) -> StoreFuture<'_, ()>;
 }
 
+/// The counts a subscriber task keeps, read through its [`Subscription`].
+#[derive(Debug, Default)]
+pub struct SubscriberCounts {
+    subscribes: AtomicU64,
+    applied: AtomicU64,
+}
+
+impl SubscriberCounts {
+    /// The subscriber (re)subscribed, and applied [`Invalidation::All`].
+    pub fn record_subscribe(&self) {
+        self.subscribes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The subscriber applied one well-formed event.
+    pub fn record_applied(&self) {
+        self.applied.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A running invalidation subscriber (made by an engine crate: `PgInvalidations`,
+/// `RedisInvalidations`); dropping it stops its task and closes its connection.
+#[derive(Debug)]
+pub struct Subscription {
+    task: tokio::task::JoinHandle<()>,
+    counts: Arc<SubscriberCounts>,
+}
+
+impl Subscription {
+    /// Runs `task` (which reports into `counts`) on the current Tokio runtime.
+    pub fn spawn(
+        counts: Arc<SubscriberCounts>,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        Subscription {
+            task: tokio::spawn(task),
+            counts,
+        }
+    }
+
+    /// How many times the subscriber has subscribed (1 after the first time, one more per
+    /// reconnect); each one applied [`Invalidation::All`].
+    pub fn subscribes(&self) -> u64 {
+        self.counts.subscribes.load(Ordering::Acquire)
+    }
+
+    /// How many well-formed events received on the channel have been applied.
+    pub fn applied(&self) -> u64 {
+        self.counts.applied.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs `session` again and again, for ever: one connection each, `Ok` when it had subscribed
+/// before it ended, `Err` (logged) when it never did. The wait between two sessions doubles
+/// from `min` to `max`, and starts over after a session that subscribed.
+pub async fn resubscribe_forever<F, Fut>(
+    channel: &str,
+    min: Duration,
+    max: Duration,
+    mut session: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut backoff = min;
+    loop {
+        match session().await {
+            Ok(()) => backoff = min,
+            Err(reason) => {
+                tracing::warn!(channel, %reason, "invalidation subscriber could not subscribe; retrying");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+/// Aborts a helper task (a connection's reader) when the session that started it ends.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,8 +234,6 @@ mod tests {
             store,
         )
     }
-
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn a_manager_announces_key_and_org_changes_after_committing_them() {

@@ -39,7 +39,10 @@ use faultline::clock::{Clock, SystemClock};
 
 use crate::contract::Error;
 
-pub use invalidate::{Invalidation, InvalidationSink, MAX_INVALIDATION_ID_LEN};
+pub use invalidate::{
+    AbortOnDrop, Invalidation, InvalidationSink, MAX_INVALIDATION_ID_LEN, SubscriberCounts,
+    Subscription, resubscribe_forever,
+};
 pub use key::{
     ApiKeySecret, CHECKSUM_LEN, InvalidKeyFormat, KeyDigest, KeyFormat, MAX_CREDENTIAL_LEN,
     Malformed, RANDOM_LEN,
