@@ -1,6 +1,8 @@
-//! `kill -9` of a `serve` process while a request holds an idempotency claim: a restarted
-//! server answers the retry with `idempotency_in_progress` until the lease ends, then runs it
-//! exactly once.
+//! `kill -9` of a `serve` process while a request holds an idempotency claim. A claim written
+//! to the database (`POST /v1/categories`) holds until its lease ends: a restarted server
+//! answers the retry with `idempotency_in_progress` until then, and runs it exactly once after.
+//! A claim the handler's transaction decides (`POST /v1/chatbots`) dies with its process: the
+//! retry runs at once, exactly once.
 #![allow(clippy::unwrap_used)] // fixtures panic on purpose when broken
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -66,11 +68,16 @@ fn serve(db: &Path, extra: &[&str]) -> Server {
     Server { child, addr, key }
 }
 
-/// Sends a keyed POST of a chatbot; the status line and body of the answer.
+/// Sends a keyed POST of a category; the status line and body of the answer.
 fn post(addr: &str, key: &str, idempotency_key: &str) -> (u16, String) {
+    post_to(addr, "/v1/categories", key, idempotency_key)
+}
+
+/// Sends a keyed POST of `{"name":"crash test"}` to `path`; the status and body of the answer.
+fn post_to(addr: &str, path: &str, key: &str, idempotency_key: &str) -> (u16, String) {
     let body = r#"{"name":"crash test"}"#;
     let request = format!(
-        "POST /v1/chatbots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
          Content-Type: application/json\r\nIdempotency-Key: {idempotency_key}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -126,7 +133,7 @@ fn a_claim_left_by_a_killed_server_ends_with_its_lease_and_the_retry_runs_once()
     first.child.wait().unwrap();
     let (status, _) = caller.join().unwrap();
     assert_eq!(status, 0, "the connection died with the server");
-    assert_eq!(count(&db, "SELECT count(*) FROM chatbots"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM categories"), 0);
 
     let second = serve(&db, &[]);
     let (status, body) = post(&second.addr, &key, "crash-key");
@@ -135,7 +142,7 @@ fn a_claim_left_by_a_killed_server_ends_with_its_lease_and_the_retry_runs_once()
     if claimed_at.elapsed() < Duration::from_millis(1500) {
         assert_eq!(status, 409, "{body}");
         assert!(body.contains("idempotency_in_progress"), "{body}");
-        assert!(count(&db, "SELECT count(*) FROM chatbots") == 0);
+        assert!(count(&db, "SELECT count(*) FROM categories") == 0);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let created = loop {
@@ -158,6 +165,46 @@ fn a_claim_left_by_a_killed_server_ends_with_its_lease_and_the_retry_runs_once()
         (201, &created),
         "later retries get the replay"
     );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM categories"),
+        1,
+        "run exactly once"
+    );
+}
+
+#[test]
+fn a_claim_decided_by_the_handlers_transaction_dies_with_its_server() {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("faultline-crash-{}", uuid::Uuid::new_v4())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let db = dir.0.join("crash.db");
+
+    let mut first = serve(&db, &["--idempotency-hold-ms", "60000"]);
+    let key = first.key.clone().expect("a fresh database prints a key");
+    let addr = first.addr.clone();
+    let caller = {
+        let key = key.clone();
+        std::thread::spawn(move || post_to(&addr, "/v1/chatbots", &key, "crash-key"))
+    };
+    // The claim leaves no row: give the request time to reach the hold (if it has not, the
+    // kill comes before its claim, and what follows must hold just the same).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM idempotency_records"),
+        0,
+        "nothing is written before the handler's transaction"
+    );
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let (status, _) = caller.join().unwrap();
+    assert_eq!(status, 0, "the connection died with the server");
+
+    // Well within the two-second lease, the retry runs at once.
+    let second = serve(&db, &[]);
+    let (status, created) = post_to(&second.addr, "/v1/chatbots", &key, "crash-key");
+    assert_eq!(status, 201, "{created}");
+    let (status, replay) = post_to(&second.addr, "/v1/chatbots", &key, "crash-key");
+    assert_eq!((status, &replay), (201, &created), "then the replay");
     assert_eq!(
         count(&db, "SELECT count(*) FROM chatbots"),
         1,

@@ -370,6 +370,9 @@ async fn a_failure_after_the_write_in_the_shared_transaction_keeps_neither() {
             c.execute_batch(
                 "CREATE TRIGGER fail_record BEFORE UPDATE ON idempotency_records
                  WHEN NEW.status IS NOT NULL
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;
+                 CREATE TRIGGER fail_record_insert BEFORE INSERT ON idempotency_records
+                 WHEN NEW.status IS NOT NULL
                  BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
             )
         })
@@ -396,7 +399,7 @@ async fn a_failure_after_the_write_in_the_shared_transaction_keeps_neither() {
         "and the claim was released"
     );
     api.store
-        .write(|c| c.execute_batch("DROP TRIGGER fail_record"))
+        .write(|c| c.execute_batch("DROP TRIGGER fail_record; DROP TRIGGER fail_record_insert"))
         .await
         .unwrap();
     let retried = post(&api.app, &api.acme, "/v1/chatbots", Some(b"t"), body).await;
@@ -413,7 +416,7 @@ async fn a_failure_after_the_write_in_the_shared_transaction_keeps_neither() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_whose_lease_was_taken_over_rolls_its_write_back() {
+async fn a_handler_whose_lease_was_taken_over_loses_at_its_commit() {
     // Every keyed request waits a moment after its claim: long enough for the test to end
     // the first claim's lease (on the manual clock) and let a retry take the key over.
     let api = api(Duration::from_millis(500)).await;
@@ -422,9 +425,9 @@ async fn a_handler_whose_lease_was_taken_over_rolls_its_write_back() {
     let first = tokio::spawn(async move {
         post(&app, &bearer, "/v1/chatbots", Some(b"lease"), first_body).await
     });
-    while count(&api.store, "SELECT count(*) FROM idempotency_records").await == 0 {
-        tokio::task::yield_now().await;
-    }
+    // `POST /v1/chatbots` claims in this process and writes nothing before its transaction:
+    // give the first request a moment to take its claim and reach the hold.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     api.clock.advance_secs(60);
     let second = post(
         &api.app,
@@ -435,16 +438,14 @@ async fn a_handler_whose_lease_was_taken_over_rolls_its_write_back() {
     )
     .await;
     let first = first.await.unwrap();
+    // Both ran; the first to commit (the first, whose hold ends first) kept its write, and the
+    // other rolled back and got its answer replayed.
+    assert_eq!(first.status, 201, "{:?}", first.json());
+    assert_eq!(first.header("idempotent-replayed"), None);
     assert_eq!(second.status, 201, "{:?}", second.json());
-    assert_eq!(first.status, 409, "{:?}", first.json());
-    assert_eq!(first.json()["error"], "idempotency_in_progress");
-    assert_eq!(
-        chatbots(&api.store).await,
-        1,
-        "only the holder of the key wrote"
-    );
-    let replay = post(&api.app, &api.acme, "/v1/chatbots", Some(b"lease"), body).await;
-    assert_eq!(replay.body, second.body);
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+    assert_eq!(second.body, first.body);
+    assert_eq!(chatbots(&api.store).await, 1, "only the first commit wrote");
 }
 
 #[tokio::test]
@@ -515,4 +516,68 @@ async fn the_docs_page_states_the_window_in_force() {
     api.clock.advance_secs(1);
     let again = post(&api.app, &api.acme, "/v1/chatbots", Some(b"w"), body).await;
     assert_ne!(again.body, first.body);
+}
+
+/// Two processes on one SQLite file (two stores, each holding claims of its own): concurrent
+/// same-key POSTs spread over both create one chatbot, and every answer is that chatbot
+/// (first or replayed) or `idempotency_in_progress`, never a 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_on_one_file_create_one_chatbot() {
+    let dir = TempDir::new();
+    let memory = Arc::new(MemoryKeyStore::new());
+    let keys = Arc::new(KeyManager::new(
+        Arc::new(Authenticator::new(key_format(), memory.clone())),
+        memory,
+    ));
+    let acme = bearer(&keys, "acme").await;
+    let app = |store: Store| {
+        let options = IdempotencyOptions::from_settings(IdempotencySettings::default());
+        build_with(
+            Settings {
+                catalog: catalog(),
+                profile: None,
+                store,
+                keys: Arc::clone(&keys),
+                body_limit: 64 * 1024,
+                timeout: Duration::from_secs(30),
+            },
+            &options,
+        )
+        .unwrap()
+        .0
+    };
+    let store = Store::open(&dir.db()).unwrap();
+    let apps = [app(store.clone()), app(Store::open(&dir.db()).unwrap())];
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let (app, bearer) = (apps[i % 2].clone(), acme.clone());
+            tokio::spawn(async move {
+                post(
+                    &app,
+                    &bearer,
+                    "/v1/chatbots",
+                    Some(b"two"),
+                    json!({"name": "once"}),
+                )
+                .await
+            })
+        })
+        .collect();
+    let (mut first, mut bodies) = (0, std::collections::BTreeSet::new());
+    for task in tasks {
+        let answer = task.await.unwrap();
+        match answer.status {
+            201 => {
+                if answer.header("idempotent-replayed").is_none() {
+                    first += 1;
+                }
+                bodies.insert(answer.body.clone());
+            }
+            409 => assert_eq!(answer.json()["error"], "idempotency_in_progress"),
+            other => panic!("unexpected {other}: {:?}", answer.json()),
+        }
+    }
+    assert_eq!(first, 1, "one request ran to its commit");
+    assert_eq!(bodies.len(), 1, "every 201 is the same chatbot");
+    assert_eq!(chatbots(&store).await, 1);
 }

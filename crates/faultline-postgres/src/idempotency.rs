@@ -311,6 +311,8 @@ impl std::fmt::Display for Contended {
 impl std::error::Error for Contended {}
 
 /// What a row of [`CLAIM`] or [`HOLDER`] says, for `request`.
+// Built once per claim and matched at once: boxing the outcome would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Seen {
     /// This claim took the key.
     Claimed,

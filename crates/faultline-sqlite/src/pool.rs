@@ -193,6 +193,43 @@ impl Pool {
         result.map_err(StoreError::new)?.map_err(store_error)
     }
 
+    /// Runs `f` here and now on an idle reader connection: for a read short enough not to
+    /// hold up the async runtime (a lookup by key), it saves the trip to the blocking pool.
+    /// `None` when no reader is idle (none is opened here), the pool is in memory, or the
+    /// database was busy: then use [`Pool::read`].
+    ///
+    /// # An inline read never waits
+    ///
+    /// It takes a reader only if one is idle, and runs with no busy timeout: where
+    /// [`Pool::read`] would wait for a lock, this gives up at once and answers `None`.
+    pub fn try_read_now<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Option<Result<T, StoreError>> {
+        let conn = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .idle
+            .pop()?;
+        let result = conn.busy_timeout(Duration::ZERO).and_then(|()| f(&conn));
+        let restored = conn.busy_timeout(self.inner.options.busy_timeout);
+        self.inner.give_back(conn);
+        match result {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                None
+            }
+            Err(e) => Some(Err(store_error(e))),
+            Ok(value) => Some(restored.map(|()| value).map_err(store_error)),
+        }
+    }
+
     /// Runs `f` with a reader connection on the blocking pool (the writer, in memory).
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where

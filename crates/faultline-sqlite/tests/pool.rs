@@ -129,3 +129,29 @@ async fn an_in_memory_pool_reads_what_it_wrote() {
         .unwrap();
     assert_eq!(v, 1);
 }
+
+/// An inline read uses an idle reader only (it opens none, and waits for none), sees what
+/// was committed, and leaves the reader idle again.
+#[tokio::test]
+async fn an_inline_read_takes_only_an_idle_reader() {
+    let db = TempDb::new("inline");
+    let pool = Pool::open(&db.0, options(Duration::from_secs(2))).unwrap();
+    with_table(&pool);
+    let count = |c: &Connection| c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+    assert!(pool.try_read_now(count).is_none(), "no reader is open yet");
+    pool.write(|c| c.execute("INSERT INTO t VALUES (1)", []))
+        .await
+        .unwrap();
+    assert_eq!(pool.read(count).await.unwrap(), 2, "this opens a reader");
+    assert_eq!(pool.try_read_now(count).unwrap().unwrap(), 2);
+    assert_eq!(
+        pool.try_read_now(count).unwrap().unwrap(),
+        2,
+        "and gives it back"
+    );
+    let memory = Pool::in_memory().unwrap();
+    assert!(
+        memory.try_read_now(|_| Ok(())).is_none(),
+        "in memory: no readers"
+    );
+}

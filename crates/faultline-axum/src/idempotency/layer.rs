@@ -133,6 +133,7 @@ struct Config {
     max_stored_body: usize,
     body_limit: Option<usize>,
     scope: Option<Arc<ScopeFn>>,
+    in_handler_transaction: bool,
 }
 
 impl std::fmt::Debug for IdempotencyLayer {
@@ -146,6 +147,7 @@ impl std::fmt::Debug for IdempotencyLayer {
             .field("kept", &c.kept)
             .field("max_stored_body", &c.max_stored_body)
             .field("body_limit", &c.body_limit)
+            .field("in_handler_transaction", &c.in_handler_transaction)
             .finish_non_exhaustive()
     }
 }
@@ -168,6 +170,7 @@ impl IdempotencyLayer {
                 max_stored_body: DEFAULT_MAX_STORED_BODY,
                 body_limit: None,
                 scope: None,
+                in_handler_transaction: false,
             }),
         };
         layer = layer.settings(&Settings::default());
@@ -254,6 +257,27 @@ impl IdempotencyLayer {
     #[must_use]
     pub fn scope_with(self, scope: impl Fn(&Parts) -> String + Send + Sync + 'static) -> Self {
         self.edit(|c| c.scope = Some(Arc::new(scope)))
+    }
+
+    /// Declares that the wrapped handler records every outcome that has effects in its own
+    /// transaction (with the engine's in-transaction completion, then
+    /// [`IdempotencyClaim::completed`]; or [`IdempotencyClaim::superseded`] when that
+    /// completion fails and it rolls back), so the store may claim with
+    /// [`IdempotencyStore::claim_deferred`]: a fresh key then costs no write before the
+    /// handler's own.
+    ///
+    /// # A superseded handler's answer is replaced
+    ///
+    /// When the handler reports [`IdempotencyClaim::superseded`] (another request's record was
+    /// there at its commit), or answers without completing and the layer then finds another
+    /// request's record, the client gets what that record means instead of the handler's
+    /// answer: the replay, the conflict, or `idempotency_in_progress`.
+    ///
+    /// Only for handlers whose effects are all in that transaction: one that writes elsewhere
+    /// before completing could run twice across processes.
+    #[must_use]
+    pub fn in_handler_transaction(self, on: bool) -> Self {
+        self.edit(|c| c.in_handler_transaction = on)
     }
 
     /// The store.
@@ -510,7 +534,12 @@ where
         .get::<RequestId>()
         .cloned()
         .unwrap_or_else(|| RequestId::generate(&config.contract.catalog().api.request_id_prefix));
-    let token = match config.store.claim(&claim).await {
+    let claimed = if config.in_handler_transaction {
+        config.store.claim_deferred(&claim).await
+    } else {
+        config.store.claim(&claim).await
+    };
+    let token = match claimed {
         Err(e) => return Ok(Error::from(e).into_response()),
         Ok(ClaimOutcome::Claimed(token)) => token,
         Ok(ClaimOutcome::InProgress { retry_after }) => {
@@ -532,6 +561,7 @@ where
         clock: Arc::clone(&config.clock),
         kept: Arc::clone(&config.kept),
         completed: Arc::new(AtomicBool::new(false)),
+        superseded: Arc::new(AtomicBool::new(false)),
     };
     let path = config
         .contract
@@ -547,8 +577,13 @@ where
         return Ok(response);
     }
     if handle.is_completed() {
+        config.store.settle(&token);
         guard.disarm();
         return Ok(response);
+    }
+    if handle.is_superseded() {
+        guard.release().await;
+        return Ok(config.decided_elsewhere(&claim, &id).await);
     }
     let (parts, body) = response.into_parts();
     if body.size_hint().lower() > config.max_stored_body as u64 {
@@ -577,6 +612,12 @@ where
         .await
     {
         Ok(true) => {}
+        // The handler promised no effects outside its transaction, and it did not complete
+        // one: the record there is another request's, and it decides the answer.
+        Ok(false) if config.in_handler_transaction => {
+            guard.disarm();
+            return Ok(config.decided_elsewhere(&claim, &id).await);
+        }
         Ok(false) => tracing::warn!(
             request_id = %id,
             "the idempotency claim ended before the handler did; its answer was not kept"
@@ -600,6 +641,36 @@ fn kept_headers(kept: &[HeaderName], headers: &HeaderMap) -> Vec<(HeaderName, He
 }
 
 impl Config {
+    /// What the record another request left for `claim`'s key means for this request: a
+    /// replay, a conflict, or in progress (also when no record is there any more: the retry
+    /// then runs again).
+    async fn decided_elsewhere(&self, claim: &ClaimRequest, id: &RequestId) -> Response {
+        let again = ClaimRequest::new(
+            claim.scope.clone(),
+            claim.key.clone(),
+            claim.fingerprint.clone(),
+            claim.lease,
+            self.clock.now_millis(),
+        );
+        let in_progress = |retry_after: Duration| {
+            Error::bound(Situation::IdempotencyInProgress)
+                .with_header("Retry-After", retry_after.as_secs().max(1).to_string())
+                .into_response()
+        };
+        match self.store.claim(&again).await {
+            Err(e) => Error::from(e).into_response(),
+            Ok(ClaimOutcome::Replay(stored)) => self.replay(stored, id),
+            Ok(ClaimOutcome::Mismatch(difference)) => conflict(difference).into_response(),
+            Ok(ClaimOutcome::InProgress { retry_after }) => in_progress(retry_after),
+            Ok(ClaimOutcome::Claimed(token)) => {
+                if let Err(e) = self.store.release(&token).await {
+                    tracing::warn!(cause = %e, "an idempotency claim could not be released; it ends with its lease");
+                }
+                in_progress(Duration::from_secs(1))
+            }
+        }
+    }
+
     /// A handler's pending error rendered now (it must be stored as the client sees it), unless
     /// it is a 5xx, which stays pending for the faultline layer to render and log.
     fn resolve_pending(&self, mut response: Response, id: &RequestId, path: &str) -> Response {
@@ -706,6 +777,7 @@ pub struct IdempotencyClaim {
     clock: Arc<dyn Clock>,
     kept: Arc<[HeaderName]>,
     completed: Arc<AtomicBool>,
+    superseded: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for IdempotencyClaim {
@@ -752,6 +824,19 @@ impl IdempotencyClaim {
     /// Whether [`IdempotencyClaim::completed`] was called.
     pub fn is_completed(&self) -> bool {
         self.completed.load(Ordering::Acquire)
+    }
+
+    /// Tells the layer that the in-transaction completion found the key taken by another
+    /// request (it answered `false`) and the handler rolled back: the layer answers what that
+    /// request's record means instead of the handler's answer (see
+    /// [`IdempotencyLayer::in_handler_transaction`]).
+    pub fn superseded(&self) {
+        self.superseded.store(true, Ordering::Release);
+    }
+
+    /// Whether [`IdempotencyClaim::superseded`] was called.
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
     }
 }
 

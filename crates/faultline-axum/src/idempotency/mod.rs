@@ -24,6 +24,6 @@ pub use layer::{
     ReplayBody, spawn_pruning,
 };
 pub use store::{
-    ClaimOutcome, ClaimRequest, ClaimToken, IdempotencyStore, MemoryIdempotencyStore,
+    ClaimOutcome, ClaimRequest, ClaimToken, IdempotencyStore, LocalClaims, MemoryIdempotencyStore,
     StoredResponse,
 };

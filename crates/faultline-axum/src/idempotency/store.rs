@@ -82,6 +82,8 @@ impl ClaimRequest {
             scope: self.scope.clone(),
             key: self.key.clone(),
             lease_id: self.lease_id,
+            fingerprint: self.fingerprint.clone(),
+            local: false,
         }
     }
 }
@@ -97,6 +99,8 @@ pub struct ClaimToken {
     scope: String,
     key: IdempotencyKey,
     lease_id: i64,
+    fingerprint: Fingerprint,
+    local: bool,
 }
 
 impl ClaimToken {
@@ -113,6 +117,18 @@ impl ClaimToken {
     /// The claim's lease id.
     pub fn lease_id(&self) -> i64 {
         self.lease_id
+    }
+
+    /// The fingerprint of the request that holds the claim (a store that writes the record
+    /// only at completion keeps it then).
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
+    /// Whether the claim is held in this process only ([`LocalClaims`]): nothing was written,
+    /// and completing it inserts the record.
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 }
 
@@ -279,6 +295,33 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Deletes up to `limit` records whose lease or retention has ended at `now` (Unix
     /// milliseconds); returns how many.
     fn prune(&self, now: i64, limit: usize) -> StoreFuture<'_, u64>;
+
+    /// Claims `request.key` for a handler that records its outcome in its own transaction
+    /// (a route with `IdempotencyLayer::in_handler_transaction`). By default the same as
+    /// [`IdempotencyStore::claim`].
+    ///
+    /// # A claim the handler's commit decides
+    ///
+    /// A store whose records live in the database the handler writes to may instead hold the
+    /// claim in this process only ([`LocalClaims`]: no write before the handler runs) and let
+    /// the handler's transaction decide: its in-transaction completion inserts the record
+    /// unless a live record of another request is there, in which case it reports failure and
+    /// the handler rolls back. Two requests in one process still meet here (the second is in
+    /// progress or a mismatch); two in different processes both run up to their commit, and
+    /// only one commits. A claim held this way ends with its process, so after a crash the
+    /// retry runs at once rather than after the lease. Such a store also completes a record
+    /// that was never written as a claim ([`IdempotencyStore::complete`] inserts it) and
+    /// forgets the local claim on [`IdempotencyStore::complete`],
+    /// [`IdempotencyStore::release`] and [`IdempotencyStore::settle`].
+    fn claim_deferred<'a>(&'a self, request: &'a ClaimRequest) -> StoreFuture<'a, ClaimOutcome> {
+        self.claim(request)
+    }
+
+    /// The request holding `token` recorded its outcome in its own transaction: a store that
+    /// keeps claims in this process forgets it. By default nothing.
+    fn settle(&self, token: &ClaimToken) {
+        let _ = token;
+    }
 }
 
 impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
@@ -296,12 +339,104 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
         (**self).complete(token, response, now, retention)
     }
 
+    fn claim_deferred<'a>(&'a self, request: &'a ClaimRequest) -> StoreFuture<'a, ClaimOutcome> {
+        (**self).claim_deferred(request)
+    }
+
+    fn settle(&self, token: &ClaimToken) {
+        (**self).settle(token);
+    }
+
     fn release<'a>(&'a self, token: &'a ClaimToken) -> StoreFuture<'a, bool> {
         (**self).release(token)
     }
 
     fn prune(&self, now: i64, limit: usize) -> StoreFuture<'_, u64> {
         (**self).prune(now, limit)
+    }
+}
+
+/// Claims held in this process only, for stores that let the handler's transaction decide
+/// between processes (see [`IdempotencyStore::claim_deferred`]).
+///
+/// # Two requests of one process never both run
+///
+/// Of concurrent claims of one key here, one is [`ClaimOutcome::Claimed`]; the others are in
+/// progress (same fingerprint) or a mismatch, until the holder is forgotten or its lease ends.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use faultline::idempotency::{Fingerprint, IdempotencyKey};
+/// use faultline_axum::idempotency::store::{ClaimOutcome, ClaimRequest, LocalClaims};
+/// let claims = LocalClaims::default();
+/// let request = |body: &[u8]| ClaimRequest::new("org", IdempotencyKey::new("k").unwrap(),
+///     Fingerprint::new("POST", "/t", "", body), Duration::from_secs(60), 0);
+/// let ClaimOutcome::Claimed(token) = claims.claim(&request(b"{}")) else { panic!() };
+/// assert!(matches!(claims.claim(&request(b"{}")), ClaimOutcome::InProgress { .. }));
+/// assert!(matches!(claims.claim(&request(b"[]")), ClaimOutcome::Mismatch(_)));
+/// assert!(claims.forget(&token));
+/// assert!(matches!(claims.claim(&request(b"{}")), ClaimOutcome::Claimed(_)));
+/// ```
+#[derive(Debug, Default)]
+pub struct LocalClaims {
+    held: Mutex<HashMap<(String, String), LocalClaim>>,
+}
+
+#[derive(Debug)]
+struct LocalClaim {
+    lease_id: i64,
+    fingerprint: Fingerprint,
+    expires_at: i64,
+}
+
+impl LocalClaims {
+    /// Claims `request.key` in this process: claimed when no live local claim holds it,
+    /// otherwise what that claim says (in progress, or a mismatch).
+    pub fn claim(&self, request: &ClaimRequest) -> ClaimOutcome {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = (request.scope.clone(), request.key.as_str().to_owned());
+        if let Some(live) = held.get(&id).filter(|c| c.expires_at > request.now) {
+            return ClaimOutcome::for_existing(request, &live.fingerprint, None, live.expires_at);
+        }
+        held.insert(
+            id,
+            LocalClaim {
+                lease_id: request.lease_id,
+                fingerprint: request.fingerprint.clone(),
+                expires_at: request.lease_expires_at(),
+            },
+        );
+        let mut token = request.token();
+        token.local = true;
+        ClaimOutcome::Claimed(token)
+    }
+
+    /// Forgets the claim of `token`; `false` when this process does not hold it (never did,
+    /// or another request took it over).
+    pub fn forget(&self, token: &ClaimToken) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = (token.scope().to_owned(), token.key().as_str().to_owned());
+        if held
+            .get(&id)
+            .is_some_and(|c| c.lease_id == token.lease_id())
+        {
+            held.remove(&id);
+            return true;
+        }
+        false
+    }
+
+    /// How many claims are held.
+    pub fn len(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no claim is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

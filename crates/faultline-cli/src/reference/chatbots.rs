@@ -192,6 +192,11 @@ pub(super) async fn create(
         .await
         .map_err(storage)?;
     if !recorded {
+        // Rolled back: another request's record holds the key, and the layer answers what it
+        // means (a replay, a conflict, or in progress) instead of this.
+        if let Some(claim) = &claim {
+            claim.superseded();
+        }
         return Err(Error::bound(faultline::Situation::IdempotencyInProgress)
             .with_header("Retry-After", "1"));
     }

@@ -267,13 +267,19 @@ pub fn build_parts_serving(
         idempotency,
     )?;
     let keyed = |route| idempotency::keyed(route, &keyed_layer, idempotency.hold);
+    // `POST /v1/chatbots` completes its record in the insert's transaction when the records
+    // are in the application's database, so its claim can wait for that commit.
+    let records_in_store = idempotency.store.is_none();
+    let keyed_in_transaction = keyed_layer.clone().in_handler_transaction(records_in_store);
+    let keyed_in_transaction =
+        |route| idempotency::keyed(route, &keyed_in_transaction, idempotency.hold);
     let state = AppState {
         store: settings.store,
         auth: Arc::clone(settings.keys.authenticator()),
         keys: settings.keys,
         cursor_key: Arc::new(cursor_key),
         docs_html: Arc::new(docs_html),
-        records_in_store: idempotency.store.is_none(),
+        records_in_store,
     };
     // Each method of a route gets its own scope; the key check wraps only routed methods, so
     // an unknown route or method is answered 404 or 405 whatever the credentials.
@@ -290,8 +296,11 @@ pub fn build_parts_serving(
     let router = Router::new()
         .route(
             "/v1/chatbots",
-            guard(keyed(post(chatbots::create)), "chatbots:write")
-                .merge(guard(get(chatbots::list), "chatbots:read")),
+            guard(
+                keyed_in_transaction(post(chatbots::create)),
+                "chatbots:write",
+            )
+            .merge(guard(get(chatbots::list), "chatbots:read")),
         )
         .route(
             "/v1/chatbots/{id}",
