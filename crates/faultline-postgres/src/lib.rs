@@ -15,6 +15,9 @@
 //!   processes share one exactly-once guarantee.
 //! - [`PgKeyStore`]: organisations and API keys (`faultline_axum::auth`), with the
 //!   per-organisation cap held across processes.
+//! - `PgQuotaStore` (feature `limit`, on by default): quota counters of
+//!   `faultline_axum::limit` in PostgreSQL, durable and exact across processes, around another
+//!   limit store (memory, Redis) for rates and concurrency, decided as one step.
 //! - [`PgInvalidations`]: key-cache invalidations between processes over `LISTEN/NOTIFY`.
 //! - `testing` (feature `testing`): a throw-away database per test run, named by the
 //!   environment variable `FAULTLINE_TEST_POSTGRES_URL`.
@@ -27,6 +30,8 @@ mod invalidate;
 mod keys;
 mod migrate;
 mod pool;
+#[cfg(feature = "limit")]
+mod quota;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -39,4 +44,6 @@ pub use invalidate::{DEFAULT_CHANNEL, PgInvalidations};
 pub use keys::PgKeyStore;
 pub use migrate::{DEFAULT_MIGRATION_WAIT, MIGRATIONS, Migration, migrate, migrate_with};
 pub use pool::{BadUrl, PgConn, PgOptions, PgPool, PgTransaction, store_error};
+#[cfg(feature = "limit")]
+pub use quota::{DEFAULT_QUOTA_HISTORY, DEFAULT_QUOTA_PRUNE_EVERY, PgQuotaStore};
 pub use tokio_postgres;
