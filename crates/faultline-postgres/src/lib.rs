@@ -39,6 +39,7 @@ pub mod testing;
 pub use faultline_axum::auth::Subscription;
 #[cfg(feature = "idempotency")]
 pub use idempotency::{DEFAULT_REPLAY_CACHE, PgIdempotencyStore};
+#[cfg(feature = "keys")]
 pub use invalidate::{DEFAULT_CHANNEL, PgInvalidations};
 #[cfg(feature = "keys")]
 pub use keys::PgKeyStore;
