@@ -19,6 +19,8 @@
 //!   `faultline_axum::limit` in PostgreSQL, durable and exact across processes, around another
 //!   limit store (memory, Redis) for rates and concurrency, decided as one step.
 //! - [`PgInvalidations`]: key-cache invalidations between processes over `LISTEN/NOTIFY`.
+//! - [`wait_at_start`]: a start-up step retried with backoff while the server is not reachable
+//!   yet, within a wait.
 //! - `testing` (feature `testing`): a throw-away database per test run, named by the
 //!   environment variable `FAULTLINE_TEST_POSTGRES_URL`.
 
@@ -32,6 +34,7 @@ mod migrate;
 mod pool;
 #[cfg(feature = "limit")]
 mod quota;
+mod start;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -47,4 +50,5 @@ pub use migrate::{DEFAULT_MIGRATION_WAIT, MIGRATIONS, Migration, migrate, migrat
 pub use pool::{BadUrl, PgConn, PgOptions, PgPool, PgTransaction, store_error};
 #[cfg(feature = "limit")]
 pub use quota::{DEFAULT_QUOTA_HISTORY, DEFAULT_QUOTA_PRUNE_EVERY, PgQuotaStore};
+pub use start::{START_BACKOFF_MAX, START_BACKOFF_MIN, describe, wait_at_start};
 pub use tokio_postgres;
