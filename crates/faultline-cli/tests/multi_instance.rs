@@ -290,6 +290,11 @@ async fn a_per_org_quota_is_exact_across_three_instances_and_survives_restarts()
     };
     cluster.launch(&options);
     let addrs = cluster.addrs();
+    // Warm-up by another organisation, so that each process has its PostgreSQL connections
+    // open: a cold process opening them all at once may miss the limit layer's deadline
+    // (answered 503 with `Retry-After` here, as `--limits-on-failure closed` says).
+    let other = create_key(&cluster, "globex", Some("enterprise"));
+    warm_up(&addrs, &other).await;
     let mut tasks = Vec::new();
     for i in 0..30 {
         let (addr, bearer) = (addrs[i % 3], format!("Bearer {}", keys[i % 2]));
@@ -327,6 +332,7 @@ async fn a_per_org_quota_is_exact_across_three_instances_and_survives_restarts()
     cluster.servers.clear();
     delete_redis_prefix(&cluster.prefix).await;
     cluster.launch(&options);
+    warm_up(&cluster.addrs(), &other).await;
     for (i, addr) in cluster.addrs().into_iter().enumerate() {
         let answer = http(
             addr,
@@ -346,4 +352,22 @@ async fn a_per_org_quota_is_exact_across_three_instances_and_survives_restarts()
     let prefix = cluster.prefix.clone();
     drop(cluster);
     delete_redis_prefix(&prefix).await;
+}
+
+/// Ten concurrent requests with `key` on each server, twice; any answer will do.
+async fn warm_up(addrs: &[std::net::SocketAddr], key: &str) {
+    for _ in 0..2 {
+        let mut tasks = Vec::new();
+        for i in 0..30 {
+            let (addr, bearer) = (addrs[i % addrs.len()], format!("Bearer {key}"));
+            tasks.push(tokio::spawn(async move {
+                http(addr, "GET", "/v1/chatbots", &[("Authorization", &bearer)], None)
+                    .await
+                    .map(|a| a.status)
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
 }

@@ -40,6 +40,9 @@ CREATE FUNCTION faultline_quota_spend(
     OUT o_spent BOOLEAN
 ) LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
+    -- The bucket's lock is held until COMMIT: that COMMIT does not wait for the disk (a crash
+    -- of the server may forget the last fraction of a second of spending, never corrupt it).
+    PERFORM set_config('synchronous_commit', 'off', true);
     PERFORM pg_advisory_xact_lock(hashtext(p_group), hashtext(p_bucket));
     o_now := COALESCE(p_now, floor(extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT);
     SELECT q.resets_at_us, q.used INTO o_resets_at, o_used_before
