@@ -215,9 +215,15 @@ async fn a_key_revoked_through_a_is_refused_by_b_and_c_within_a_second() {
         let bearer = victim_bearer.clone();
         tokio::spawn(async move {
             loop {
-                let answer = http(addr, "GET", "/v1/chatbots", &[("Authorization", &bearer)], None)
-                    .await
-                    .unwrap();
+                let answer = http(
+                    addr,
+                    "GET",
+                    "/v1/chatbots",
+                    &[("Authorization", &bearer)],
+                    None,
+                )
+                .await
+                .unwrap();
                 if answer.status != 200 {
                     assert_eq!(answer.status, 401, "{answer:?}");
                     assert!(answer.body.to_string().contains("revoked"), "{answer:?}");
@@ -249,7 +255,10 @@ async fn a_key_revoked_through_a_is_refused_by_b_and_c_within_a_second() {
 fn catalog_with_monthly_quota(cluster: &Cluster, quota: u64) -> std::path::PathBuf {
     let source = include_str!("../../../examples/catalogs/chatbots.toml");
     let original = "limit = { free = 5000, pro = 250000, enterprise = 10000000 }";
-    assert!(source.contains(original), "the catalog's monthly quota moved");
+    assert!(
+        source.contains(original),
+        "the catalog's monthly quota moved"
+    );
     let changed = source.replace(
         original,
         &format!("limit = {{ free = 5000, pro = 250000, enterprise = {quota} }}"),
@@ -299,9 +308,15 @@ async fn a_per_org_quota_is_exact_across_three_instances_and_survives_restarts()
     for i in 0..30 {
         let (addr, bearer) = (addrs[i % 3], format!("Bearer {}", keys[i % 2]));
         tasks.push(tokio::spawn(async move {
-            let answer = http(addr, "GET", "/v1/chatbots", &[("Authorization", &bearer)], None)
-                .await
-                .unwrap();
+            let answer = http(
+                addr,
+                "GET",
+                "/v1/chatbots",
+                &[("Authorization", &bearer)],
+                None,
+            )
+            .await
+            .unwrap();
             (i % 3, answer)
         }));
     }
@@ -361,9 +376,15 @@ async fn warm_up(addrs: &[std::net::SocketAddr], key: &str) {
         for i in 0..30 {
             let (addr, bearer) = (addrs[i % addrs.len()], format!("Bearer {key}"));
             tasks.push(tokio::spawn(async move {
-                http(addr, "GET", "/v1/chatbots", &[("Authorization", &bearer)], None)
-                    .await
-                    .map(|a| a.status)
+                http(
+                    addr,
+                    "GET",
+                    "/v1/chatbots",
+                    &[("Authorization", &bearer)],
+                    None,
+                )
+                .await
+                .map(|a| a.status)
             }));
         }
         for task in tasks {

@@ -22,8 +22,11 @@ fn free_addr() -> String {
 
 /// `postgres://postgres:PASSWORD@proxy/db`.
 fn url_with_password(db: &TestDatabase, proxy: &TcpProxy) -> String {
-    db.url_via(proxy.addr())
-        .replacen("postgres://postgres@", &format!("postgres://postgres:{PASSWORD}@"), 1)
+    db.url_via(proxy.addr()).replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{PASSWORD}@"),
+        1,
+    )
 }
 
 fn serve(url: &str, addr: &str, wait_secs: u64) -> Child {
@@ -49,8 +52,18 @@ fn output(mut child: Child) -> String {
     let _ = child.kill();
     let _ = child.wait();
     let mut text = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
     text
 }
 
