@@ -57,6 +57,13 @@ const SPEND: &str = "SELECT o_now, o_resets_at, o_used_before, o_spent \
 /// A request's quota buckets are locked in key order, so two requests never wait for each
 /// other in a cycle.
 ///
+/// The price: one organisation's decisions run one at a time for the span of the quota
+/// statement, the inner store's call and the COMMIT (the bench `quota` of this crate measures
+/// it), and each decision with a quota costs three PostgreSQL round trips (BEGIN, the spend,
+/// COMMIT). The COMMIT does not wait for the disk (`synchronous_commit = off` for this
+/// transaction only): a crash of the PostgreSQL server may forget the last fraction of a
+/// second of spending (a count a few requests low), never half of a decision.
+///
 /// # A failed commit stops the request
 ///
 /// If the COMMIT fails (or misses its deadline) after the inner store admitted, the decision
