@@ -661,6 +661,14 @@ fn serve(
         ),
         None => None,
     };
+    // Quotas decided in PostgreSQL get the database's deadline, not Redis's 250 ms.
+    let serving = reference::Serving::new(ready, limit_failure);
+    let serving = match &pg_quotas {
+        Some(_) => {
+            serving.with_limit_deadline(Duration::from_millis(postgres.database_timeout_ms.max(1)))
+        }
+        None => serving,
+    };
     let built = match &pg_data {
         Some(pg) => reference::app_on_store_checked(
             parsed,
@@ -669,7 +677,7 @@ fn serve(
             Arc::clone(&keys),
             limits,
             &options,
-            reference::Serving::new(ready, limit_failure),
+            serving,
         ),
         None => reference::app_on_file_checked(
             parsed,
@@ -678,7 +686,7 @@ fn serve(
             Arc::clone(&keys),
             limits,
             &options,
-            reference::Serving::new(ready, limit_failure),
+            serving,
         ),
     }
     .map_err(|e| UsageError(e.to_string()))?;

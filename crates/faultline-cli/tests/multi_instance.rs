@@ -174,24 +174,59 @@ async fn three_instances_create_once_under_200_concurrent_posts_and_share_cursor
 /// # A revocation through one instance is refused by every other within a second
 ///
 /// A key revoked through the HTTP API of A is refused by B and C, which both had it cached
-/// (for 10 s), within one second; the delays are measured and printed.
+/// (for 10 s), within one second; a key paused through B, the same on A and C. The delays
+/// are measured and printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_through_a_is_refused_by_b_and_c_within_a_second() {
     let Some(mut cluster) = Cluster::new() else {
         return;
     };
     let (_, admin) = servers::create_key_with_id(&cluster, "acme", "all");
-    let (victim_id, victim) = servers::create_key_with_id(&cluster, "acme", "chatbots:read");
+    let (revoked_id, revoked) = servers::create_key_with_id(&cluster, "acme", "chatbots:read");
+    let (paused_id, paused) = servers::create_key_with_id(&cluster, "acme", "chatbots:read");
     cluster.launch(&ClusterOptions::default());
     let addrs = cluster.addrs();
-    let victim_bearer = format!("Bearer {victim}");
-    // Every instance has the key cached now.
-    for &addr in &addrs {
+    let names = ["A", "B", "C"];
+    let mut lines = Vec::new();
+    for (through, action, id, key, code) in [
+        (0, "revoke", &revoked_id, &revoked, "api_key_revoked"),
+        (1, "pause", &paused_id, &paused, "api_key_paused"),
+    ] {
+        let delays = change_and_measure(&addrs, through, action, id, key, &admin, code).await;
+        let mut line = format!("{action} through {}:", names[through]);
+        for (server, delay) in &delays {
+            line.push_str(&format!(" refused by {} after {delay:?};", names[*server]));
+        }
+        line.push('\n');
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        lines.push((line, delays));
+    }
+    for (line, delays) in lines {
+        for (_, delay) in delays {
+            assert!(delay < Duration::from_secs(1), "{line}");
+        }
+    }
+}
+
+/// Caches `key` on every server, applies `action` to it through server `through`, and polls
+/// every other server at once until it refuses with `code`: `(server, delay since the change
+/// was sent)` for each.
+async fn change_and_measure(
+    addrs: &[std::net::SocketAddr],
+    through: usize,
+    action: &str,
+    id: &str,
+    key: &str,
+    admin: &str,
+    code: &'static str,
+) -> Vec<(usize, Duration)> {
+    let bearer = format!("Bearer {key}");
+    for &addr in addrs {
         let answer = http(
             addr,
             "GET",
             "/v1/chatbots",
-            &[("Authorization", &victim_bearer)],
+            &[("Authorization", &bearer)],
             None,
         )
         .await
@@ -199,56 +234,49 @@ async fn a_key_revoked_through_a_is_refused_by_b_and_c_within_a_second() {
         assert_eq!(answer.status, 200, "{answer:?}");
     }
     let start = Instant::now();
-    let revoked = http(
-        addrs[0],
+    let changed = http(
+        addrs[through],
         "POST",
-        &format!("/v1/api_keys/{victim_id}/revoke"),
+        &format!("/v1/api_keys/{id}/{action}"),
         &[("Authorization", &format!("Bearer {admin}"))],
         None,
     )
     .await
     .unwrap();
-    assert_eq!(revoked.status, 200, "{revoked:?}");
-    let answered = start.elapsed();
-    // B and C are polled at once, each until it refuses.
-    let polls = addrs[1..].iter().map(|&addr| {
-        let bearer = victim_bearer.clone();
-        tokio::spawn(async move {
-            loop {
-                let answer = http(
-                    addr,
-                    "GET",
-                    "/v1/chatbots",
-                    &[("Authorization", &bearer)],
-                    None,
-                )
-                .await
-                .unwrap();
-                if answer.status != 200 {
-                    assert_eq!(answer.status, 401, "{answer:?}");
-                    assert!(answer.body.to_string().contains("revoked"), "{answer:?}");
-                    return start.elapsed();
+    assert_eq!(changed.status, 200, "{changed:?}");
+    let polls: Vec<_> = (0..addrs.len())
+        .filter(|&i| i != through)
+        .map(|server| {
+            let (addr, bearer) = (addrs[server], bearer.clone());
+            tokio::spawn(async move {
+                loop {
+                    let answer = http(
+                        addr,
+                        "GET",
+                        "/v1/chatbots",
+                        &[("Authorization", &bearer)],
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                    if answer.status != 200 {
+                        assert_eq!(answer.code(), Some(code), "{answer:?}");
+                        return (server, start.elapsed());
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(3),
+                        "still accepted after 3 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                assert!(
-                    start.elapsed() < Duration::from_secs(3),
-                    "still accepted after 3 s"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            })
         })
-    });
+        .collect();
     let mut delays = Vec::new();
-    for poll in polls.collect::<Vec<_>>() {
+    for poll in polls {
         delays.push(poll.await.unwrap());
     }
-    let line = format!(
-        "revoked through A (answered after {answered:?}): refused by B after {:?}, by C after {:?}\n",
-        delays[0], delays[1]
-    );
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
-    for delay in delays {
-        assert!(delay < Duration::from_secs(1), "{line}");
-    }
+    delays
 }
 
 /// The built-in catalog with the enterprise tier's monthly quota lowered to `quota`.

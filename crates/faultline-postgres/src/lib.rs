@@ -49,6 +49,8 @@ pub use keys::PgKeyStore;
 pub use migrate::{DEFAULT_MIGRATION_WAIT, MIGRATIONS, Migration, migrate, migrate_with};
 pub use pool::{BadUrl, PgConn, PgOptions, PgPool, PgTransaction, store_error};
 #[cfg(feature = "limit")]
-pub use quota::{DEFAULT_QUOTA_HISTORY, DEFAULT_QUOTA_PRUNE_EVERY, PgQuotaStore};
+pub use quota::{
+    DEFAULT_FAIL_FAST, DEFAULT_QUOTA_HISTORY, DEFAULT_QUOTA_PRUNE_EVERY, PgQuotaStore,
+};
 pub use start::{START_BACKOFF_MAX, START_BACKOFF_MIN, describe, wait_at_start};
 pub use tokio_postgres;

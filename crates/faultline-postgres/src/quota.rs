@@ -1,8 +1,8 @@
 //! [`PgQuotaStore`]: quota counters in PostgreSQL, around another limit store for rates and
 //! concurrency.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use faultline::limits::{self, BucketState, Outcome, Period, Rule};
 use faultline_axum::limit::{Check, Decision, Lease, LimitStore, StoreError, StoreFuture};
@@ -13,6 +13,10 @@ use crate::pool::PgPool;
 /// How long a quota period's counter is kept after the period ended, unless told otherwise
 /// ([`PgQuotaStore::with_history`]): 35 days, so last month's usage can still be read.
 pub const DEFAULT_QUOTA_HISTORY: Duration = Duration::from_secs(35 * 86_400);
+
+/// How long decisions with a quota fail at once after PostgreSQL failed as unavailable,
+/// unless told otherwise ([`PgQuotaStore::with_fail_fast`]).
+pub const DEFAULT_FAIL_FAST: Duration = Duration::from_millis(500);
 
 /// How often [`PgQuotaStore::spawn_pruning`] deletes old periods, unless told otherwise.
 pub const DEFAULT_QUOTA_PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -89,6 +93,13 @@ const SPEND: &str = "SELECT o_now, o_resets_at, o_used_before, o_spent \
 /// unreachable, stalled or restarting server is [`StoreError::is_unavailable`], never a hang, and
 /// the limit layer's [`faultline_axum::limit::FailureMode`] applies.
 ///
+/// # An outage fails fast
+///
+/// After a decision failed as unavailable, the next ones with a quota fail at once (also
+/// unavailable) for a short window ([`DEFAULT_FAIL_FAST`]), so that during a stall only one
+/// decision per window waits for the deadline; the first decision after the window tries
+/// PostgreSQL again, so service comes back by itself.
+///
 /// # Old periods are pruned
 ///
 /// [`PgQuotaStore::prune`] deletes counters whose period ended longer ago than the history
@@ -98,7 +109,22 @@ pub struct PgQuotaStore {
     pool: PgPool,
     inner: Arc<dyn LimitStore>,
     history: Duration,
+    fail_fast: Duration,
+    /// Until when decisions with a quota fail at once (PostgreSQL just failed as unavailable).
+    down_until: Arc<Mutex<Option<Instant>>>,
 }
+
+/// Why a decision failed at once.
+#[derive(Debug)]
+struct RecentlyDown;
+
+impl std::fmt::Display for RecentlyDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgreSQL was unavailable moments ago; quota decisions fail at once for now")
+    }
+}
+
+impl std::error::Error for RecentlyDown {}
 
 impl std::fmt::Debug for PgQuotaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,6 +152,44 @@ impl PgQuotaStore {
             pool,
             inner,
             history: DEFAULT_QUOTA_HISTORY,
+            fail_fast: DEFAULT_FAIL_FAST,
+            down_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// After PostgreSQL failed as unavailable, decisions with a quota fail at once for
+    /// `window` ([`DEFAULT_FAIL_FAST`]); zero turns this off.
+    #[must_use]
+    pub fn with_fail_fast(mut self, window: Duration) -> Self {
+        self.fail_fast = window;
+        self
+    }
+
+    fn down(&self) -> bool {
+        let mut until = self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *until {
+            Some(at) if Instant::now() < at => true,
+            Some(_) => {
+                // The window passed: this decision tries PostgreSQL again.
+                *until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn note(&self, result: &Result<Decision, StoreError>) {
+        if let Err(e) = result
+            && e.is_unavailable()
+            && !self.fail_fast.is_zero()
+        {
+            *self
+                .down_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + self.fail_fast);
         }
     }
 
@@ -351,9 +415,19 @@ impl LimitStore for PgQuotaStore {
         if quotas.is_empty() {
             return self.inner.decide(group, checks, now_us);
         }
+        if self.down() {
+            return Box::pin(std::future::ready(Err(StoreError::unavailable(
+                RecentlyDown,
+            )
+            .with_retry_after(self.fail_fast))));
+        }
         // Locks are taken in key order: two requests never wait for each other in a cycle.
         quotas.sort_by(|a, b| a.key.cmp(b.key));
-        Box::pin(self.decide_with_quotas(group, checks, quotas, now_us))
+        Box::pin(async move {
+            let result = self.decide_with_quotas(group, checks, quotas, now_us).await;
+            self.note(&result);
+            result
+        })
     }
 
     fn release(&self, lease: Lease) -> StoreFuture<'_, ()> {

@@ -366,3 +366,44 @@ async fn an_unknown_error_is_not_an_outage() {
     let err: StoreError = store.decide("org_x", &checks, None).await.unwrap_err();
     assert!(!err.is_unavailable(), "{err}");
 }
+
+/// # An outage fails fast
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_decisions_fail_at_once_for_the_window_then_try_again() {
+    let Some(db) = TestDatabase::migrated() else {
+        return;
+    };
+    let proxy = TcpProxy::start(db.server_addr()).await.unwrap();
+    let mut options = db.options_via(proxy.addr());
+    options.connect_timeout = Duration::from_millis(400);
+    options.statement_timeout = Duration::from_millis(400);
+    let (store, _) = store_on(&options);
+    let store = store.with_fail_fast(Duration::from_millis(300));
+    let checks = [Check::new("month", quota(100, Period::Month, 1))];
+    let rates_only = [Check::new("minute", suite::rate(100, 60))];
+    assert!(store.decide("org_f", &checks, None).await.unwrap().admitted);
+
+    proxy.stall().unwrap();
+    let first = store.decide("org_f", &checks, None).await.unwrap_err();
+    assert!(first.is_unavailable(), "{first}");
+    assert!(!format!("{first:#}").contains("moments ago"), "{first:#}");
+    // Within the window: unavailable without asking PostgreSQL.
+    let second = store.decide("org_f", &checks, None).await.unwrap_err();
+    assert!(second.is_unavailable());
+    let chain = faultline_postgres::describe(&second);
+    assert!(chain.contains("moments ago"), "{chain}");
+    // A decision without a quota never needs PostgreSQL.
+    assert!(
+        store
+            .decide("org_f", &rates_only, None)
+            .await
+            .unwrap()
+            .admitted
+    );
+
+    proxy.restore().unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let d = store.decide("org_f", &checks, None).await.unwrap();
+    assert!(d.admitted, "tried again after the window");
+    assert_eq!(d.outcomes[0].used, Some(2));
+}
