@@ -72,7 +72,8 @@ const SPEND: &str = "SELECT o_now, o_resets_at, o_used_before, o_spent \
 ///
 /// If the COMMIT fails (or misses its deadline) after the inner store admitted, the decision
 /// is a [`StoreError`] (unavailable), so the layer answers as its failure mode says; the lease
-/// the inner store took is given back at once. What cannot be given back are the rate tokens
+/// the inner store took is given back at once (also when the caller stops waiting, e.g. the
+/// limit layer's deadline passing while the COMMIT is in flight: then on a task of its own). What cannot be given back are the rate tokens
 /// the inner store spent for that request: each such failure over-spends one token of each
 /// rate check (the request was not served, but counts against the rate window), never a quota
 /// unit. With a failed commit whose outcome is unknown (the connection died after sending
@@ -351,7 +352,9 @@ impl PgQuotaStore {
             }
             return Ok(Decision::new(false, collect(outcomes)?, None));
         }
-        let mut lease = None;
+        // The lease goes back if this decision ends without returning it: a failed COMMIT, or
+        // the caller giving up (its deadline) while the COMMIT is in flight.
+        let mut lease = PendingLease(None);
         if !others.is_empty() {
             let rest: Vec<Check> = others.iter().map(|(_, c)| (*c).clone()).collect();
             let decided = self.inner.decide(group, &rest, now_us).await?;
@@ -363,11 +366,11 @@ impl PgQuotaStore {
                 unspend(&mut outcomes);
                 return Ok(Decision::new(false, collect(outcomes)?, None));
             }
-            lease = decided.lease;
+            lease.0 = decided.lease.map(|l| (Arc::clone(&self.inner), l));
         }
         if let Err(e) = tx.commit().await {
-            if let Some(lease) = lease {
-                let _ = self.inner.release(lease).await;
+            if let Some((inner, lease)) = lease.0.take() {
+                let _ = inner.release(lease).await;
             }
             return Err(if e.is_unavailable() {
                 e
@@ -375,7 +378,27 @@ impl PgQuotaStore {
                 StoreError::unavailable(e)
             });
         }
+        let lease = lease.0.take().map(|(_, l)| l);
         Ok(Decision::new(true, collect(outcomes)?, lease))
+    }
+}
+
+/// A lease taken by the inner store for a decision not yet returned; given back when dropped.
+struct PendingLease(Option<(Arc<dyn LimitStore>, Lease)>);
+
+impl Drop for PendingLease {
+    fn drop(&mut self) {
+        let Some((inner, lease)) = self.0.take() else {
+            return;
+        };
+        if inner.release_ready(&lease) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = inner.release(lease).await;
+            });
+        }
     }
 }
 

@@ -291,6 +291,8 @@ struct CutWhileDeciding {
     inner: MemoryLimitStore,
     proxy: Arc<TcpProxy>,
     released: Arc<AtomicUsize>,
+    /// Stall the proxy instead of cutting it.
+    stall: bool,
 }
 
 impl LimitStore for CutWhileDeciding {
@@ -300,7 +302,11 @@ impl LimitStore for CutWhileDeciding {
         checks: &'a [Check],
         now_us: Option<i64>,
     ) -> StoreFuture<'a, Decision> {
-        self.proxy.cut();
+        if self.stall {
+            self.proxy.stall().unwrap();
+        } else {
+            self.proxy.cut();
+        }
         self.inner.decide(group, checks, now_us)
     }
 
@@ -325,6 +331,7 @@ async fn a_failed_commit_is_unavailable_spends_no_quota_and_gives_the_lease_back
         inner: MemoryLimitStore::new(),
         proxy: proxy.clone(),
         released: released.clone(),
+        stall: false,
     });
     let store = PgQuotaStore::new(PgPool::new(&options).unwrap(), inner);
     let checks = [
@@ -406,4 +413,48 @@ async fn after_an_outage_decisions_fail_at_once_for_the_window_then_try_again() 
     let d = store.decide("org_f", &checks, None).await.unwrap();
     assert!(d.admitted, "tried again after the window");
     assert_eq!(d.outcomes[0].used, Some(2));
+}
+
+/// # A failed commit stops the request (also when the caller stops waiting)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_giving_up_during_the_commit_gets_the_lease_given_back() {
+    let Some(db) = TestDatabase::migrated() else {
+        return;
+    };
+    let proxy = Arc::new(TcpProxy::start(db.server_addr()).await.unwrap());
+    let mut options = db.options_via(proxy.addr());
+    options.statement_timeout = Duration::from_secs(5);
+    let released = Arc::new(AtomicUsize::new(0));
+    let inner = Arc::new(CutWhileDeciding {
+        inner: MemoryLimitStore::new(),
+        proxy: proxy.clone(),
+        released: released.clone(),
+        stall: true,
+    });
+    let store = PgQuotaStore::new(PgPool::new(&options).unwrap(), inner);
+    let checks = [
+        Check::new("month", quota(100, Period::Month, 1)),
+        Check::new(
+            "in_flight",
+            Rule::Concurrency {
+                limit: 5,
+                lease_ttl_us: 60 * S,
+            },
+        ),
+    ];
+    // The limit layer's deadline, shorter than the stalled COMMIT.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        store.decide("org_g", &checks, Some(suite::NOW_US)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the COMMIT was stalled");
+    for _ in 0..100 {
+        if released.load(Ordering::Relaxed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(released.load(Ordering::Relaxed), 1, "the lease went back");
+    proxy.restore().unwrap();
 }
