@@ -50,7 +50,9 @@ pub fn redis_store(url: &str) -> Result<Arc<dyn LimitStore>, StartError> {
 /// on disk), and is exact across the processes on the database; a request is still decided
 /// as one step over both stores (see [`faultline_postgres::PgQuotaStore`]). PostgreSQL errors
 /// reach the limit layer as store errors, so `--limits-on-failure` applies to them too, and
-/// `/metrics` counts them (`faultline_store_errors_total`).
+/// `/metrics` counts them: as `faultline_limiter_decisions_total` with the outcome
+/// `failed_open` or `failed_closed`, and, when answered 503 (`closed`), in
+/// `faultline_store_errors_total{kind="unavailable"}`.
 pub fn quotas_on_postgres(
     pool: faultline_postgres::PgPool,
     inner: Arc<dyn LimitStore>,
