@@ -76,9 +76,10 @@ const SPEND: &str = "SELECT o_now, o_resets_at, o_used_before, o_spent \
 /// limit layer's deadline passing while the COMMIT is in flight: then on a task of its own).
 /// What cannot be given back are the rate tokens the inner store spent for that request: each
 /// such failure over-spends one token of each rate check (the request was not served, but
-/// counts against the rate window), never a quota unit. With a failed commit whose outcome is unknown (the connection died after sending
-/// it) the quota may have been spent for a request that is not served: the error tells the
-/// client to retry, and the period's count is at most one request high.
+/// counts against the rate window), never a quota unit. With a failed commit whose outcome is
+/// unknown (the connection died after sending it) the quota may have been spent for a request
+/// that is not served: the error tells the client to retry, and the period's count is at most
+/// one request high.
 ///
 /// # Time
 ///
