@@ -127,11 +127,15 @@ struct ConnectionArgs {
 #[derive(Debug, clap::Args)]
 struct PostgresArgs {
     /// Keep the reference data (chatbots, categories, cursor secret, webhook URLs), API keys,
-    /// organisations and idempotency records in PostgreSQL (`postgres://user@host:port/dbname`;
-    /// default: env `DATABASE_URL`), so that several `serve` processes share them. Migrations
-    /// run at start.
+    /// organisations, idempotency records and quota counters in PostgreSQL
+    /// (`postgres://user@host:port/dbname`; default: env `DATABASE_URL`), so that several
+    /// `serve` processes share them. Migrations run at start.
     #[arg(long)]
     database_url: Option<String>,
+    /// Seconds `serve` waits for PostgreSQL at start-up (retrying from 100 ms, doubling up to
+    /// 5 s) before it exits; 0 exits at once when PostgreSQL is not reachable.
+    #[arg(long, default_value_t = 30)]
+    database_wait: u64,
     /// Connections to PostgreSQL at most, per process.
     #[arg(long, default_value_t = 16)]
     database_max_connections: usize,
@@ -158,6 +162,27 @@ impl PostgresArgs {
         reference::pg_keys::PgKeys::new(&options, redis_url)
             .map(Some)
             .map_err(|e| UsageError(e.0))
+    }
+
+    /// Where the database is, for messages: `host:port/dbname`, never the user or password.
+    fn shown_target(&self) -> String {
+        let Some(options) = self
+            .url()
+            .and_then(|url| faultline_postgres::PgOptions::from_url(&url).ok())
+        else {
+            return "?".to_owned();
+        };
+        let host = match options.config.get_hosts().first() {
+            Some(faultline_postgres::tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            #[cfg(unix)]
+            Some(faultline_postgres::tokio_postgres::config::Host::Unix(path)) => {
+                path.display().to_string()
+            }
+            None => "localhost".to_owned(),
+        };
+        let port = options.config.get_ports().first().copied().unwrap_or(5432);
+        let dbname = options.config.get_dbname().unwrap_or("");
+        format!("{host}:{port}/{dbname}")
     }
 
     /// The URL from the flag, else from `DATABASE_URL`.
@@ -202,6 +227,7 @@ fn keys_for(
 > {
     let postgres = PostgresArgs {
         database_url,
+        database_wait: 0,
         database_max_connections: 2,
         database_timeout_ms: 5000,
     };
@@ -589,6 +615,19 @@ fn serve(
     let limits = limits
         .map(|redis_url| reference::limits::limit_store(redis_url).map_err(|e| UsageError(e.0)))
         .transpose()?;
+    // With --database-url the quota counters are in PostgreSQL (durable and shared), around
+    // the store above for rates and concurrency.
+    let pg_quotas = match (&limits, &pg_idempotency) {
+        (Some(inner), Some(pg)) => Some(reference::limits::quotas_on_postgres(
+            pg.pool().clone(),
+            Arc::clone(inner),
+        )),
+        _ => None,
+    };
+    let limits = match &pg_quotas {
+        Some(quotas) => Some(Arc::clone(quotas) as Arc<dyn faultline_axum::limit::LimitStore>),
+        None => limits,
+    };
     let mut options = reference::idempotency::IdempotencyOptions::from_catalog(&parsed);
     if let Some(seconds) = idempotency.idempotency_lease {
         options.settings.lease = Duration::from_secs(seconds);
@@ -601,13 +640,34 @@ fn serve(
         .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
     // With --database-url the reference data and the idempotency records (and so their
     // pruning) are in PostgreSQL; the chatbot POST completes its record in its own transaction.
+    // PostgreSQL may come up after `serve` (a machine booting): wait for it, with backoff,
+    // up to --database-wait.
     let pg_data = match &pg_idempotency {
         Some(pg) => Some(
             runtime
-                .block_on(reference::store::PgStore::connect(pg.pool().clone()))
-                .map_err(|e| UsageError(format!("PostgreSQL (--database-url): {e}")))?,
+                .block_on(faultline_postgres::wait_at_start(
+                    Duration::from_secs(postgres.database_wait),
+                    &postgres.shown_target(),
+                    || reference::store::PgStore::connect(pg.pool().clone()),
+                ))
+                .map_err(|e| {
+                    UsageError(format!(
+                        "PostgreSQL (--database-url {}) not ready after waiting {} s: {}",
+                        postgres.shown_target(),
+                        postgres.database_wait,
+                        faultline_postgres::describe(&e)
+                    ))
+                })?,
         ),
         None => None,
+    };
+    // Quotas decided in PostgreSQL get the database's deadline, not Redis's 250 ms.
+    let serving = reference::Serving::new(ready, limit_failure);
+    let serving = match &pg_quotas {
+        Some(_) => {
+            serving.with_limit_deadline(Duration::from_millis(postgres.database_timeout_ms.max(1)))
+        }
+        None => serving,
     };
     let built = match &pg_data {
         Some(pg) => reference::app_on_store_checked(
@@ -617,7 +677,7 @@ fn serve(
             Arc::clone(&keys),
             limits,
             &options,
-            reference::Serving::new(ready, limit_failure),
+            serving,
         ),
         None => reference::app_on_file_checked(
             parsed,
@@ -626,7 +686,7 @@ fn serve(
             Arc::clone(&keys),
             limits,
             &options,
-            reference::Serving::new(ready, limit_failure),
+            serving,
         ),
     }
     .map_err(|e| UsageError(e.to_string()))?;
@@ -667,6 +727,10 @@ fn serve(
         } else {
             say!("create a key with: faultline keys create --db {} --org demo --scopes all", db.display());
         }
+        // Quota periods that ended long ago are deleted on a task of their own.
+        let _quota_pruning = pg_quotas
+            .as_ref()
+            .map(|quotas| quotas.spawn_pruning(faultline_postgres::DEFAULT_QUOTA_PRUNE_EVERY));
         // Ended idempotency records go on a task of their own; requests never wait for it.
         let _pruning = faultline_axum::idempotency::spawn_pruning(
             records,

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "orgs_and_api_keys",
         sql: include_str!("../migrations/0002_orgs_and_api_keys.sql"),
     },
+    Migration {
+        version: 3,
+        name: "limit_quotas",
+        sql: include_str!("../migrations/0003_limit_quotas.sql"),
+    },
 ];
 
 /// The advisory lock that serialises migrations in one database ("faultlin" in ASCII).

@@ -1,5 +1,6 @@
 //! The reference API's limits: the catalog's `[limits]` policies (per key and per
-//! organisation, by plan tier) on every `/v1` route, in memory or shared through Redis.
+//! organisation, by plan tier) on every `/v1` route, in memory or shared through Redis, with
+//! the quota counters in PostgreSQL when `serve` runs on it.
 
 use std::sync::Arc;
 
@@ -40,6 +41,23 @@ pub fn redis_store(url: &str) -> Result<Arc<dyn LimitStore>, StartError> {
         _ => store,
     };
     Ok(Arc::new(store))
+}
+
+/// With `serve --database-url`: the quota counters (e.g. `monthly_requests`) in PostgreSQL on
+/// `pool`, around `inner` (Redis or memory) for the rate and concurrency checks.
+///
+/// A month's usage then survives restarts of every process and of Redis (which keeps nothing
+/// on disk), and is exact across the processes on the database; a request is still decided
+/// as one step over both stores (see [`faultline_postgres::PgQuotaStore`]). PostgreSQL errors
+/// reach the limit layer as store errors, so `--limits-on-failure` applies to them too, and
+/// `/metrics` counts them: as `faultline_limiter_decisions_total` with the outcome
+/// `failed_open` or `failed_closed`, and, when answered 503 (`closed`), in
+/// `faultline_store_errors_total{kind="unavailable"}`.
+pub fn quotas_on_postgres(
+    pool: faultline_postgres::PgPool,
+    inner: Arc<dyn LimitStore>,
+) -> Arc<faultline_postgres::PgQuotaStore> {
+    Arc::new(faultline_postgres::PgQuotaStore::new(pool, inner))
 }
 
 /// Checks that `tier` is one of the catalog's tiers, for `faultline orgs set-tier`.

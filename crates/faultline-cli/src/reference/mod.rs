@@ -139,6 +139,10 @@ pub struct Serving {
     pub health: faultline_axum::Health,
     /// Admit without limits, or answer 503, when the limit store fails.
     pub limit_failure: FailureMode,
+    /// How long a limit decision may take before it counts as failed [default: the limit
+    /// layer's, 250 ms]; `serve --database-url` gives its database deadline, since quotas
+    /// are decided in PostgreSQL then.
+    pub limit_deadline: Option<std::time::Duration>,
 }
 
 impl Serving {
@@ -147,7 +151,15 @@ impl Serving {
         Serving {
             health,
             limit_failure,
+            limit_deadline: None,
         }
+    }
+
+    /// The same, with limit decisions allowed `deadline`.
+    #[must_use]
+    pub fn with_limit_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.limit_deadline = Some(deadline);
+        self
     }
 }
 
@@ -198,19 +210,20 @@ pub fn build_parts_checked(
     build_parts_serving(
         settings,
         limits,
-        FailureMode::default(),
+        (FailureMode::default(), None),
         idempotency,
         health,
     )
 }
 
 /// [`build_parts_checked`], answering as `limit_failure` says when the limit store fails or
-/// misses its deadline: admit without limits ([`FailureMode::Open`], the default) or the
-/// catalog's 503 with `Retry-After` ([`FailureMode::Closed`]).
+/// misses its deadline (`limit_deadline`, else the limit layer's): admit without limits
+/// ([`FailureMode::Open`], the default) or the catalog's 503 with `Retry-After`
+/// ([`FailureMode::Closed`]).
 pub fn build_parts_serving(
     mut settings: Settings,
     limits: Option<Arc<dyn faultline_axum::limit::LimitStore>>,
-    limit_failure: FailureMode,
+    (limit_failure, limit_deadline): (FailureMode, Option<std::time::Duration>),
     idempotency: &idempotency::IdempotencyOptions,
     health: faultline_axum::Health,
 ) -> Result<Built, StartError> {
@@ -238,9 +251,13 @@ pub fn build_parts_serving(
     let docs_html = faultline::docs::html(&settings.catalog);
     let metrics = Arc::new(faultline_axum::Metrics::new(&settings.catalog));
     let limit = limits.map(|store| {
-        faultline_axum::limit::LimitLayer::new(&settings.catalog, store)
+        let layer = faultline_axum::limit::LimitLayer::new(&settings.catalog, store)
             .on_failure(limit_failure)
-            .metrics(Arc::clone(&metrics))
+            .metrics(Arc::clone(&metrics));
+        match limit_deadline {
+            Some(deadline) => layer.deadline(deadline),
+            None => layer,
+        }
     });
     let mut contract = Contract::new(settings.catalog)
         .map_err(|e| StartError(e.to_string()))?
@@ -424,7 +441,7 @@ pub fn app_on_file_checked(
             timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
         },
         limits,
-        serving.limit_failure,
+        (serving.limit_failure, serving.limit_deadline),
         idempotency,
         serving.health,
     )
@@ -452,7 +469,7 @@ pub fn app_on_store_checked(
             timeout: faultline_axum::layer::DEFAULT_TIMEOUT,
         },
         limits,
-        serving.limit_failure,
+        (serving.limit_failure, serving.limit_deadline),
         idempotency,
         serving.health,
     )

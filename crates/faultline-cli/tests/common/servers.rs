@@ -380,3 +380,25 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+/// [`create_key`] with the key's id: `(id, key)`.
+pub fn create_key_with_id(cluster: &Cluster, org: &str, scopes: &str) -> (String, String) {
+    let created = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["keys", "create", "--org", org, "--scopes", scopes, "--db"])
+        .arg(cluster.keys_db())
+        .args(["--database-url", &cluster.db.url()])
+        .output()
+        .expect("keys create runs");
+    assert!(created.status.success(), "{created:?}");
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    let id = stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("key_"))
+        .expect("the key's id")
+        .to_owned();
+    let key = String::from_utf8(created.stdout)
+        .expect("the key is text")
+        .trim()
+        .to_owned();
+    (id, key)
+}
