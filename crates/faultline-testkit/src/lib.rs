@@ -69,6 +69,8 @@ pub enum Mode {
 ///
 /// After [`TcpProxy::cut`] a client's open connection reads end-of-file or a reset, and a new
 /// connection attempt fails, until [`TcpProxy::restore`] listens again on the same address.
+/// Meanwhile the port stays bound (not listening), so no other socket can take it and the
+/// restore cannot fail for that reason.
 ///
 /// # A stall forwards nothing and closes nothing
 ///
@@ -89,16 +91,29 @@ struct Shared {
     mode: watch::Sender<Mode>,
     /// A listener waiting for the accept loop (set at start and by `restore` after a cut).
     pending: Mutex<Option<TcpListener>>,
+    /// While cut: the address bound but not listening, so connections are refused and no
+    /// other socket (another test's outgoing connection, say) can take the port meanwhile.
+    parked: Mutex<Option<TcpSocket>>,
     connections: Mutex<JoinSet<()>>,
     accepted: AtomicU64,
+}
+
+impl Shared {
+    /// Binds the address without listening, once its listener is closed.
+    fn park(&self) {
+        if let Ok(socket) = bind(self.addr) {
+            *lock(&self.parked) = Some(socket);
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A listener on `addr` that can be bound again while old connections linger in TIME_WAIT.
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A socket bound to `addr` (not listening yet), bound again while old connections linger in
+/// TIME_WAIT.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -106,7 +121,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    Ok(socket)
+}
+
+/// A listener on `addr`.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind(addr)?.listen(1024)
 }
 
 impl TcpProxy {
@@ -123,6 +143,7 @@ impl TcpProxy {
             target,
             mode,
             pending: Mutex::new(Some(listener)),
+            parked: Mutex::new(None),
             connections: Mutex::new(JoinSet::new()),
             accepted: AtomicU64::new(0),
         });
@@ -154,7 +175,12 @@ impl TcpProxy {
     pub fn cut(&self) {
         self.shared.mode.send_replace(Mode::Cut);
         lock(&self.shared.connections).abort_all();
-        lock(&self.shared.pending).take();
+        // A listener the accept loop has not taken yet is closed here, else by the loop.
+        let waiting = lock(&self.shared.pending).take();
+        if let Some(listener) = waiting {
+            drop(listener);
+            self.shared.park();
+        }
     }
 
     /// Keeps every connection open but forwards nothing, in either direction, until
@@ -184,7 +210,10 @@ impl TcpProxy {
     /// the listener to the accept loop.
     fn relisten(&self) -> std::io::Result<()> {
         if self.mode() == Mode::Cut {
-            let listener = listen(self.shared.addr)?;
+            let listener = match lock(&self.shared.parked).take() {
+                Some(socket) => socket.listen(1024)?,
+                None => listen(self.shared.addr)?,
+            };
             *lock(&self.shared.pending) = Some(listener);
         }
         Ok(())
@@ -230,11 +259,14 @@ async fn accept_loop(shared: Arc<Shared>) {
                         return;
                     }
                     if *mode.borrow_and_update() == Mode::Cut {
-                        break; // drops the listener: new connections are refused
+                        break;
                     }
                 }
             }
         }
+        // New connections are refused from now on; the port stays this proxy's.
+        drop(listener);
+        shared.park();
     }
 }
 

@@ -134,3 +134,34 @@ async fn a_stall_after_a_cut_listens_again() {
     assert_eq!(&first, b"x");
     assert_eq!(round_trip(&mut held, b"y").await, b"y");
 }
+
+/// While cut, the proxy keeps its port: nothing else can bind it (so `restore` cannot fail
+/// because another socket took the port meanwhile), and connections are still refused.
+#[tokio::test]
+async fn a_cut_keeps_the_port() {
+    let echo = echo_server().await;
+    let proxy = TcpProxy::start(echo).await.expect("a proxy");
+    // Cut before the accept loop ever ran, then again while it listens.
+    for round in 0..2 {
+        proxy.cut();
+        let mut taken = false;
+        for _ in 0..100 {
+            // Without SO_REUSEADDR, as an outgoing connection picking its port would be.
+            let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+            if socket.bind(proxy.addr()).is_err() {
+                taken = true;
+                break;
+            }
+            drop(socket);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(taken, "round {round}: the port stays bound while cut");
+        assert!(
+            TcpStream::connect(proxy.addr()).await.is_err(),
+            "and refuses"
+        );
+        proxy.restore().expect("listens again on its own port");
+        let mut stream = TcpStream::connect(proxy.addr()).await.expect("connects");
+        assert_eq!(round_trip(&mut stream, b"ping").await, b"ping");
+    }
+}
