@@ -94,6 +94,8 @@ struct Shared {
     /// While cut: the address bound but not listening, so connections are refused and no
     /// other socket (another test's outgoing connection, say) can take the port meanwhile.
     parked: Mutex<Option<TcpSocket>>,
+    /// The listener the accept loop serves, so that a cut can stop it at once.
+    listening: Mutex<Option<Arc<TcpListener>>>,
     connections: Mutex<JoinSet<()>>,
     accepted: AtomicU64,
 }
@@ -144,6 +146,7 @@ impl TcpProxy {
             mode,
             pending: Mutex::new(Some(listener)),
             parked: Mutex::new(None),
+            listening: Mutex::new(None),
             connections: Mutex::new(JoinSet::new()),
             accepted: AtomicU64::new(0),
         });
@@ -175,7 +178,12 @@ impl TcpProxy {
     pub fn cut(&self) {
         self.shared.mode.send_replace(Mode::Cut);
         lock(&self.shared.connections).abort_all();
-        // A listener the accept loop has not taken yet is closed here, else by the loop.
+        // The listener stops listening now (it stays bound until the accept loop drops it,
+        // which then binds the port again without listening); one the loop has not taken yet
+        // is closed here.
+        if let Some(listener) = lock(&self.shared.listening).take() {
+            let _ = socket2::SockRef::from(&*listener).shutdown(std::net::Shutdown::Both);
+        }
         let waiting = lock(&self.shared.pending).take();
         if let Some(listener) = waiting {
             drop(listener);
@@ -235,24 +243,31 @@ async fn accept_loop(shared: Arc<Shared>) {
             if *mode.borrow_and_update() != Mode::Cut
                 && let Some(listener) = lock(&shared.pending).take()
             {
-                break listener;
+                break Arc::new(listener);
             }
             if mode.changed().await.is_err() {
                 return;
             }
         };
+        *lock(&shared.listening) = Some(Arc::clone(&listener));
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    if let Ok((client, _)) = accepted {
-                        shared.accepted.fetch_add(1, Ordering::Relaxed);
-                        let target = shared.target;
-                        let mode = shared.mode.subscribe();
-                        let mut connections = lock(&shared.connections);
-                        // Reap finished connections so the set does not grow without bound.
-                        while connections.try_join_next().is_some() {}
-                        connections.spawn(forward(client, target, mode));
-                    }
+                    let Ok((client, _)) = accepted else {
+                        // A cut stopped the listener (it took it from `listening`); any
+                        // other failure to accept is passing.
+                        if lock(&shared.listening).is_none() {
+                            break;
+                        }
+                        continue;
+                    };
+                    shared.accepted.fetch_add(1, Ordering::Relaxed);
+                    let target = shared.target;
+                    let mode = shared.mode.subscribe();
+                    let mut connections = lock(&shared.connections);
+                    // Reap finished connections so the set does not grow without bound.
+                    while connections.try_join_next().is_some() {}
+                    connections.spawn(forward(client, target, mode));
                 }
                 changed = mode.changed() => {
                     if changed.is_err() {
@@ -264,9 +279,12 @@ async fn accept_loop(shared: Arc<Shared>) {
                 }
             }
         }
-        // New connections are refused from now on; the port stays this proxy's.
+        // New connections are refused from now on; while cut, the port stays this proxy's.
+        lock(&shared.listening).take();
         drop(listener);
-        shared.park();
+        if *mode.borrow() == Mode::Cut {
+            shared.park();
+        }
     }
 }
 
