@@ -264,13 +264,18 @@ where
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        // At debug: a server logging at info pays nothing for it.
-        let span = tracing::debug_span!(
-            "request",
-            request_id = %id,
-            method = %request.method(),
-            path = %request.uri().path()
-        );
+        // At debug, and made only when debug is on: a server logging at info pays nothing
+        // for it (the macro alone would still build a span for the `log` crate).
+        let span = if debug_enabled() {
+            tracing::debug_span!(
+                "request",
+                request_id = %id,
+                method = %request.method(),
+                path = %request.uri().path()
+            )
+        } else {
+            tracing::Span::none()
+        };
         let path = shared.needs_path.then(|| request.uri().path().into());
         let matched = request.extensions().get::<MatchedPath>().cloned();
         let finish = Finish {
@@ -392,6 +397,12 @@ where
         }
         Poll::Ready(Ok(response))
     }
+}
+
+/// Whether a subscriber may want debug spans: two loads, no callsite lookup.
+fn debug_enabled() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    STATIC_MAX_LEVEL >= LevelFilter::DEBUG && LevelFilter::current() >= LevelFilter::DEBUG
 }
 
 /// How the inner service ended.
