@@ -265,17 +265,16 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         // At debug, and made only when debug is on: a server logging at info pays nothing
-        // for it (the macro alone would still build a span for the `log` crate).
-        let span = if debug_enabled() {
-            tracing::debug_span!(
+        // for it (the macro alone would still build a span for the `log` crate). Boxed, so
+        // that the future, which axum moves and boxes on every request, holds a pointer.
+        let span = debug_enabled().then(|| {
+            Box::new(tracing::debug_span!(
                 "request",
                 request_id = %id,
                 method = %request.method(),
                 path = %request.uri().path()
-            )
-        } else {
-            tracing::Span::none()
-        };
+            ))
+        });
         let path = shared.needs_path.then(|| request.uri().path().into());
         let matched = request.extensions().get::<MatchedPath>().cloned();
         let finish = Finish {
@@ -287,7 +286,7 @@ where
             declared_length,
         };
         let called = {
-            let _entered = span.enter();
+            let _entered = span.as_deref().map(tracing::Span::enter);
             catch_unwind(AssertUnwindSafe(|| self.inner.call(request)))
         };
         let state = match called {
@@ -310,7 +309,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
-        span: tracing::Span,
+        span: Option<Box<tracing::Span>>,
         finish: Option<Finish>,
     }
 }
@@ -322,9 +321,9 @@ pin_project! {
             #[pin]
             inner: F,
             // Started only once the inner future has answered "not yet": a handler that
-            // answers at once never touches the timer.
-            #[pin]
-            deadline: Option<Sleep>,
+            // answers at once never touches the timer, and its future carries a pointer
+            // rather than a whole timer entry.
+            deadline: Option<Pin<Box<Sleep>>>,
         },
         Panicked,
     }
@@ -350,30 +349,29 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
         let outcome = match this.state.project() {
             StateProj::Panicked => Outcome::Panicked,
-            StateProj::Running {
-                inner,
-                mut deadline,
-            } => match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-                Ok(Poll::Ready(Ok(response))) => Outcome::Answered(response),
-                Ok(Poll::Ready(Err(error))) => return Poll::Ready(Err(error)),
-                Err(_panic) => Outcome::Panicked,
-                Ok(Poll::Pending) => {
-                    if deadline.is_none() {
-                        let timeout = this
-                            .finish
-                            .as_ref()
-                            .map_or(DEFAULT_TIMEOUT, |finish| finish.shared.timeout);
-                        deadline.set(Some(tokio::time::sleep(timeout)));
-                    }
-                    match deadline.as_pin_mut().map(|sleep| sleep.poll(cx)) {
-                        Some(Poll::Ready(())) => Outcome::TimedOut,
-                        _ => return Poll::Pending,
+            StateProj::Running { inner, deadline } => {
+                match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+                    Ok(Poll::Ready(Ok(response))) => Outcome::Answered(response),
+                    Ok(Poll::Ready(Err(error))) => return Poll::Ready(Err(error)),
+                    Err(_panic) => Outcome::Panicked,
+                    Ok(Poll::Pending) => {
+                        let sleep = deadline.get_or_insert_with(|| {
+                            let timeout = this
+                                .finish
+                                .as_ref()
+                                .map_or(DEFAULT_TIMEOUT, |finish| finish.shared.timeout);
+                            Box::pin(tokio::time::sleep(timeout))
+                        });
+                        match sleep.as_mut().poll(cx) {
+                            Poll::Ready(()) => Outcome::TimedOut,
+                            Poll::Pending => return Poll::Pending,
+                        }
                     }
                 }
-            },
+            }
         };
         let finish = this
             .finish
