@@ -588,3 +588,19 @@ async fn the_request_span_is_opened_at_debug_only() {
         }
     }
 }
+
+#[test]
+fn one_anchor_timer_runs_once_a_deadline_was_needed() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let alive = || runtime.metrics().num_alive_tasks();
+    let app = immediate_and_pending();
+    let (status, _, _) = runtime.block_on(answer(app.clone(), "/now"));
+    assert_eq!((status, alive()), (200, 0), "no deadline, no anchor");
+    for _ in 0..3 {
+        let (status, _, _) = runtime.block_on(answer(app.clone(), "/later"));
+        assert_eq!((status, alive()), (200, 1), "one anchor for the layer");
+    }
+}

@@ -7,6 +7,7 @@ use std::error::Error as _;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -102,6 +103,15 @@ impl Faultline {
     }
 
     /// Sets the deadline for a handler's answer.
+    ///
+    /// # A handler that answers at once costs no timer
+    ///
+    /// The deadline starts only when the handler is still pending after its first poll; a
+    /// handler past it gets the catalog's timeout code at the deadline. The first deadline
+    /// also starts one anchor timer per layer (a task waking every half deadline), so that a
+    /// request's deadline is never the earliest timer and registering it never has to wake
+    /// tokio's timer driver (a system call and a thread wake-up). `tests/layer.rs` proves
+    /// each part; `bench/strace.sh` counts the system calls.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -135,6 +145,7 @@ impl Faultline {
                 mapper: self.mapper,
                 strict: self.strict,
                 reported: Mutex::new(HashSet::new()),
+                anchored: AtomicBool::new(false),
             }),
         }
     }
@@ -180,6 +191,29 @@ struct Shared {
     strict: bool,
     /// Routes already reported for hand-built error JSON.
     reported: Mutex<HashSet<String>>,
+    /// Whether the anchor timer runs (see [`Shared::anchor`]).
+    anchored: AtomicBool,
+}
+
+impl Shared {
+    /// Starts, once, a timer that stays armed ahead of every deadline of this layer: a task
+    /// that wakes every half deadline, on the runtime of the first request that needed one.
+    ///
+    /// tokio wakes its timer driver, with a system call and a thread wake-up, whenever a timer
+    /// is registered earlier than every other one; with no other timer that is every
+    /// request's deadline. With the anchor there, a deadline is never the earliest.
+    fn anchor(&self) {
+        let period = self.timeout / 2;
+        if period < Duration::from_millis(10) || self.anchored.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            loop {
+                ticks.tick().await;
+            }
+        });
+    }
 }
 
 impl FaultlineLayer {
@@ -196,6 +230,7 @@ impl FaultlineLayer {
                 timeout: DEFAULT_TIMEOUT,
                 mapper: Arc::new(DefaultStatusMapper),
                 reported: Mutex::new(HashSet::new()),
+                anchored: AtomicBool::new(false),
             }),
         }
     }
@@ -359,11 +394,14 @@ where
                     Err(_panic) => Outcome::Panicked,
                     Ok(Poll::Pending) => {
                         let sleep = deadline.get_or_insert_with(|| {
-                            let timeout = this
+                            let shared = &this
                                 .finish
                                 .as_ref()
-                                .map_or(DEFAULT_TIMEOUT, |finish| finish.shared.timeout);
-                            Box::pin(tokio::time::sleep(timeout))
+                                .expect("ResponseFuture polled after completion")
+                                .shared;
+                            let sleep = Box::pin(tokio::time::sleep(shared.timeout));
+                            shared.anchor();
+                            sleep
                         });
                         match sleep.as_mut().poll(cx) {
                             Poll::Ready(()) => Outcome::TimedOut,
