@@ -131,6 +131,45 @@ fn stack(c: &mut Criterion) {
             .expect("infallible");
         assert_eq!(response.status().as_u16(), status);
     };
+    // `STACK_COUNT=<logging>/<status>/<case>:<n>` runs one case n times (after a fixed
+    // warm-up) instead of the benchmarks, and prints the CPU time of one request: the time this
+    // thread ran, so that other processes on the machine do not count. `bench/stack_cpu.sh`
+    // compares cases with it; `bench/stack_instructions.sh` counts instructions (callgrind).
+    if let Ok(spec) = std::env::var("STACK_COUNT") {
+        let (name, n) = spec.rsplit_once(':').expect("STACK_COUNT=<case>:<n>");
+        let n: u64 = n.parse().expect("a count");
+        let _guard = name
+            .starts_with("info_log/")
+            .then(|| tracing::subscriber::set_default(info_logging()));
+        let case = name.split_once('/').map_or(name, |(_, case)| case);
+        let run = |times: u64| {
+            for _ in 0..times {
+                match case {
+                    "200/bare_axum" => call(&bare, "/open", None, 200),
+                    "200/faultline" => call(&full, "/open", None, 200),
+                    "200/faultline_with_key" => call(&full, "/bots", Some(&bearer), 200),
+                    #[cfg(feature = "limit")]
+                    "200/faultline_with_key_and_limits" => {
+                        call(&limited, "/bots", Some(&bearer), 200);
+                    }
+                    "404/bare_axum" => call(&bare, "/v1/nope", None, 404),
+                    "404/faultline" => call(&full, "/v1/nope", None, 404),
+                    other => panic!("unknown case {other}"),
+                }
+            }
+        };
+        run(2_000);
+        let before = thread_cpu_ns();
+        run(n);
+        let cpu = thread_cpu_ns() - before;
+        let per_request = cpu as f64 / n as f64;
+        std::io::Write::write_all(
+            &mut std::io::stdout(),
+            format!("{per_request:.1}\n").as_bytes(),
+        )
+        .expect("stdout");
+        std::process::exit(0);
+    }
     let mut group = c.benchmark_group("stack");
     group
         .warm_up_time(Duration::from_secs(1))
@@ -162,6 +201,16 @@ fn stack(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// The time this thread has run, in nanoseconds (Linux: `/proc/thread-self/schedstat`).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .expect("schedstat (Linux)")
+        .split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .expect("a time in nanoseconds")
 }
 
 criterion_group!(benches, stack);

@@ -476,3 +476,131 @@ async fn problem_json_bodies_still_name_the_path_the_layer_keeps_only_for_them()
     let (status, _, body) = answer(app, "/bots/7").await;
     assert_eq!((status, &body["code"]), (404, &"not_found".into()));
 }
+
+/// A runtime without a time driver: registering a timer on it panics.
+fn runtime_without_timers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+fn immediate_and_pending() -> Router {
+    Faultline::new(contract()).install(Router::new().route("/now", get(|| async { "[]" })).route(
+        "/later",
+        get(|| async {
+            tokio::task::yield_now().await;
+            "[]"
+        }),
+    ))
+}
+
+#[test]
+fn an_answer_given_at_once_registers_no_timer() {
+    let runtime = runtime_without_timers();
+    let app = immediate_and_pending();
+    for (path, status) in [("/now", 200), ("/v1/nope", 404), ("/now", 200)] {
+        let (got, headers, _) = runtime.block_on(answer(app.clone(), path));
+        assert_eq!(got, status, "{path}");
+        assert!(headers.contains_key("x-request-id"));
+    }
+}
+
+#[test]
+fn a_handler_still_pending_after_its_first_poll_gets_the_deadline() {
+    // The converse, on the same runtime: the pending handler makes the layer start its
+    // deadline, which this runtime refuses (with the timer driver, the paused-clock tests
+    // show that deadline firing).
+    let runtime = runtime_without_timers();
+    let app = immediate_and_pending();
+    let armed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(answer(app, "/later"))
+    }));
+    let panic = armed.expect_err("a deadline was started");
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    assert!(message.contains("timers are disabled"), "{message}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_pending_past_the_deadline_gets_the_timeout_code_at_the_deadline() {
+    let started = tokio::time::Instant::now();
+    let (status, body, _) = get_json(app(), "/slow").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (504, Some("request_timeout"))
+    );
+    // The paused clock moves only to timers: the answer came at the 100 ms deadline, not at
+    // the handler's 60 s.
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+}
+
+/// The names and fields of the spans opened while the guard lives.
+#[derive(Clone, Default)]
+struct Spans(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Text<'a>(&'a mut String);
+        impl tracing::field::Visit for Text<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write as _;
+                write!(self.0, " {}={value:?}", field.name()).unwrap();
+            }
+        }
+        let mut text = format!("{} {}", attrs.metadata().level(), attrs.metadata().name());
+        attrs.record(&mut Text(&mut text));
+        self.0.lock().unwrap().push(text);
+    }
+}
+
+#[tokio::test]
+async fn the_request_span_is_opened_at_debug_only() {
+    use tracing_subscriber::layer::SubscriberExt;
+    for (level, opened) in [(Level::DEBUG, true), (Level::INFO, false)] {
+        let spans = Spans::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(spans.clone())
+            .with(tracing_subscriber::filter::LevelFilter::from_level(level));
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let (status, headers, _) = answer(immediate_and_pending(), "/now").await;
+        assert_eq!(status, 200);
+        let id = headers["x-request-id"].to_str().unwrap();
+        let spans = spans.0.lock().unwrap().clone();
+        let request: Vec<_> = spans.iter().filter(|s| s.contains(" request ")).collect();
+        if opened {
+            assert_eq!(request.len(), 1, "{spans:?}");
+            assert!(request[0].starts_with("DEBUG request"), "{spans:?}");
+            assert!(
+                request[0].contains(&format!("request_id={id}")),
+                "{spans:?}"
+            );
+            assert!(request[0].contains("path=/now"), "{spans:?}");
+        } else {
+            assert!(request.is_empty(), "{spans:?}");
+        }
+    }
+}
+
+#[test]
+fn one_anchor_timer_runs_once_a_deadline_was_needed() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let alive = || runtime.metrics().num_alive_tasks();
+    let app = immediate_and_pending();
+    let (status, _, _) = runtime.block_on(answer(app.clone(), "/now"));
+    assert_eq!((status, alive()), (200, 0), "no deadline, no anchor");
+    for _ in 0..3 {
+        let (status, _, _) = runtime.block_on(answer(app.clone(), "/later"));
+        assert_eq!((status, alive()), (200, 1), "one anchor for the layer");
+    }
+}

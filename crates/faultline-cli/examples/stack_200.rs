@@ -1,4 +1,5 @@
-//! A server answering `GET /open` at once, bare axum or through the faultline stack, for
+//! A server answering `GET /open` at once and `GET /later` after being pending once (as a
+//! handler waiting on a store is), bare axum or through the faultline stack, for
 //! `bench/strace.sh` (system calls per request) and other load tests.
 //! Usage: `stack_200 bare|faultline [addr]`.
 
@@ -12,7 +13,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "faultline".to_owned());
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:8094".to_owned());
-    let router = Router::new().route("/open", get(|| async { "[]" }));
+    let router = Router::new().route("/open", get(|| async { "[]" })).route(
+        "/later",
+        get(|| async {
+            tokio::task::yield_now().await;
+            "[]"
+        }),
+    );
     let app = match mode.as_str() {
         "bare" => router,
         "faultline" => {

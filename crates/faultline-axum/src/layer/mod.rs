@@ -7,6 +7,7 @@ use std::error::Error as _;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -102,6 +103,15 @@ impl Faultline {
     }
 
     /// Sets the deadline for a handler's answer.
+    ///
+    /// # A handler that answers at once costs no timer
+    ///
+    /// The deadline starts only when the handler is still pending after its first poll; a
+    /// handler past it gets the catalog's timeout code at the deadline. The first deadline
+    /// also starts one anchor timer per layer (a task waking every half deadline), so that a
+    /// request's deadline is never the earliest timer and registering it never has to wake
+    /// tokio's timer driver (a system call and a thread wake-up). `tests/layer.rs` proves
+    /// each part; `bench/strace.sh` counts the system calls.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -135,6 +145,7 @@ impl Faultline {
                 mapper: self.mapper,
                 strict: self.strict,
                 reported: Mutex::new(HashSet::new()),
+                anchored: AtomicBool::new(false),
             }),
         }
     }
@@ -180,6 +191,29 @@ struct Shared {
     strict: bool,
     /// Routes already reported for hand-built error JSON.
     reported: Mutex<HashSet<String>>,
+    /// Whether the anchor timer runs (see [`Shared::anchor`]).
+    anchored: AtomicBool,
+}
+
+impl Shared {
+    /// Starts, once, a timer that stays armed ahead of every deadline of this layer: a task
+    /// that wakes every half deadline, on the runtime of the first request that needed one.
+    ///
+    /// tokio wakes its timer driver, with a system call and a thread wake-up, whenever a timer
+    /// is registered earlier than every other one; with no other timer that is every
+    /// request's deadline. With the anchor there, a deadline is never the earliest.
+    fn anchor(&self) {
+        let period = self.timeout / 2;
+        if period < Duration::from_millis(10) || self.anchored.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            loop {
+                ticks.tick().await;
+            }
+        });
+    }
 }
 
 impl FaultlineLayer {
@@ -196,6 +230,7 @@ impl FaultlineLayer {
                 timeout: DEFAULT_TIMEOUT,
                 mapper: Arc::new(DefaultStatusMapper),
                 reported: Mutex::new(HashSet::new()),
+                anchored: AtomicBool::new(false),
             }),
         }
     }
@@ -264,13 +299,17 @@ where
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        // At debug: a server logging at info pays nothing for it.
-        let span = tracing::debug_span!(
-            "request",
-            request_id = %id,
-            method = %request.method(),
-            path = %request.uri().path()
-        );
+        // At debug, and made only when debug is on: a server logging at info pays nothing
+        // for it (the macro alone would still build a span for the `log` crate). Boxed, so
+        // that the future, which axum moves and boxes on every request, holds a pointer.
+        let span = debug_enabled().then(|| {
+            Box::new(tracing::debug_span!(
+                "request",
+                request_id = %id,
+                method = %request.method(),
+                path = %request.uri().path()
+            ))
+        });
         let path = shared.needs_path.then(|| request.uri().path().into());
         let matched = request.extensions().get::<MatchedPath>().cloned();
         let finish = Finish {
@@ -282,7 +321,7 @@ where
             declared_length,
         };
         let called = {
-            let _entered = span.enter();
+            let _entered = span.as_deref().map(tracing::Span::enter);
             catch_unwind(AssertUnwindSafe(|| self.inner.call(request)))
         };
         let state = match called {
@@ -305,7 +344,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
-        span: tracing::Span,
+        span: Option<Box<tracing::Span>>,
         finish: Option<Finish>,
     }
 }
@@ -317,9 +356,9 @@ pin_project! {
             #[pin]
             inner: F,
             // Started only once the inner future has answered "not yet": a handler that
-            // answers at once never touches the timer.
-            #[pin]
-            deadline: Option<Sleep>,
+            // answers at once never touches the timer, and its future carries a pointer
+            // rather than a whole timer entry.
+            deadline: Option<Pin<Box<Sleep>>>,
         },
         Panicked,
     }
@@ -345,30 +384,32 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
         let outcome = match this.state.project() {
             StateProj::Panicked => Outcome::Panicked,
-            StateProj::Running {
-                inner,
-                mut deadline,
-            } => match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-                Ok(Poll::Ready(Ok(response))) => Outcome::Answered(response),
-                Ok(Poll::Ready(Err(error))) => return Poll::Ready(Err(error)),
-                Err(_panic) => Outcome::Panicked,
-                Ok(Poll::Pending) => {
-                    if deadline.is_none() {
-                        let timeout = this
-                            .finish
-                            .as_ref()
-                            .map_or(DEFAULT_TIMEOUT, |finish| finish.shared.timeout);
-                        deadline.set(Some(tokio::time::sleep(timeout)));
-                    }
-                    match deadline.as_pin_mut().map(|sleep| sleep.poll(cx)) {
-                        Some(Poll::Ready(())) => Outcome::TimedOut,
-                        _ => return Poll::Pending,
+            StateProj::Running { inner, deadline } => {
+                match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+                    Ok(Poll::Ready(Ok(response))) => Outcome::Answered(response),
+                    Ok(Poll::Ready(Err(error))) => return Poll::Ready(Err(error)),
+                    Err(_panic) => Outcome::Panicked,
+                    Ok(Poll::Pending) => {
+                        let sleep = deadline.get_or_insert_with(|| {
+                            let shared = &this
+                                .finish
+                                .as_ref()
+                                .expect("ResponseFuture polled after completion")
+                                .shared;
+                            let sleep = Box::pin(tokio::time::sleep(shared.timeout));
+                            shared.anchor();
+                            sleep
+                        });
+                        match sleep.as_mut().poll(cx) {
+                            Poll::Ready(()) => Outcome::TimedOut,
+                            Poll::Pending => return Poll::Pending,
+                        }
                     }
                 }
-            },
+            }
         };
         let finish = this
             .finish
@@ -392,6 +433,12 @@ where
         }
         Poll::Ready(Ok(response))
     }
+}
+
+/// Whether a subscriber may want debug spans: two loads, no callsite lookup.
+fn debug_enabled() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    STATIC_MAX_LEVEL >= LevelFilter::DEBUG && LevelFilter::current() >= LevelFilter::DEBUG
 }
 
 /// How the inner service ended.
