@@ -139,6 +139,7 @@ impl<L: Listener> Listener for ContractListener<L> {
                 idle_timeout: self.idle_timeout,
                 deadline: Box::pin(tokio::time::sleep(self.header_read_timeout)),
                 phase: Phase::Head,
+                since: Instant::now(),
                 seen_generation: 0,
                 read_waker: None,
                 _open: OpenConnection(Arc::clone(&self.open)),
@@ -331,8 +332,13 @@ pub struct ContractIo<I> {
     swallow: bool,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    /// When the connection is checked next: never earlier than where it was before (see
+    /// `poll_read`).
     deadline: Pin<Box<Sleep>>,
     phase: Phase,
+    /// When the current phase began: the connection's start or the head's first byte
+    /// (`Head`), the end of the last response (`Idle`).
+    since: Instant,
     /// The response generation the deadline was set for.
     seen_generation: u64,
     /// The task waiting to read, woken when a response ends so it takes up the idle deadline.
@@ -664,10 +670,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for ContractIo<I> {
         let waiting = this.waiting_for_request();
         if let Some(generation) = waiting {
             if generation != this.seen_generation {
-                // A response just ended: the connection is idle until the next request.
+                // A response just ended: the connection is idle until the next request. The
+                // timer only ever moves later (a timer moved earlier than every other makes
+                // tokio wake its timer driver, a system call per request): it is set to the
+                // shorter of the two timeouts from now, and the phase is checked when it fires.
                 this.seen_generation = generation;
                 this.phase = Phase::Idle;
-                let at = Instant::now() + this.idle_timeout;
+                this.since = Instant::now();
+                let at = this.since + this.idle_timeout.min(this.header_read_timeout);
                 this.deadline.as_mut().reset(at);
             }
             this.read_waker = Some(cx.waker().clone());
@@ -679,21 +689,34 @@ impl<I: AsyncRead + Unpin> AsyncRead for ContractIo<I> {
         }
         match polled {
             Poll::Ready(Ok(())) if buf.filled().len() > before && this.phase == Phase::Idle => {
-                // The first byte of a request: its head must now arrive in time.
+                // The first byte of a request: its head must now arrive in time (checked when
+                // the timer fires, which is no later than that).
                 this.phase = Phase::Head;
-                let at = Instant::now() + this.header_read_timeout;
-                this.deadline.as_mut().reset(at);
+                this.since = Instant::now();
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
-                Poll::Ready(Err(io::Error::new(
+            Poll::Pending => loop {
+                if this.deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let end = this.since
+                    + match this.phase {
+                        Phase::Head => this.header_read_timeout,
+                        Phase::Idle => this.idle_timeout,
+                    };
+                if Instant::now() < end {
+                    // Fired early for this phase: wait for the rest (a later time).
+                    this.deadline.as_mut().reset(end);
+                    continue;
+                }
+                return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     match this.phase {
                         Phase::Head => "the request head took too long",
                         Phase::Idle => "the connection was idle too long",
                     },
-                )))
-            }
+                )));
+            },
             other => other,
         }
     }
@@ -890,6 +913,7 @@ mod tests {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             deadline: Box::pin(tokio::time::sleep(DEFAULT_HEADER_READ_TIMEOUT)),
             phase: Phase::Head,
+            since: Instant::now(),
             seen_generation: 0,
             read_waker: None,
             _open: OpenConnection(Arc::new(AtomicUsize::new(1))),
