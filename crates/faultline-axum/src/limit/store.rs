@@ -204,6 +204,8 @@ impl<S: LimitStore + ?Sized> LimitStore for Arc<S> {
 
 /// Shards of the in-memory store, unless told otherwise.
 pub const DEFAULT_SHARDS: usize = 64;
+/// Checks of one decision the store works on without allocating (on its stack).
+const SCRATCH: usize = 8;
 /// Decisions a shard takes between sweeps of its idle buckets.
 const SWEEP_EVERY: u32 = 1024;
 
@@ -419,7 +421,7 @@ impl MemoryLimitStore {
             String::new()
         };
         let group_hash = self.group_hash(group);
-        let mut hashes: SmallVec<[u64; INLINE_OUTCOMES]> = SmallVec::new();
+        let mut hashes: SmallVec<[u64; SCRATCH]> = SmallVec::new();
         if checks.len() > 1 {
             hashes.extend(checks.iter().map(|c| self.key_hash(group_hash, &c.key)));
         }
@@ -457,17 +459,30 @@ impl MemoryLimitStore {
             return Decision::new(true, outcomes, lease);
         }
         // First pass: every check against the state as it is, keeping where each bucket is
-        // and the state it would have.
+        // and what it would become (a concurrency bucket: only that it takes the lease, added
+        // in place below instead of copying its leases).
         let mut outcomes = Outcomes::new();
-        let mut next: SmallVec<[(Option<usize>, BucketState); INLINE_OUTCOMES]> = SmallVec::new();
+        let mut next: SmallVec<[(Option<usize>, Next); SCRATCH]> = SmallVec::new();
         let mut admitted = true;
         for (check, &hash) in checks.iter().zip(&hashes) {
             let at = buckets.find_bucket_index(hash, |s| s.is(group, &check.key));
             let state = at.and_then(|i| buckets.get_bucket(i)).map(|s| &s.state);
-            let (outcome, state) = limits::evaluate(&check.rule, state, now, &lease_id);
+            let (outcome, then) = match check.rule {
+                Rule::Concurrency {
+                    limit,
+                    lease_ttl_us,
+                } => (
+                    concurrency_outcome(limit, state, now),
+                    Next::Lease(now.saturating_add(lease_ttl_us)),
+                ),
+                _ => {
+                    let (outcome, state) = limits::evaluate(&check.rule, state, now, &lease_id);
+                    (outcome, Next::State(state))
+                }
+            };
             admitted &= outcome.admitted;
             outcomes.push(outcome);
-            next.push((at, state));
+            next.push((at, then));
         }
         if !admitted {
             // Refused: nothing changes; the model reports the unspent state of every check.
@@ -490,21 +505,21 @@ impl MemoryLimitStore {
         // Second pass: every check admitted, so each state is replaced by its successor: the
         // buckets found first (their places hold until something is inserted), then the new
         // ones. Two checks of one bucket: the later write wins, as in the Redis script.
-        let mut fresh: SmallVec<[usize; INLINE_OUTCOMES]> = SmallVec::new();
-        for (i, (at, state)) in next.iter_mut().enumerate() {
+        let mut fresh: SmallVec<[usize; SCRATCH]> = SmallVec::new();
+        for (i, (at, then)) in next.iter_mut().enumerate() {
             match at.and_then(|at| buckets.get_bucket_mut(at)) {
-                Some(slot) => {
-                    slot.state = std::mem::replace(state, BucketState::Rate { tat_us: 0 })
-                }
+                Some(slot) => then.apply(&mut slot.state, now, &lease_id),
                 None => fresh.push(i),
             }
         }
         for i in fresh {
             let (hash, key) = (hashes[i], checks[i].key.as_str());
-            let state = std::mem::replace(&mut next[i].1, BucketState::Rate { tat_us: 0 });
+            let then = &mut next[i].1;
             match buckets.find_mut(hash, |s| s.is(group, key)) {
-                Some(slot) => slot.state = state,
+                Some(slot) => then.apply(&mut slot.state, now, &lease_id),
                 None => {
+                    let mut state = BucketState::Concurrency { leases: Vec::new() };
+                    then.apply(&mut state, now, &lease_id);
                     let slot = Slot::new(hash, group, key, state);
                     buckets.insert_unique(hash, slot, |s| s.hash);
                 }
@@ -569,6 +584,58 @@ impl MemoryLimitStore {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             sweep(&mut shard.buckets, now);
         }
+    }
+}
+
+/// What an admitted check writes.
+enum Next {
+    /// The state [`limits::evaluate`] gave.
+    State(BucketState),
+    /// The decision's lease, expiring at this instant, added to the leases still live.
+    Lease(i64),
+}
+
+impl Next {
+    /// Writes the successor into `state` (taking it out of `self`).
+    fn apply(&mut self, state: &mut BucketState, now: i64, lease_id: &str) {
+        match self {
+            Next::State(next) => *state = std::mem::replace(next, BucketState::Rate { tat_us: 0 }),
+            Next::Lease(expires) => {
+                let lease = (lease_id.to_owned(), *expires);
+                match state {
+                    BucketState::Concurrency { leases } => {
+                        leases.retain(|(_, at)| *at > now);
+                        leases.push(lease);
+                    }
+                    other => {
+                        *other = BucketState::Concurrency {
+                            leases: vec![lease],
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The outcome [`limits::evaluate`] gives a concurrency check, without copying the leases:
+/// live leases are those expiring after `now`.
+fn concurrency_outcome(limit: u64, state: Option<&BucketState>, now: i64) -> Outcome {
+    let leases: &[(String, i64)] = match state {
+        Some(BucketState::Concurrency { leases }) => leases,
+        _ => &[],
+    };
+    let live = leases.iter().filter(|(_, at)| *at > now);
+    let (active, earliest) = live.fold((0u64, None::<i64>), |(n, soonest), (_, at)| {
+        (n + 1, Some(soonest.map_or(*at, |s| s.min(*at))))
+    });
+    if active < limit {
+        Outcome::new(true, limit, limit - active - 1, 0, 0, None, None)
+    } else {
+        let wait = earliest.map_or(limits::CONCURRENCY_RETRY_US, |at| {
+            (at - now).min(limits::CONCURRENCY_RETRY_US)
+        });
+        Outcome::new(false, limit, 0, 0, wait, None, None)
     }
 }
 
