@@ -30,7 +30,8 @@ const REANCHOR_NS: u64 = 1_000_000_000;
 #[derive(Debug)]
 pub struct CounterClock {
     counter: quanta::Clock,
-    origin: quanta::Instant,
+    /// The counter's raw reading at the origin.
+    origin: u64,
     /// Unix nanoseconds at `origin`, as the last anchoring measured them.
     base_ns: AtomicI64,
     /// Counter nanoseconds since `origin` of the next anchoring.
@@ -48,7 +49,7 @@ impl CounterClock {
     /// counter, which takes a few milliseconds).
     pub fn new() -> Self {
         let counter = quanta::Clock::new();
-        let origin = counter.now();
+        let origin = counter.raw();
         let clock = CounterClock {
             counter,
             origin,
@@ -61,8 +62,7 @@ impl CounterClock {
 
     /// Counter nanoseconds since the origin.
     fn elapsed_ns(&self) -> u64 {
-        let elapsed = self.counter.now().saturating_duration_since(self.origin);
-        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        self.counter.delta_as_nanos(self.origin, self.counter.raw())
     }
 
     /// Measures the system clock against the counter, `elapsed` counter nanoseconds after the

@@ -275,8 +275,8 @@ impl Slot {
     fn is(&self, group: &str, key: &str) -> bool {
         self.group_len == group.len()
             && self.name.len() == group.len() + key.len()
-            && self.name.starts_with(group.as_bytes())
-            && self.name.ends_with(key.as_bytes())
+            && same(&self.name[..group.len()], group.as_bytes())
+            && same(&self.name[group.len()..], key.as_bytes())
     }
 }
 
@@ -287,6 +287,22 @@ const FOLD_K: u64 = 0x9e37_79b9_7f4a_7c15;
 fn fold(a: u64, b: u64) -> u64 {
     let product = u128::from(a).wrapping_mul(u128::from(b));
     (product as u64) ^ ((product >> 64) as u64)
+}
+
+/// Whether two byte strings of the same length are equal: up to 16 bytes with two word
+/// comparisons each way (overlapping), inline, instead of a call to `memcmp`.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    match len {
+        0 => true,
+        1..=3 => a == b,
+        4..=7 => word4(a, 0) == word4(b, 0) && word4(a, len - 4) == word4(b, len - 4),
+        8..=16 => word8(a, 0) == word8(b, 0) && word8(a, len - 8) == word8(b, len - 8),
+        _ => a == b,
+    }
 }
 
 /// The little-endian word at `bytes[at..at + 8]` (the caller checks the length).
