@@ -35,6 +35,8 @@ local now_ms = floor(now / 1000)
 local DAY = 86400000000
 -- Concurrency only: `now` as an exclusive score bound, and the sets of another type to replace.
 local after_now, wrong_type
+-- Quotas whose stored period goes on: their key already expires at its end (on Redis's clock).
+local same_period
 
 local n = #KEYS
 
@@ -108,7 +110,10 @@ for i = 1, n do
       local a, b = string.match(value, '^(%d+):(%d+)$')
       resets_at, used = tonumber(a), tonumber(b)
     end
-    if not resets_at or resets_at <= now then
+    if resets_at and resets_at > now then
+      same_period = same_period or {}
+      same_period[i] = true
+    else
       used = 0
       if period == 0 then
         resets_at = (floor(now / DAY) + 1) * DAY
@@ -241,6 +246,9 @@ for i = 1, n do
     local value = string.format('%d:%d', reply[r + 4], reply[r + 5])
     if given then
       call('SET', KEYS[i], value, 'PX', ms)
+    elseif same_period and same_period[i] then
+      -- The period's end has not moved: the expiry set when it began still holds.
+      call('SET', KEYS[i], value, 'KEEPTTL')
     else
       call('SET', KEYS[i], value, 'PXAT', now_ms + ms)
     end
