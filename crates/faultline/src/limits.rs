@@ -394,7 +394,7 @@ impl Outcome {
 /// state of another kind). Returns the outcome and the state to store if the whole decision
 /// admits the request; the formulas are in the module docs. `lease_id` names the lease a
 /// concurrency check takes.
-#[inline]
+#[inline(always)]
 pub fn evaluate(
     rule: &Rule,
     state: Option<&BucketState>,

@@ -459,10 +459,13 @@ impl MemoryLimitStore {
             let slot = buckets.find_mut(hash, |s| s.is(group, &check.key));
             let (outcome, state) =
                 limits::evaluate(&check.rule, slot.as_ref().map(|s| &s.state), now, &lease_id);
-            let mut outcomes = Outcomes::new();
-            outcomes.push(outcome);
             if !outcome.admitted {
-                return Decision::new(false, outcomes, None);
+                return Decision {
+                    admitted: false,
+                    outcomes: Outcomes::from_elem(outcome, 1),
+                    retry_after_us: outcome.retry_after_us,
+                    lease: None,
+                };
             }
             match slot {
                 Some(slot) => slot.state = state,
@@ -472,7 +475,12 @@ impl MemoryLimitStore {
                 }
             }
             let lease = has_lease.then(|| Lease::new(group, lease_id, vec![check.key.clone()]));
-            return Decision::new(true, outcomes, lease);
+            return Decision {
+                admitted: true,
+                outcomes: Outcomes::from_elem(outcome, 1),
+                retry_after_us: 0,
+                lease,
+            };
         }
         // First pass: every check against the state as it is, keeping where each bucket is
         // and what it would become (a concurrency bucket: only that it takes the lease, added
