@@ -482,6 +482,44 @@ impl MemoryLimitStore {
                 lease,
             };
         }
+        if let [a, b] = checks
+            && !has_lease
+            && a.key != b.key
+        {
+            // Two rate or quota checks on two buckets (the common case): both evaluated from
+            // where they are, both written when both admit, nothing copied through a list.
+            let (ha, hb) = (hashes[0], hashes[1]);
+            let ia = buckets.find_bucket_index(ha, |s| s.is(group, &a.key));
+            let ib = buckets.find_bucket_index(hb, |s| s.is(group, &b.key));
+            let state = |i: Option<usize>| i.and_then(|i| buckets.get_bucket(i)).map(|s| &s.state);
+            let (oa, sa) = limits::evaluate(&a.rule, state(ia), now, &lease_id);
+            let (ob, sb) = limits::evaluate(&b.rule, state(ib), now, &lease_id);
+            if oa.admitted && ob.admitted {
+                let fresh = [(ia, sa), (ib, sb)].map(|(at, next)| {
+                    match at.and_then(|i| buckets.get_bucket_mut(i)) {
+                        Some(bucket) => {
+                            bucket.state = next;
+                            None
+                        }
+                        None => Some(next),
+                    }
+                });
+                // New buckets last: an insertion may move the others.
+                for ((hash, check), next) in [(ha, a), (hb, b)].into_iter().zip(fresh) {
+                    if let Some(next) = next {
+                        let slot = Slot::new(hash, group, &check.key, next);
+                        buckets.insert_unique(hash, slot, |s| s.hash);
+                    }
+                }
+                return Decision {
+                    admitted: true,
+                    outcomes: Outcomes::from_buf([oa, ob]),
+                    retry_after_us: 0,
+                    lease: None,
+                };
+            }
+            // A refusal: the general path below answers it (nothing was written).
+        }
         // First pass: every check against the state as it is, keeping where each bucket is
         // and what it would become (a concurrency bucket: only that it takes the lease, added
         // in place below instead of copying its leases).
