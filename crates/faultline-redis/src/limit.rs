@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use faultline::limits::{Outcome, Period, Rule};
 use faultline_axum::StoreError;
-use faultline_axum::limit::{Check, Decision, Lease, LimitStore, StoreFuture};
+use faultline_axum::limit::{Check, Decision, Lease, LimitStore, Outcomes, StoreFuture};
 use redis::{Cmd, ErrorKind, ServerErrorKind};
 
 use crate::pool::{PoolOptions, RedisPool};
@@ -17,8 +17,10 @@ use crate::pool::{PoolOptions, RedisPool};
 /// arguments and the reply).
 const DECIDE_LUA: &str = include_str!("decide.lua");
 
-/// Values per check in the script's reply.
-const PER_CHECK: usize = 6;
+/// Values per check in the script's reply: admitted, remaining, reset, retry after.
+const VALUES: usize = 4;
+/// Values per quota check: those and resets at, used.
+const QUOTA_VALUES: usize = 6;
 
 /// The key prefix unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "faultline";
@@ -155,7 +157,9 @@ impl RedisLimitStore {
         format!("{:016x}-{n:x}", self.lease_seed)
     }
 
-    /// The `EVALSHA` (or, with `eval`, `EVAL`) command deciding `checks`.
+    /// The `EVALSHA` (or, with `eval`, `EVAL`) command deciding `checks`: the bucket keys,
+    /// then per check its kind and numbers (see `decide.lua`), written straight into the
+    /// command's buffer.
     fn command(
         &self,
         eval: bool,
@@ -174,8 +178,13 @@ impl RedisLimitStore {
             cmd
         };
         cmd.arg(checks.len());
+        // One key buffer: the tag once, then each check's key after it.
+        let mut key = self.bucket_key(group, "");
+        let tag = key.len();
         for check in checks {
-            cmd.arg(self.bucket_key(group, &check.key));
+            key.truncate(tag);
+            key.push_str(&check.key);
+            cmd.arg(key.as_str());
         }
         match now_us {
             Some(now) => cmd.arg(now),
@@ -183,8 +192,10 @@ impl RedisLimitStore {
         };
         cmd.arg(lease_id);
         for check in checks {
-            let (kind, a, b, c) = script_args(&check.rule)?;
-            cmd.arg(kind).arg(a).arg(b).arg(c);
+            match script_args(&check.rule)? {
+                ("q", a, b, c) => cmd.arg("q").arg(a).arg(b).arg(c),
+                (kind, a, b, _) => cmd.arg(kind).arg(a).arg(b),
+            };
         }
         Ok(cmd)
     }
@@ -195,19 +206,17 @@ impl RedisLimitStore {
         checks: &[Check],
         now_us: Option<i64>,
     ) -> Result<Decision, StoreError> {
-        let concurrency: Vec<String> = checks
-            .iter()
-            .filter(|c| matches!(c.rule, Rule::Concurrency { .. }))
-            .map(|c| c.key.clone())
-            .collect();
-        let lease_id = if concurrency.is_empty() {
-            String::new()
-        } else {
-            self.new_lease_id()
-        };
         if checks.is_empty() {
             return Ok(Decision::new(true, Vec::new(), None));
         }
+        let leased = checks
+            .iter()
+            .any(|c| matches!(c.rule, Rule::Concurrency { .. }));
+        let lease_id = if leased {
+            self.new_lease_id()
+        } else {
+            String::new()
+        };
         let evalsha = self.command(false, group, checks, now_us, &lease_id)?;
         let lease = lease_id.as_str();
         let reply: Vec<i64> = self
@@ -231,15 +240,16 @@ impl RedisLimitStore {
                 }
             })
             .await?;
-        let decision = read_reply(&reply, checks)?;
-        Ok(match decision {
-            (true, outcomes) if !concurrency.is_empty() => Decision::new(
-                true,
-                outcomes,
-                Some(Lease::new(group, lease_id, concurrency)),
-            ),
-            (admitted, outcomes) => Decision::new(admitted, outcomes, None),
-        })
+        let (admitted, outcomes) = read_reply(&reply, checks)?;
+        let lease = (admitted && leased).then(|| {
+            let keys = checks
+                .iter()
+                .filter(|c| matches!(c.rule, Rule::Concurrency { .. }))
+                .map(|c| c.key.clone())
+                .collect();
+            Lease::new(group, lease_id, keys)
+        });
+        Ok(Decision::new(admitted, outcomes, lease))
     }
 
     async fn release_inner(&self, lease: &Lease) -> Result<(), StoreError> {
@@ -312,9 +322,19 @@ fn script_args(rule: &Rule) -> Result<(&'static str, i64, i64, i64), StoreError>
     }
 }
 
+/// Values in the script's reply for `rule`: four, and two more for a quota.
+fn reply_len(rule: &Rule) -> usize {
+    if matches!(rule, Rule::Quota { .. }) {
+        QUOTA_VALUES
+    } else {
+        VALUES
+    }
+}
+
 /// The decision in the script's reply.
-fn read_reply(reply: &[i64], checks: &[Check]) -> Result<(bool, Vec<Outcome>), StoreError> {
-    if reply.len() != 1 + PER_CHECK * checks.len() {
+fn read_reply(reply: &[i64], checks: &[Check]) -> Result<(bool, Outcomes), StoreError> {
+    let expected = 1 + checks.iter().map(|c| reply_len(&c.rule)).sum::<usize>();
+    if reply.len() != expected {
         let mut text = String::new();
         let _ = write!(
             text,
@@ -325,22 +345,22 @@ fn read_reply(reply: &[i64], checks: &[Check]) -> Result<(bool, Vec<Outcome>), S
         return Err(StoreError::new(text));
     }
     let admitted = reply[0] == 1;
-    let outcomes = checks
-        .iter()
-        .zip(reply[1..].chunks_exact(PER_CHECK))
-        .map(|(check, v)| {
-            let quota = matches!(check.rule, Rule::Quota { .. });
-            Outcome::new(
-                v[0] == 1,
-                check.rule.limit(),
-                v[1].max(0).unsigned_abs(),
-                v[2],
-                v[3],
-                quota.then_some(v[4]),
-                quota.then_some(v[5].max(0).unsigned_abs()),
-            )
-        })
-        .collect();
+    let mut rest = &reply[1..];
+    let mut outcomes = Outcomes::new();
+    for check in checks {
+        let (v, tail) = rest.split_at(reply_len(&check.rule));
+        rest = tail;
+        let quota = v.len() == QUOTA_VALUES;
+        outcomes.push(Outcome::new(
+            v[0] == 1,
+            check.rule.limit(),
+            v[1].max(0).unsigned_abs(),
+            v[2],
+            v[3],
+            quota.then(|| v[4]),
+            quota.then(|| v[5].max(0).unsigned_abs()),
+        ));
+    }
     Ok((admitted, outcomes))
 }
 

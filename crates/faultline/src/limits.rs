@@ -283,6 +283,7 @@ impl Rule {
     }
 
     /// GCRA's `(T, tau)` of a rate rule (see the module docs); `None` for other rules.
+    #[inline]
     pub fn gcra(&self) -> Option<(i64, i64)> {
         let Rule::Rate { limit, window_us } = *self else {
             return None;
@@ -393,6 +394,7 @@ impl Outcome {
 /// state of another kind). Returns the outcome and the state to store if the whole decision
 /// admits the request; the formulas are in the module docs. `lease_id` names the lease a
 /// concurrency check takes.
+#[inline(always)]
 pub fn evaluate(
     rule: &Rule,
     state: Option<&BucketState>,

@@ -18,6 +18,7 @@ use faultline::limits::{
 use faultline::{Catalog, DetailsShape, Situation};
 use pin_project_lite::pin_project;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 use tower::{Layer, Service};
 
 use super::body::{LeaseBody, LeaseGuard};
@@ -122,6 +123,8 @@ struct Applied {
     shape: DetailsShape,
     /// The first part of its bucket keys: `name:`.
     prefix: String,
+    /// The first part of its `RateLimit` member, up to the remaining count: `"name";r=`.
+    state_prefix: String,
     /// Its decisions by outcome (admitted, refused, failed open, failed closed), when metrics
     /// are on: counters taken once, bumped without a lookup.
     counters: Option<[Counter; 4]>,
@@ -275,8 +278,13 @@ fn compile(config: &Config) -> Shared {
                 ]
                 .map(|outcome| metrics.limiter_counter(&policy.name, outcome))
             });
+            // The core's formatter writes the member; everything before the count is fixed.
+            let mut state_prefix =
+                limits::format_state_header(&[StateItem::new(&policy.name, 0, None)]);
+            state_prefix.pop();
             Applied {
                 prefix: format!("{}:", policy.name),
+                state_prefix,
                 policy: policy.clone(),
                 code,
                 shape,
@@ -344,9 +352,17 @@ impl<S> std::fmt::Debug for Limit<S> {
     }
 }
 
+/// The checks of one request, inline up to five.
+type Checks = SmallVec<[Check; 5]>;
+/// `(policy index, limit)` of each check.
+type Used = SmallVec<[(usize, u64); 5]>;
+
+/// The headers of a [`Report`]: `(name index, value)`, at most five, inline.
+type Headers = SmallVec<[(usize, HeaderValue); 5]>;
+
 /// What an admitted request carries out: the headers to add and the lease to hold.
 struct Report {
-    headers: Vec<(usize, HeaderValue)>,
+    headers: Headers,
     guard: Option<LeaseGuard>,
 }
 
@@ -371,6 +387,9 @@ fn header_name(i: usize) -> &'static (&'static str, HeaderName) {
     &NAMES[i.min(4)]
 }
 
+// The report's headers are inline (no allocation per request): the admitting variant is the
+// large one, and the common one.
+#[allow(clippy::large_enum_variant)]
 enum Judged {
     Admit(Report),
     Refuse(Error),
@@ -384,9 +403,9 @@ impl Shared {
     }
 
     /// The checks of `caller` under `plan`, with the policy index of each.
-    fn checks(&self, caller: &Caller, plan: &Plan, cost: u64) -> (Vec<Check>, Vec<(usize, u64)>) {
-        let mut checks = Vec::with_capacity(plan.policies.len());
-        let mut used = Vec::with_capacity(plan.policies.len());
+    fn checks(&self, caller: &Caller, plan: &Plan, cost: u64) -> (Checks, Used) {
+        let mut checks = Checks::new();
+        let mut used = Used::new();
         for &(i, limit) in &plan.policies {
             let applied = &self.policies[i];
             let policy = &applied.policy;
@@ -421,13 +440,8 @@ impl Shared {
         (checks, used)
     }
 
-    fn headers(
-        &self,
-        plan: &Plan,
-        used: &[(usize, u64)],
-        decision: &Decision,
-    ) -> Vec<(usize, HeaderValue)> {
-        let mut out = Vec::with_capacity(5);
+    fn headers(&self, plan: &Plan, used: &[(usize, u64)], decision: &Decision) -> Headers {
+        let mut out = Headers::new();
         let policy_header = if used.len() == plan.policies.len() {
             plan.header.clone()
         } else {
@@ -440,36 +454,38 @@ impl Shared {
         if let Some(value) = policy_header {
             out.push((0, value));
         }
-        let states: Vec<StateItem> = used
-            .iter()
-            .zip(&decision.outcomes)
-            .map(|(&(i, _), o)| {
-                let policy = &self.policies[i].policy;
-                let reset = match policy.kind {
-                    Kind::Concurrency { .. } => None,
-                    _ => Some(ceil_secs(o.reset_us)),
-                };
-                StateItem::new(&policy.name, o.remaining, reset)
-            })
-            .collect();
-        if let Ok(value) = HeaderValue::try_from(limits::format_state_header(&states)) {
+        // `RateLimit`, written as `limits::format_state_header` writes it, into one buffer
+        // (each member's fixed start is precomputed).
+        let mut state = String::with_capacity(
+            used.iter()
+                .map(|&(i, _)| self.policies[i].state_prefix.len() + 26)
+                .sum(),
+        );
+        let mut trio: SmallVec<[(u64, u64, u64); 8]> = SmallVec::new();
+        for (n, (&(i, _), o)) in used.iter().zip(decision.outcomes.iter()).enumerate() {
+            let applied = &self.policies[i];
+            if n > 0 {
+                state.push_str(", ");
+            }
+            state.push_str(&applied.state_prefix);
+            limits::push_decimal(&mut state, o.remaining);
+            // Concurrency has no reset: the legacy trio speaks for rates and quotas only.
+            if !matches!(applied.policy.kind, Kind::Concurrency { .. }) {
+                let reset = ceil_secs(o.reset_us);
+                state.push_str(";t=");
+                limits::push_decimal(&mut state, reset);
+                trio.push((o.limit, o.remaining, reset));
+            }
+        }
+        if let Ok(value) = HeaderValue::try_from(state) {
             out.push((1, value));
         }
-        if self.legacy {
-            // Concurrency has no reset: the trio speaks for rates and quotas only.
-            let trio: Vec<(u64, u64, u64)> = used
-                .iter()
-                .zip(&decision.outcomes)
-                .filter(|((i, _), _)| {
-                    !matches!(self.policies[*i].policy.kind, Kind::Concurrency { .. })
-                })
-                .map(|(_, o)| (o.limit, o.remaining, ceil_secs(o.reset_us)))
-                .collect();
-            if let Some(legacy) = LegacyHeaders::most_restrictive(&trio) {
-                out.push((2, HeaderValue::from(legacy.limit)));
-                out.push((3, HeaderValue::from(legacy.remaining)));
-                out.push((4, HeaderValue::from(legacy.reset_secs)));
-            }
+        if self.legacy
+            && let Some(legacy) = LegacyHeaders::most_restrictive(&trio)
+        {
+            out.push((2, HeaderValue::from(legacy.limit)));
+            out.push((3, HeaderValue::from(legacy.remaining)));
+            out.push((4, HeaderValue::from(legacy.reset_secs)));
         }
         out
     }

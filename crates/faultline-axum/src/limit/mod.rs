@@ -13,6 +13,7 @@
 //!   lives in [`faultline::limits`], with the formulas every store reproduces.
 
 mod body;
+mod clock;
 mod layer;
 mod store;
 mod subject;
@@ -20,11 +21,13 @@ mod subject;
 pub mod suite;
 
 pub use body::{LeaseBody, LeaseGuard};
+pub use clock::CounterClock;
 pub use layer::{DEFAULT_DEADLINE, FailureMode, Limit, LimitFuture, LimitLayer, QuotaCost};
 #[cfg(feature = "auth")]
 pub use subject::PrincipalSubject;
 pub use subject::{Caller, Subject};
 
 pub use store::{
-    Check, DEFAULT_SHARDS, Decision, Lease, LimitStore, MemoryLimitStore, StoreError, StoreFuture,
+    Check, DEFAULT_SHARDS, Decision, INLINE_OUTCOMES, Lease, LimitStore, MemoryLimitStore,
+    Outcomes, StoreError, StoreFuture,
 };

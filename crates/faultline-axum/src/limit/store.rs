@@ -1,14 +1,14 @@
 //! [`LimitStore`]: the one trait every limit backend implements, and [`MemoryLimitStore`].
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use faultline::clock::{Clock, SystemClock};
+use faultline::clock::Clock;
 use faultline::limits::{self, BucketState, Outcome, Rule};
+use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 pub use crate::store::StoreError;
 
@@ -63,6 +63,13 @@ impl Lease {
     }
 }
 
+/// How many outcomes a [`Decision`] holds without allocating.
+pub const INLINE_OUTCOMES: usize = 2;
+
+/// The outcomes of a decision, one per check: inline up to [`INLINE_OUTCOMES`] checks
+/// (derefs to `[Outcome]`; built from a `Vec<Outcome>` with `.into()`).
+pub type Outcomes = SmallVec<[Outcome; INLINE_OUTCOMES]>;
+
 /// A store's answer for one request: every check decided as one step.
 ///
 /// # Several policies, one decision
@@ -76,7 +83,7 @@ pub struct Decision {
     /// Whether the request may go on.
     pub admitted: bool,
     /// One outcome per check, in the order of the checks.
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Outcomes,
     /// The exact wait in microseconds before the same request would be admitted (0 when it
     /// is).
     pub retry_after_us: i64,
@@ -85,9 +92,10 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// A decision from its parts; `retry_after_us` is derived from the outcomes (the maximum
-    /// over refusing ones).
-    pub fn new(admitted: bool, outcomes: Vec<Outcome>, lease: Option<Lease>) -> Self {
+    /// A decision from its parts (`outcomes`: a `Vec<Outcome>` or [`Outcomes`]);
+    /// `retry_after_us` is derived from the outcomes (the maximum over refusing ones).
+    pub fn new(admitted: bool, outcomes: impl Into<Outcomes>, lease: Option<Lease>) -> Self {
+        let outcomes = outcomes.into();
         let retry_after_us = outcomes
             .iter()
             .filter(|o| !o.admitted)
@@ -196,6 +204,8 @@ impl<S: LimitStore + ?Sized> LimitStore for Arc<S> {
 
 /// Shards of the in-memory store, unless told otherwise.
 pub const DEFAULT_SHARDS: usize = 64;
+/// Checks of one decision the store works on without allocating (on its stack).
+const SCRATCH: usize = 8;
 /// Decisions a shard takes between sweeps of its idle buckets.
 const SWEEP_EVERY: u32 = 1024;
 
@@ -227,76 +237,51 @@ pub struct MemoryLimitStore {
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
-    hasher: Fold,
+    seed: u64,
     clock: Arc<dyn Clock>,
     next_lease: AtomicU64,
 }
 
 #[derive(Default)]
 struct Shard {
-    buckets: HashMap<Name, BucketState, Fold>,
+    /// Every bucket of the shard's groups, found by a hash of group and key computed once
+    /// per check (and kept in the slot, so growing the table rehashes nothing).
+    buckets: HashTable<Slot>,
     since_sweep: u32,
 }
 
-/// A bucket's full name: its group and its key. One flat table per shard, looked up by
-/// `(&str, &str)` without building a `Name` (through [`BucketName`]).
-type Name = (Box<str>, Box<str>);
-
-/// A group and key, owned or borrowed, hashed and compared the same way.
-trait BucketName {
-    fn parts(&self) -> (&str, &str);
+/// One bucket: its full name (group then key, inline when short, so that finding it reads
+/// one place in memory), its hash and its state.
+struct Slot {
+    hash: u64,
+    group_len: usize,
+    name: SmallVec<[u8; 40]>,
+    state: BucketState,
 }
 
-impl BucketName for Name {
-    fn parts(&self) -> (&str, &str) {
-        (&self.0, &self.1)
-    }
-}
-
-impl BucketName for (&str, &str) {
-    fn parts(&self) -> (&str, &str) {
-        (self.0, self.1)
-    }
-}
-
-impl<'a> std::borrow::Borrow<dyn BucketName + 'a> for Name {
-    fn borrow(&self) -> &(dyn BucketName + 'a) {
-        self
-    }
-}
-
-impl std::hash::Hash for dyn BucketName + '_ {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // Exactly as the tuple `(Box<str>, Box<str>)` hashes itself.
-        let (group, key) = self.parts();
-        group.hash(state);
-        key.hash(state);
-    }
-}
-
-impl PartialEq for dyn BucketName + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn BucketName + '_ {}
-
-/// A seeded folded-multiply hasher for bucket names: a few nanoseconds for a short key where
-/// SipHash takes tens, and with a seed per process that callers cannot guess.
-#[derive(Clone, Copy)]
-struct Fold {
-    seed: u64,
-}
-
-impl Default for Fold {
-    fn default() -> Self {
-        Fold {
-            seed: rand::random::<u64>() | 1,
+impl Slot {
+    fn new(hash: u64, group: &str, key: &str, state: BucketState) -> Self {
+        let mut name = SmallVec::with_capacity(group.len() + key.len());
+        name.extend_from_slice(group.as_bytes());
+        name.extend_from_slice(key.as_bytes());
+        Slot {
+            hash,
+            group_len: group.len(),
+            name,
+            state,
         }
     }
+
+    fn is(&self, group: &str, key: &str) -> bool {
+        self.group_len == group.len()
+            && self.name.len() == group.len() + key.len()
+            && same(&self.name[..group.len()], group.as_bytes())
+            && same(&self.name[group.len()..], key.as_bytes())
+    }
 }
 
+/// A seeded folded multiply: a few nanoseconds for a short name where SipHash takes tens,
+/// with a seed per process that callers cannot guess.
 const FOLD_K: u64 = 0x9e37_79b9_7f4a_7c15;
 
 fn fold(a: u64, b: u64) -> u64 {
@@ -304,45 +289,66 @@ fn fold(a: u64, b: u64) -> u64 {
     (product as u64) ^ ((product >> 64) as u64)
 }
 
-/// The hasher of [`Fold`].
-struct FoldHasher {
-    state: u64,
-    seed: u64,
-}
-
-impl BuildHasher for Fold {
-    type Hasher = FoldHasher;
-
-    fn build_hasher(&self) -> FoldHasher {
-        FoldHasher {
-            state: self.seed,
-            seed: self.seed,
-        }
+/// Whether two byte strings of the same length are equal: up to 16 bytes with two word
+/// comparisons each way (overlapping), inline, instead of a call to `memcmp`.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    match len {
+        0 => true,
+        1..=3 => a == b,
+        4..=7 => word4(a, 0) == word4(b, 0) && word4(a, len - 4) == word4(b, len - 4),
+        8..=16 => word8(a, 0) == word8(b, 0) && word8(a, len - 8) == word8(b, len - 8),
+        _ => a == b,
     }
 }
 
-impl std::hash::Hasher for FoldHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.state = fold(self.state ^ u64::from_le_bytes(word), FOLD_K ^ self.seed);
+/// The little-endian word at `bytes[at..at + 8]` (the caller checks the length).
+fn word8(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// The little-endian word at `bytes[at..at + 4]` (the caller checks the length).
+fn word4(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u64::from(u32::from_le_bytes(word))
+}
+
+/// Folds `bytes` into `state`: one multiply for up to 16 bytes (the usual group or key, read
+/// as two overlapping words, without a copy loop), then one per 16 more; the length takes part.
+fn fold_bytes(state: u64, seed: u64, bytes: &[u8]) -> u64 {
+    let len = bytes.len();
+    let state = state ^ ((len as u64) << 56);
+    let (a, b) = match len {
+        0 => (0, 0),
+        1..=3 => (
+            u64::from(bytes[0]) | u64::from(bytes[len / 2]) << 8 | u64::from(bytes[len - 1]) << 16,
+            0,
+        ),
+        4..=7 => (word4(bytes, 0), word4(bytes, len - 4)),
+        8..=16 => (word8(bytes, 0), word8(bytes, len - 8)),
+        _ => {
+            let mut state = state;
+            let mut at = 0;
+            while len - at > 16 {
+                state = fold(
+                    state ^ word8(bytes, at),
+                    FOLD_K ^ seed ^ word8(bytes, at + 8),
+                );
+                at += 16;
+            }
+            return fold(
+                state ^ word8(bytes, len - 16),
+                FOLD_K ^ seed ^ word8(bytes, len - 8),
+            );
         }
-        let rest = chunks.remainder();
-        let mut word = [0u8; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        let tail = u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59);
-        self.state = fold(self.state ^ tail, FOLD_K ^ self.seed);
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.state = fold(self.state ^ u64::from(byte), FOLD_K);
-    }
-
-    fn finish(&self) -> u64 {
-        fold(self.state, FOLD_K.rotate_left(17))
-    }
+    };
+    fold(state ^ a, FOLD_K ^ seed ^ b)
 }
 
 impl std::fmt::Debug for MemoryLimitStore {
@@ -360,9 +366,10 @@ impl Default for MemoryLimitStore {
 }
 
 impl MemoryLimitStore {
-    /// An empty store on the system clock with [`DEFAULT_SHARDS`] shards.
+    /// An empty store on the system clock (read through the CPU's counter:
+    /// [`super::CounterClock`]) with [`DEFAULT_SHARDS`] shards.
     pub fn new() -> Self {
-        Self::with_shards(DEFAULT_SHARDS, Arc::new(SystemClock))
+        Self::with_shards(DEFAULT_SHARDS, Arc::new(super::CounterClock::new()))
     }
 
     /// An empty store on `clock` with `shards` shards (at least one).
@@ -373,7 +380,7 @@ impl MemoryLimitStore {
         MemoryLimitStore {
             inner: Arc::new(Inner {
                 shards,
-                hasher: Fold::default(),
+                seed: rand::random::<u64>() | 1,
                 clock,
                 next_lease: AtomicU64::new(1),
             }),
@@ -386,9 +393,18 @@ impl MemoryLimitStore {
         Self::with_shards(self.inner.shards.len(), clock)
     }
 
-    fn shard(&self, group: &str) -> &Mutex<Shard> {
-        let hash = self.inner.hasher.hash_one(group);
-        let i = (hash % self.inner.shards.len() as u64) as usize;
+    /// The hash of `group`: it picks the shard, and every key's hash starts from it.
+    fn group_hash(&self, group: &str) -> u64 {
+        let seed = self.inner.seed;
+        fold_bytes(seed, seed, group.as_bytes())
+    }
+
+    fn key_hash(&self, group_hash: u64, key: &str) -> u64 {
+        fold_bytes(group_hash, self.inner.seed.rotate_left(17), key.as_bytes())
+    }
+
+    fn shard(&self, group_hash: u64) -> &Mutex<Shard> {
+        let i = (group_hash.rotate_left(29) % self.inner.shards.len() as u64) as usize;
         &self.inner.shards[i]
     }
 
@@ -397,6 +413,13 @@ impl MemoryLimitStore {
     }
 
     /// [`LimitStore::decide`] without a future: the same decision, taken at once.
+    ///
+    /// # No allocation on the admitting path of rate and quota checks
+    ///
+    /// The group is hashed once, each key's hash continues from it, every bucket is found in
+    /// one table of the group's shard, and the outcomes of up to [`INLINE_OUTCOMES`] checks
+    /// live inline in the [`Decision`]: only a bucket seen for the first time, a concurrency
+    /// lease or a refusal allocates.
     pub fn decide_now(&self, group: &str, checks: &[Check], now_us: Option<i64>) -> Decision {
         let now = now_us.unwrap_or_else(|| self.now_us());
         let has_lease = checks
@@ -413,10 +436,15 @@ impl MemoryLimitStore {
         } else {
             String::new()
         };
+        let group_hash = self.group_hash(group);
+        let mut hashes: SmallVec<[u64; SCRATCH]> = SmallVec::new();
+        if checks.len() > 1 {
+            hashes.extend(checks.iter().map(|c| self.key_hash(group_hash, &c.key)));
+        }
         // A panic cannot happen while the lock is held with a half-written group: states are
         // replaced whole, after every check was evaluated.
         let mut shard = self
-            .shard(group)
+            .shard(group_hash)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         shard.since_sweep += 1;
@@ -427,52 +455,135 @@ impl MemoryLimitStore {
         let buckets = &mut shard.buckets;
         if let [check] = checks {
             // One check: one lookup, and the state is replaced in place when admitted.
-            let slot = buckets.get_mut(&(group, check.key.as_str()) as &dyn BucketName);
-            let (outcome, state) = limits::evaluate(&check.rule, slot.as_deref(), now, &lease_id);
+            let hash = self.key_hash(group_hash, &check.key);
+            let slot = buckets.find_mut(hash, |s| s.is(group, &check.key));
+            let (outcome, state) =
+                limits::evaluate(&check.rule, slot.as_ref().map(|s| &s.state), now, &lease_id);
             if !outcome.admitted {
-                return Decision::new(false, vec![outcome], None);
+                return Decision {
+                    admitted: false,
+                    outcomes: Outcomes::from_elem(outcome, 1),
+                    retry_after_us: outcome.retry_after_us,
+                    lease: None,
+                };
             }
             match slot {
-                Some(slot) => *slot = state,
+                Some(slot) => slot.state = state,
                 None => {
-                    buckets.insert((group.into(), check.key.as_str().into()), state);
+                    let slot = Slot::new(hash, group, &check.key, state);
+                    buckets.insert_unique(hash, slot, |s| s.hash);
                 }
             }
             let lease = has_lease.then(|| Lease::new(group, lease_id, vec![check.key.clone()]));
-            return Decision::new(true, vec![outcome], lease);
+            return Decision {
+                admitted: true,
+                outcomes: Outcomes::from_elem(outcome, 1),
+                retry_after_us: 0,
+                lease,
+            };
         }
-        // First pass: every check against the state as it is.
-        let mut outcomes = Vec::with_capacity(checks.len());
-        for check in checks {
-            let state = buckets.get(&(group, check.key.as_str()) as &dyn BucketName);
-            outcomes.push(limits::evaluate(&check.rule, state, now, &lease_id).0);
+        if let [a, b] = checks
+            && !has_lease
+            && a.key != b.key
+        {
+            // Two rate or quota checks on two buckets (the common case): both evaluated from
+            // where they are, both written when both admit, nothing copied through a list.
+            let (ha, hb) = (hashes[0], hashes[1]);
+            let ia = buckets.find_bucket_index(ha, |s| s.is(group, &a.key));
+            let ib = buckets.find_bucket_index(hb, |s| s.is(group, &b.key));
+            let state = |i: Option<usize>| i.and_then(|i| buckets.get_bucket(i)).map(|s| &s.state);
+            let (oa, sa) = limits::evaluate(&a.rule, state(ia), now, &lease_id);
+            let (ob, sb) = limits::evaluate(&b.rule, state(ib), now, &lease_id);
+            if oa.admitted && ob.admitted {
+                let fresh = [(ia, sa), (ib, sb)].map(|(at, next)| {
+                    match at.and_then(|i| buckets.get_bucket_mut(i)) {
+                        Some(bucket) => {
+                            bucket.state = next;
+                            None
+                        }
+                        None => Some(next),
+                    }
+                });
+                // New buckets last: an insertion may move the others.
+                for ((hash, check), next) in [(ha, a), (hb, b)].into_iter().zip(fresh) {
+                    if let Some(next) = next {
+                        let slot = Slot::new(hash, group, &check.key, next);
+                        buckets.insert_unique(hash, slot, |s| s.hash);
+                    }
+                }
+                return Decision {
+                    admitted: true,
+                    outcomes: Outcomes::from_buf([oa, ob]),
+                    retry_after_us: 0,
+                    lease: None,
+                };
+            }
+            // A refusal: the general path below answers it (nothing was written).
         }
-        if !outcomes.iter().all(|o| o.admitted) {
+        // First pass: every check against the state as it is, keeping where each bucket is
+        // and what it would become (a concurrency bucket: only that it takes the lease, added
+        // in place below instead of copying its leases).
+        let mut outcomes = Outcomes::new();
+        let mut next: SmallVec<[(Option<usize>, Next); SCRATCH]> = SmallVec::new();
+        let mut admitted = true;
+        for (check, &hash) in checks.iter().zip(&hashes) {
+            let at = buckets.find_bucket_index(hash, |s| s.is(group, &check.key));
+            let state = at.and_then(|i| buckets.get_bucket(i)).map(|s| &s.state);
+            let (outcome, then) = match check.rule {
+                Rule::Concurrency {
+                    limit,
+                    lease_ttl_us,
+                } => (
+                    concurrency_outcome(limit, state, now),
+                    Next::Lease(now.saturating_add(lease_ttl_us)),
+                ),
+                _ => {
+                    let (outcome, state) = limits::evaluate(&check.rule, state, now, &lease_id);
+                    (outcome, Next::State(state))
+                }
+            };
+            admitted &= outcome.admitted;
+            outcomes.push(outcome);
+            next.push((at, then));
+        }
+        if !admitted {
             // Refused: nothing changes; the model reports the unspent state of every check.
             let pairs: Vec<(&Rule, Option<&BucketState>)> = checks
                 .iter()
-                .map(|c| {
-                    (
-                        &c.rule,
-                        buckets.get(&(group, c.key.as_str()) as &dyn BucketName),
-                    )
+                .zip(&next)
+                .map(|(c, (at, _))| {
+                    let state = at.and_then(|i| buckets.get_bucket(i));
+                    (&c.rule, state.map(|s| &s.state))
                 })
                 .collect();
             let verdict = limits::decide(now, &pairs, &lease_id);
             return Decision {
                 admitted: false,
-                outcomes: verdict.outcomes,
+                outcomes: verdict.outcomes.into(),
                 retry_after_us: verdict.retry_after_us,
                 lease: None,
             };
         }
-        // Second pass: every check admitted, so each state is replaced by its successor.
-        for check in checks {
-            match buckets.get_mut(&(group, check.key.as_str()) as &dyn BucketName) {
-                Some(slot) => *slot = limits::evaluate(&check.rule, Some(slot), now, &lease_id).1,
+        // Second pass: every check admitted, so each state is replaced by its successor: the
+        // buckets found first (their places hold until something is inserted), then the new
+        // ones. Two checks of one bucket: the later write wins, as in the Redis script.
+        let mut fresh: SmallVec<[usize; SCRATCH]> = SmallVec::new();
+        for (i, (at, then)) in next.iter_mut().enumerate() {
+            match at.and_then(|at| buckets.get_bucket_mut(at)) {
+                Some(slot) => then.apply(&mut slot.state, now, &lease_id),
+                None => fresh.push(i),
+            }
+        }
+        for i in fresh {
+            let (hash, key) = (hashes[i], checks[i].key.as_str());
+            let then = &mut next[i].1;
+            match buckets.find_mut(hash, |s| s.is(group, key)) {
+                Some(slot) => then.apply(&mut slot.state, now, &lease_id),
                 None => {
-                    let state = limits::evaluate(&check.rule, None, now, &lease_id).1;
-                    buckets.insert((group.into(), check.key.as_str().into()), state);
+                    let mut state = BucketState::Concurrency { leases: Vec::new() };
+                    then.apply(&mut state, now, &lease_id);
+                    let slot = Slot::new(hash, group, key, state);
+                    buckets.insert_unique(hash, slot, |s| s.hash);
                 }
             }
         }
@@ -494,14 +605,17 @@ impl MemoryLimitStore {
 
     /// [`LimitStore::release`] without a future.
     pub fn release_now(&self, lease: &Lease) {
+        let group_hash = self.group_hash(&lease.group);
         let mut shard = self
-            .shard(&lease.group)
+            .shard(group_hash)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for key in &lease.keys {
-            let name: (&str, &str) = (&lease.group, key);
-            if let Some(BucketState::Concurrency { leases }) =
-                shard.buckets.get_mut(&name as &dyn BucketName)
+            let hash = self.key_hash(group_hash, key);
+            if let Some(Slot {
+                state: BucketState::Concurrency { leases },
+                ..
+            }) = shard.buckets.find_mut(hash, |s| s.is(&lease.group, key))
             {
                 leases.retain(|(id, _)| *id != lease.id);
             }
@@ -535,8 +649,60 @@ impl MemoryLimitStore {
     }
 }
 
-fn sweep(buckets: &mut HashMap<Name, BucketState, Fold>, now_us: i64) {
-    buckets.retain(|_, state| state.idle_at_us() > now_us);
+/// What an admitted check writes.
+enum Next {
+    /// The state [`limits::evaluate`] gave.
+    State(BucketState),
+    /// The decision's lease, expiring at this instant, added to the leases still live.
+    Lease(i64),
+}
+
+impl Next {
+    /// Writes the successor into `state` (taking it out of `self`).
+    fn apply(&mut self, state: &mut BucketState, now: i64, lease_id: &str) {
+        match self {
+            Next::State(next) => *state = std::mem::replace(next, BucketState::Rate { tat_us: 0 }),
+            Next::Lease(expires) => {
+                let lease = (lease_id.to_owned(), *expires);
+                match state {
+                    BucketState::Concurrency { leases } => {
+                        leases.retain(|(_, at)| *at > now);
+                        leases.push(lease);
+                    }
+                    other => {
+                        *other = BucketState::Concurrency {
+                            leases: vec![lease],
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The outcome [`limits::evaluate`] gives a concurrency check, without copying the leases:
+/// live leases are those expiring after `now`.
+fn concurrency_outcome(limit: u64, state: Option<&BucketState>, now: i64) -> Outcome {
+    let leases: &[(String, i64)] = match state {
+        Some(BucketState::Concurrency { leases }) => leases,
+        _ => &[],
+    };
+    let live = leases.iter().filter(|(_, at)| *at > now);
+    let (active, earliest) = live.fold((0u64, None::<i64>), |(n, soonest), (_, at)| {
+        (n + 1, Some(soonest.map_or(*at, |s| s.min(*at))))
+    });
+    if active < limit {
+        Outcome::new(true, limit, limit - active - 1, 0, 0, None, None)
+    } else {
+        let wait = earliest.map_or(limits::CONCURRENCY_RETRY_US, |at| {
+            (at - now).min(limits::CONCURRENCY_RETRY_US)
+        });
+        Outcome::new(false, limit, 0, 0, wait, None, None)
+    }
+}
+
+fn sweep(buckets: &mut HashTable<Slot>, now_us: i64) {
+    buckets.retain(|slot| slot.state.idle_at_us() > now_us);
 }
 
 impl LimitStore for MemoryLimitStore {
