@@ -6,7 +6,7 @@
 #   B. one `serve` process on SQLite with in-memory limits.
 # Limits are on in both, with a bench catalog whose enterprise tier is raised so that nothing
 # is refused (every answer must be a 200: wrk's non-2xx count is checked).
-# Keys live in a SQLite file in both (the key store is not part of this comparison).
+# Keys live where each side keeps everything: PostgreSQL for A, the SQLite file for B.
 # Needs PostgreSQL (BENCH_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432) and Redis
 # (BENCH_REDIS_URL, default redis://127.0.0.1:6379); creates and drops its own database and
 # Redis prefix.
@@ -41,10 +41,10 @@ catalog=$dir/bench.toml
 sed -E 's/enterprise = [0-9]+ \}/enterprise = 10000000 }/' examples/catalogs/chatbots.toml >"$catalog"
 
 export RUST_LOG=${RUST_LOG:-warn}
-key_for() { # db org
+key_for() { # store flag, its value, org
   local key
-  key=$("$bin" keys create --db "$1" --org "$2" --scopes all)
-  "$bin" orgs set-tier --db "$1" "$2" enterprise >/dev/null
+  key=$("$bin" keys create "$1" "$2" --org "$3" --scopes all)
+  "$bin" orgs set-tier "$1" "$2" "$3" enterprise >/dev/null
   echo "$key"
 }
 wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "http://$1/healthz" && return 0; sleep 0.1; done; echo "no server on $1"; exit 1; }
@@ -55,17 +55,17 @@ make_bot() { # addr key
 }
 
 # A: PostgreSQL + Redis, two instances.
-KEY_A=$(key_for "$dir/keys-a.db" bench)
 for addr in $A1 $A2; do
   FAULTLINE_REDIS_PREFIX=$PREFIX "$bin" serve --addr "$addr" --db "$dir/keys-a.db" --catalog "$catalog" \
     --database-url "$PG/$DBNAME" --redis-url "$REDIS" >"$dir/a-$addr.out" 2>&1 &
   pids+=($!)
 done
 wait_up $A1; wait_up $A2
+KEY_A=$(key_for --database-url "$PG/$DBNAME" bench)
 ID_A=$(make_bot $A1 "$KEY_A")
 [ -n "$ID_A" ] || { echo "could not create a chatbot on PostgreSQL"; cat "$dir"/a-*.out; exit 1; }
 # B: SQLite, in-memory limits, one instance.
-KEY_B=$(key_for "$dir/b.db" bench)
+KEY_B=$(key_for --db "$dir/b.db" bench)
 "$bin" serve --addr "$B" --db "$dir/b.db" --catalog "$catalog" >"$dir/b.out" 2>&1 &
 pids+=($!)
 wait_up $B
