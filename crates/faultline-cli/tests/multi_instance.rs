@@ -18,8 +18,14 @@ use serde_json::json;
 use servers::{Cluster, ClusterOptions, create_key, delete_redis_prefix, http, redis_available};
 
 /// # One per-org limit for every instance
+/// One cluster at a time: three `serve` processes with their pools are dozens of PostgreSQL
+/// connections, and four clusters at once can pass the server's connection limit ("too many
+/// clients"), which would fail a test for a reason it is not about.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_org_limit_admits_exactly_its_quota_across_three_instances() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     if !redis_available("a_per_org_limit").await {
         return;
     }
@@ -72,6 +78,7 @@ async fn a_per_org_limit_admits_exactly_its_quota_across_three_instances() {
 /// # Exactly once across instances, and cursors that travel
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_create_once_under_200_concurrent_posts_and_share_cursors() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(mut cluster) = Cluster::new() else {
         return;
     };
@@ -178,6 +185,7 @@ async fn three_instances_create_once_under_200_concurrent_posts_and_share_cursor
 /// are measured and printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_through_a_is_refused_by_b_and_c_within_a_second() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(mut cluster) = Cluster::new() else {
         return;
     };
@@ -304,6 +312,7 @@ fn catalog_with_monthly_quota(cluster: &Cluster, quota: u64) -> std::path::PathB
 /// the spent quota still refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_org_quota_is_exact_across_three_instances_and_survives_restarts() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     if !redis_available("a_per_org_quota").await {
         return;
     }

@@ -194,8 +194,15 @@ impl Cluster {
                 .args(&options.extra)
                 .env("FAULTLINE_REDIS_PREFIX", &cluster.prefix)
                 .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+                // `FAULTLINE_TEST_SERVE_LOG=1` shows what the processes print (their warnings).
+                .stdout(match std::env::var_os("FAULTLINE_TEST_SERVE_LOG") {
+                    Some(_) => Stdio::inherit(),
+                    None => Stdio::null(),
+                })
+                .stderr(match std::env::var_os("FAULTLINE_TEST_SERVE_LOG") {
+                    Some(_) => Stdio::inherit(),
+                    None => Stdio::null(),
+                });
             match &options.redis_url {
                 Some(redis) => command.args(["--redis-url", redis]),
                 None => command.arg("--no-limits"),
