@@ -24,6 +24,10 @@ CREATE INDEX limit_quotas_by_end ON limit_quotas (resets_at_us);
 --    next UTC month (1) or `p_days` days later (2);
 -- 3. when `used + p_cost <= p_limit` the row is written with the new count.
 --
+-- A call that arrives after `p_deadline` (Unix microseconds on PostgreSQL's clock; NULL: no
+-- deadline) spends nothing and fails: its caller has given up waiting (a stalled network can
+-- deliver a statement late), so the unit must not count.
+--
 -- Returns the instant decided at, the period's end and the units used BEFORE this request
 -- (the caller applies the model's formulas to them), and whether it spent.
 CREATE FUNCTION faultline_quota_spend(
@@ -34,6 +38,7 @@ CREATE FUNCTION faultline_quota_spend(
     p_days INTEGER,
     p_limit BIGINT,
     p_cost BIGINT,
+    p_deadline BIGINT,
     OUT o_now BIGINT,
     OUT o_resets_at BIGINT,
     OUT o_used_before BIGINT,
@@ -42,6 +47,10 @@ CREATE FUNCTION faultline_quota_spend(
 BEGIN
     -- The bucket's lock is held until COMMIT: that COMMIT does not wait for the disk (a crash
     -- of the server may forget the last fraction of a second of spending, never corrupt it).
+    IF p_deadline IS NOT NULL
+        AND floor(extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT > p_deadline THEN
+        RAISE EXCEPTION 'the caller''s deadline passed' USING ERRCODE = 'query_canceled';
+    END IF;
     PERFORM set_config('synchronous_commit', 'off', true);
     PERFORM pg_advisory_xact_lock(hashtext(p_group), hashtext(p_bucket));
     o_now := COALESCE(p_now, floor(extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT);

@@ -26,7 +26,7 @@ pub const DEFAULT_QUOTA_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 const LOOK_ONLY: &str = "faultline:pg-quota:look-only";
 
 const SPEND: &str = "SELECT o_now, o_resets_at, o_used_before, o_spent \
-     FROM faultline_quota_spend($1, $2, $3, $4, $5, $6, $7)";
+     FROM faultline_quota_spend($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// A [`LimitStore`] that keeps quota counters in PostgreSQL and asks an inner store (memory,
 /// Redis) for every other check.
@@ -39,47 +39,42 @@ const SPEND: &str = "SELECT o_now, o_resets_at, o_used_before, o_spent \
 ///
 /// # One decision across both stores
 ///
-/// A request's quota checks are spent first, inside one transaction, by the function
-/// `faultline_quota_spend` (a transaction-level advisory lock per bucket serialises the
-/// spenders of one counter, then a conditional insert-or-update writes `used + cost` only when
-/// it stays within the limit). Then the inner store decides the other checks, and:
+/// A request's quota checks are spent first, each by one statement committed on its own: the
+/// function `faultline_quota_spend` takes an advisory lock on the bucket (held for that
+/// statement only), then writes `used + cost` only when it stays within the limit. Then the
+/// inner store decides the other checks, and:
 ///
-/// - every check admits: the transaction commits, the request goes on;
-/// - a quota refuses: the transaction rolls back and the inner store is asked in a look-only
-///   way (with an added check whose limit is 0, which refuses, so by the inner store's own
-///   promise nothing is spent there);
-/// - the inner store refuses: the transaction rolls back, so no quota unit is spent either.
+/// - every check admits: the units stay spent, the request goes on;
+/// - a quota refuses: the units the other quota checks spent are given back, and the inner
+///   store is asked in a look-only way (with an added check whose limit is 0, which refuses,
+///   so by the inner store's own promise nothing is spent there);
+/// - the inner store refuses (or fails): the quota units are given back.
 ///
-/// So a refused request spends nothing on any policy, and the outcomes are the ones
-/// [`faultline::limits::decide`] gives: the quota outcomes are computed by
-/// [`faultline::limits::evaluate`] from the counter read under the lock.
+/// So a refused request spends nothing on any policy once its decision returns, and the
+/// outcomes are the ones [`faultline::limits::decide`] gives: the quota outcomes are computed
+/// by [`faultline::limits::evaluate`] from the counter read under the lock. Between a spend and
+/// its refund, a concurrent request of the same organisation may see those units as spent (and
+/// be refused at the very end of a quota); a refund that cannot be made (PostgreSQL failed in
+/// between, logged at warn) leaves the period one request high.
 ///
 /// # Exact across processes
 ///
-/// Concurrent decisions on one counter wait for each other's transaction (advisory lock), so
-/// however many processes share the database, a quota of N admits exactly N units per period.
-/// A request's quota buckets are locked in key order, so two requests never wait for each
-/// other in a cycle.
+/// Spenders of one counter wait for each other's statement (advisory lock), so however many
+/// processes share the database, a quota of N admits exactly N units per period.
 ///
-/// The price: one organisation's decisions run one at a time for the span of the quota
-/// statement, the inner store's call and the COMMIT (the bench `quota` of this crate measures
-/// it), and each decision with a quota costs three PostgreSQL round trips (BEGIN, the spend,
-/// COMMIT). The COMMIT does not wait for the disk (`synchronous_commit = off` for this
-/// transaction only): a crash of the PostgreSQL server may forget the last fraction of a
-/// second of spending (a count a few requests low), never half of a decision.
+/// The price: one PostgreSQL round trip per quota check of an admitted request (two for a
+/// refused one), and one organisation's spends run one at a time for the span of one
+/// statement; the inner store is asked with no lock held. The statement does not wait for the
+/// disk (`synchronous_commit = off` for it only): a crash of the PostgreSQL server may forget
+/// the last fraction of a second of spending (a count a few requests low).
 ///
-/// # A failed commit stops the request
+/// # A request given up gives its units back
 ///
-/// If the COMMIT fails (or misses its deadline) after the inner store admitted, the decision
-/// is a [`StoreError`] (unavailable), so the layer answers as its failure mode says; the lease
-/// the inner store took is given back at once (also when the caller stops waiting, e.g. the
-/// limit layer's deadline passing while the COMMIT is in flight: then on a task of its own).
-/// What cannot be given back are the rate tokens the inner store spent for that request: each
-/// such failure over-spends one token of each rate check (the request was not served, but
-/// counts against the rate window), never a quota unit. With a failed commit whose outcome is
-/// unknown (the connection died after sending it) the quota may have been spent for a request
-/// that is not served: the error tells the client to retry, and the period's count is at most
-/// one request high.
+/// If the caller stops waiting after the spend (the limit layer's deadline, a dropped
+/// request), the units are given back on a task of their own. A spend that reaches
+/// PostgreSQL only after its statement's deadline (a stalled network delivering it late)
+/// spends nothing: the deadline travels with the statement and is compared with PostgreSQL's
+/// clock, which must agree with this machine's within the statement timeout.
 ///
 /// # Time
 ///
@@ -275,11 +270,14 @@ impl PgQuotaStore {
             .filter(|(_, c)| !matches!(c.rule, Rule::Quota { .. }))
             .collect();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; checks.len()];
-        let mut conn = self.pool.get().await?;
-        let mut tx = conn.transaction().await?;
+        let conn = self.pool.get().await?;
         let mut quota_admits = true;
-        // Spent states, to report as unspent when the decision is refused after all.
-        let mut spent = Vec::with_capacity(quotas.len());
+        // What was spent, to give back if the decision is refused after all.
+        let mut spent = Refund {
+            conn: Some(conn),
+            group,
+            units: Vec::with_capacity(quotas.len()),
+        };
         for quota in &quotas {
             let (kind, days): (i16, i32) = match quota.period {
                 Period::Day => (0, 0),
@@ -295,10 +293,18 @@ impl PgQuotaStore {
             };
             let limit = i64::try_from(quota.limit).unwrap_or(i64::MAX);
             let cost = i64::try_from(quota.cost).unwrap_or(i64::MAX);
-            let row = tx
+            // One statement, committed on its own: the bucket's lock is held for it alone.
+            // A statement delivered after the caller gave up spends nothing (see migration 3).
+            let deadline = unix_micros_now().saturating_add(
+                i64::try_from(self.pool.statement_timeout().as_micros()).unwrap_or(i64::MAX),
+            );
+            let row = spent
+                .conn()?
                 .query_opt(
                     SPEND,
-                    &[&group, &quota.key, &now_us, &kind, &days, &limit, &cost],
+                    &[
+                        &group, &quota.key, &now_us, &kind, &days, &limit, &cost, &deadline,
+                    ],
                 )
                 .await?
                 .ok_or_else(|| StoreError::new("faultline_quota_spend returned no row"))?;
@@ -310,18 +316,20 @@ impl PgQuotaStore {
             };
             let (outcome, _) = limits::evaluate(&quota.rule, Some(&state), now, "");
             debug_assert_eq!(outcome.admitted, was_spent, "the model and SQL agree");
-            quota_admits &= outcome.admitted;
-            if outcome.admitted {
-                spent.push(quota.index);
+            if was_spent {
+                spent
+                    .units
+                    .push((quota.index, quota.key.to_owned(), resets_at, cost));
             }
+            quota_admits &= outcome.admitted;
             outcomes[quota.index] = Some(outcome);
         }
-        // The quota checks that admitted report the state as it stays when the decision is
-        // refused: nothing of them is committed.
-        let unspend = |outcomes: &mut Vec<Option<Outcome>>| {
-            for &i in &spent {
+        // The quota checks that admitted report the state as it is once their units are
+        // given back.
+        let unspend = |outcomes: &mut Vec<Option<Outcome>>, units: &[(usize, String, i64, i64)]| {
+            for (i, ..) in units {
                 if let (Some(outcome), Rule::Quota { cost, .. }) =
-                    (&mut outcomes[i], &checks[i].rule)
+                    (&mut outcomes[*i], &checks[*i].rule)
                 {
                     outcome.remaining = outcome.remaining.saturating_add(*cost);
                     outcome.used = outcome.used.map(|u| u.saturating_sub(*cost));
@@ -329,9 +337,8 @@ impl PgQuotaStore {
             }
         };
         if !quota_admits {
-            drop(tx);
-            drop(conn);
-            unspend(&mut outcomes);
+            unspend(&mut outcomes, &spent.units);
+            spent.give_back().await;
             if !others.is_empty() {
                 // Look only: a check that refuses makes the inner store spend nothing.
                 let mut look: Vec<Check> = others.iter().map(|(_, c)| (*c).clone()).collect();
@@ -353,53 +360,93 @@ impl PgQuotaStore {
             }
             return Ok(Decision::new(false, collect(outcomes)?, None));
         }
-        // The lease goes back if this decision ends without returning it: a failed COMMIT, or
-        // the caller giving up (its deadline) while the COMMIT is in flight.
-        let mut lease = PendingLease(None);
-        if !others.is_empty() {
-            let rest: Vec<Check> = others.iter().map(|(_, c)| (*c).clone()).collect();
-            let decided = self.inner.decide(group, &rest, now_us).await?;
-            for ((i, _), outcome) in others.iter().zip(decided.outcomes) {
-                outcomes[*i] = Some(outcome);
-            }
-            if !decided.admitted {
-                drop(tx);
-                unspend(&mut outcomes);
-                return Ok(Decision::new(false, collect(outcomes)?, None));
-            }
-            lease.0 = decided.lease.map(|l| (Arc::clone(&self.inner), l));
+        if others.is_empty() {
+            spent.keep();
+            return Ok(Decision::new(true, collect(outcomes)?, None));
         }
-        if let Err(e) = tx.commit().await {
-            if let Some((inner, lease)) = lease.0.take() {
-                let _ = inner.release(lease).await;
-            }
-            return Err(if e.is_unavailable() {
-                e
-            } else {
-                StoreError::unavailable(e)
-            });
+        let rest: Vec<Check> = others.iter().map(|(_, c)| (*c).clone()).collect();
+        // An error here gives the units back too (the refund is dropped unkept).
+        let decided = self.inner.decide(group, &rest, now_us).await?;
+        for ((i, _), outcome) in others.iter().zip(decided.outcomes) {
+            outcomes[*i] = Some(outcome);
         }
-        let lease = lease.0.take().map(|(_, l)| l);
-        Ok(Decision::new(true, collect(outcomes)?, lease))
+        if !decided.admitted {
+            unspend(&mut outcomes, &spent.units);
+            spent.give_back().await;
+            return Ok(Decision::new(false, collect(outcomes)?, None));
+        }
+        spent.keep();
+        Ok(Decision::new(true, collect(outcomes)?, decided.lease))
     }
 }
 
-/// A lease taken by the inner store for a decision not yet returned; given back when dropped.
-struct PendingLease(Option<(Arc<dyn LimitStore>, Lease)>);
+/// This machine's clock in Unix microseconds.
+fn unix_micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
 
-impl Drop for PendingLease {
+const REFUND: &str = "UPDATE limit_quotas SET used = used - $4, updated_at = now() \
+     WHERE grp = $1 AND bucket = $2 AND resets_at_us = $3 AND used >= $4";
+
+/// Quota units spent for a decision not yet returned: given back unless kept (a refusal by
+/// another check, an error, or the caller giving up), on a task of its own when dropped.
+struct Refund<'a> {
+    conn: Option<crate::pool::PgConn>,
+    group: &'a str,
+    /// (check index, bucket, period end, units)
+    units: Vec<(usize, String, i64, i64)>,
+}
+
+impl Refund<'_> {
+    fn conn(&mut self) -> Result<&mut crate::pool::PgConn, StoreError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::new("the quota connection was given up"))
+    }
+
+    /// The units stay spent: the decision admits.
+    fn keep(mut self) {
+        self.units.clear();
+    }
+
+    /// Gives the units back now.
+    async fn give_back(mut self) {
+        let units = std::mem::take(&mut self.units);
+        if let Some(conn) = &mut self.conn {
+            for (_, bucket, resets_at, cost) in &units {
+                if let Err(e) = conn
+                    .execute(REFUND, &[&self.group, bucket, resets_at, cost])
+                    .await
+                {
+                    tracing::warn!(error = %e, "a refused request's quota units could not be given back; the period counts it");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Refund<'_> {
     fn drop(&mut self) {
-        let Some((inner, lease)) = self.0.take() else {
+        if self.units.is_empty() {
+            return;
+        }
+        let (Some(mut conn), Ok(runtime)) =
+            (self.conn.take(), tokio::runtime::Handle::try_current())
+        else {
+            tracing::warn!("a quota spend could not be given back; the period counts it");
             return;
         };
-        if inner.release_ready(&lease) {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = inner.release(lease).await;
-            });
-        }
+        let group = self.group.to_owned();
+        let units = std::mem::take(&mut self.units);
+        runtime.spawn(async move {
+            for (_, bucket, resets_at, cost) in &units {
+                if let Err(e) = conn.execute(REFUND, &[&group, bucket, resets_at, cost]).await {
+                    tracing::warn!(error = %e, "a quota spend could not be given back; the period counts it");
+                }
+            }
+        });
     }
 }
 

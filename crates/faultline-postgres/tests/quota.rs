@@ -285,83 +285,6 @@ async fn an_outage_is_unavailable_within_the_deadline_and_recovers() {
     }
 }
 
-/// An inner store that cuts the proxy in front of PostgreSQL while it decides, so the COMMIT
-/// that follows fails.
-struct CutWhileDeciding {
-    inner: MemoryLimitStore,
-    proxy: Arc<TcpProxy>,
-    released: Arc<AtomicUsize>,
-    /// Stall the proxy instead of cutting it.
-    stall: bool,
-}
-
-impl LimitStore for CutWhileDeciding {
-    fn decide<'a>(
-        &'a self,
-        group: &'a str,
-        checks: &'a [Check],
-        now_us: Option<i64>,
-    ) -> StoreFuture<'a, Decision> {
-        if self.stall {
-            self.proxy.stall().unwrap();
-        } else {
-            self.proxy.cut();
-        }
-        self.inner.decide(group, checks, now_us)
-    }
-
-    fn release(&self, lease: Lease) -> StoreFuture<'_, ()> {
-        self.released.fetch_add(1, Ordering::Relaxed);
-        self.inner.release(lease)
-    }
-}
-
-/// # A failed commit stops the request
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_commit_is_unavailable_spends_no_quota_and_gives_the_lease_back() {
-    let Some(db) = TestDatabase::migrated() else {
-        return;
-    };
-    let proxy = Arc::new(TcpProxy::start(db.server_addr()).await.unwrap());
-    let mut options = db.options_via(proxy.addr());
-    options.connect_timeout = Duration::from_millis(500);
-    options.statement_timeout = Duration::from_millis(500);
-    let released = Arc::new(AtomicUsize::new(0));
-    let inner = Arc::new(CutWhileDeciding {
-        inner: MemoryLimitStore::new(),
-        proxy: proxy.clone(),
-        released: released.clone(),
-        stall: false,
-    });
-    let store = PgQuotaStore::new(PgPool::new(&options).unwrap(), inner);
-    let checks = [
-        Check::new("month", quota(100, Period::Month, 1)),
-        Check::new(
-            "in_flight",
-            Rule::Concurrency {
-                limit: 5,
-                lease_ttl_us: 60 * S,
-            },
-        ),
-    ];
-    let err = store
-        .decide("org_c", &checks, Some(suite::NOW_US))
-        .await
-        .unwrap_err();
-    assert!(err.is_unavailable(), "{err}");
-    assert_eq!(released.load(Ordering::Relaxed), 1, "the lease went back");
-    proxy.restore().unwrap();
-    let (direct, _) = store_on(&db.options());
-    assert_eq!(
-        direct
-            .usage("org_c", "month", Some(suite::NOW_US))
-            .await
-            .unwrap(),
-        None,
-        "the quota was not spent"
-    );
-}
-
 #[tokio::test]
 async fn an_unknown_error_is_not_an_outage() {
     // A database without the migration: the function is missing, which is a defect.
@@ -415,46 +338,97 @@ async fn after_an_outage_decisions_fail_at_once_for_the_window_then_try_again() 
     assert_eq!(d.outcomes[0].used, Some(2));
 }
 
-/// # A failed commit stops the request (also when the caller stops waiting)
+/// An inner store that fails every decision, or never answers.
+struct BrokenInner {
+    hang: bool,
+}
+
+impl LimitStore for BrokenInner {
+    fn decide<'a>(
+        &'a self,
+        _group: &'a str,
+        _checks: &'a [Check],
+        _now_us: Option<i64>,
+    ) -> StoreFuture<'a, Decision> {
+        if self.hang {
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(std::future::ready(Err(StoreError::unavailable(
+                std::io::Error::other("the inner store is down"),
+            ))))
+        }
+    }
+
+    fn release(&self, _lease: Lease) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+fn month_and_rate() -> [Check; 2] {
+    [
+        Check::new("month", quota(100, Period::Month, 1)),
+        Check::new(
+            "per_minute",
+            Rule::Rate {
+                limit: 10,
+                window_us: 60 * S,
+            },
+        ),
+    ]
+}
+
+/// # One decision across both stores (the inner store fails after the spend)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_giving_up_during_the_commit_gets_the_lease_given_back() {
+async fn an_inner_store_failure_gives_the_quota_back() {
     let Some(db) = TestDatabase::migrated() else {
         return;
     };
-    let proxy = Arc::new(TcpProxy::start(db.server_addr()).await.unwrap());
-    let mut options = db.options_via(proxy.addr());
-    options.statement_timeout = Duration::from_secs(5);
-    let released = Arc::new(AtomicUsize::new(0));
-    let inner = Arc::new(CutWhileDeciding {
-        inner: MemoryLimitStore::new(),
-        proxy: proxy.clone(),
-        released: released.clone(),
-        stall: true,
-    });
-    let store = PgQuotaStore::new(PgPool::new(&options).unwrap(), inner);
-    let checks = [
-        Check::new("month", quota(100, Period::Month, 1)),
-        Check::new(
-            "in_flight",
-            Rule::Concurrency {
-                limit: 5,
-                lease_ttl_us: 60 * S,
-            },
-        ),
-    ];
-    // The limit layer's deadline, shorter than the stalled COMMIT.
+    let store = PgQuotaStore::new(
+        PgPool::new(&db.options()).unwrap(),
+        Arc::new(BrokenInner { hang: false }),
+    );
+    let err = store
+        .decide("org_f", &month_and_rate(), Some(suite::NOW_US))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let usage = store
+        .usage("org_f", "month", Some(suite::NOW_US))
+        .await
+        .unwrap();
+    assert_eq!(usage.map_or(0, |(_, used)| used), 0, "the unit went back");
+}
+
+/// # A request given up gives its units back
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_giving_up_after_the_spend_gets_the_units_back() {
+    let Some(db) = TestDatabase::migrated() else {
+        return;
+    };
+    let store = PgQuotaStore::new(
+        PgPool::new(&db.options()).unwrap(),
+        Arc::new(BrokenInner { hang: true }),
+    );
+    // The limit layer's deadline, shorter than the inner store's silence.
     let gave_up = tokio::time::timeout(
         Duration::from_millis(300),
-        store.decide("org_g", &checks, Some(suite::NOW_US)),
+        store.decide("org_g", &month_and_rate(), Some(suite::NOW_US)),
     )
     .await;
-    assert!(gave_up.is_err(), "the COMMIT was stalled");
-    for _ in 0..100 {
-        if released.load(Ordering::Relaxed) == 1 {
-            break;
+    assert!(gave_up.is_err(), "the inner store never answered");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let usage = store
+            .usage("org_g", "month", Some(suite::NOW_US))
+            .await
+            .unwrap();
+        match usage.map_or(0, |(_, used)| used) {
+            0 => break,
+            used => {
+                assert_eq!(used, 1, "spent once");
+                assert!(Instant::now() < deadline, "the unit never went back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(released.load(Ordering::Relaxed), 1, "the lease went back");
-    proxy.restore().unwrap();
 }
