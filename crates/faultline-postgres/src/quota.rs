@@ -415,14 +415,20 @@ impl Refund<'_> {
     async fn give_back(mut self) {
         let units = std::mem::take(&mut self.units);
         if let Some(conn) = &mut self.conn {
-            for (_, bucket, resets_at, cost) in &units {
-                if let Err(e) = conn
-                    .execute(REFUND, &[&self.group, bucket, resets_at, cost])
-                    .await
-                {
-                    tracing::warn!(error = %e, "a refused request's quota units could not be given back; the period counts it");
-                }
-            }
+            refund(conn, self.group, &units).await;
+        }
+    }
+}
+
+/// Gives `units` of `group` back, one statement each; a failure is logged (the period then
+/// counts them).
+async fn refund(conn: &mut crate::pool::PgConn, group: &str, units: &[(usize, String, i64, i64)]) {
+    for (_, bucket, resets_at, cost) in units {
+        if let Err(e) = conn
+            .execute(REFUND, &[&group, bucket, resets_at, cost])
+            .await
+        {
+            tracing::warn!(error = %e, "quota units could not be given back; the period counts them");
         }
     }
 }
@@ -440,13 +446,7 @@ impl Drop for Refund<'_> {
         };
         let group = self.group.to_owned();
         let units = std::mem::take(&mut self.units);
-        runtime.spawn(async move {
-            for (_, bucket, resets_at, cost) in &units {
-                if let Err(e) = conn.execute(REFUND, &[&group, bucket, resets_at, cost]).await {
-                    tracing::warn!(error = %e, "a quota spend could not be given back; the period counts it");
-                }
-            }
-        });
+        runtime.spawn(async move { refund(&mut conn, &group, &units).await });
     }
 }
 

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::error::Error as _;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +25,9 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::store::{ClaimOutcome, ClaimRequest, ClaimToken, IdempotencyStore, StoredResponse};
+use super::store::{
+    ClaimOutcome, ClaimRequest, ClaimToken, IdempotencyStore, StoreError, StoredResponse,
+};
 use crate::contract::{Contract, Error, Pending, Rendered, nosniff};
 use crate::layer::{BodyLimit, DEFAULT_BODY_LIMIT};
 use crate::refuse::RefuseOr;
@@ -401,6 +404,12 @@ fn invalid_key(reason: impl Into<String>) -> Error {
     })
 }
 
+/// `idempotency_in_progress`, to retry after `retry_after` (whole seconds, at least one).
+fn in_progress(retry_after: Duration) -> Error {
+    Error::bound(Situation::IdempotencyInProgress)
+        .with_header("Retry-After", retry_after.as_secs().max(1).to_string())
+}
+
 /// The conflict error for a key reused with another request.
 fn conflict(difference: Difference) -> Error {
     Error::bound(Situation::IdempotencyConflict)
@@ -539,17 +548,9 @@ where
     } else {
         config.store.claim(&claim).await
     };
-    let token = match claimed {
-        Err(e) => return Ok(Error::from(e).into_response()),
-        Ok(ClaimOutcome::Claimed(token)) => token,
-        Ok(ClaimOutcome::InProgress { retry_after }) => {
-            let seconds = retry_after.as_secs().max(1);
-            return Ok(Error::bound(Situation::IdempotencyInProgress)
-                .with_header("Retry-After", seconds.to_string())
-                .into_response());
-        }
-        Ok(ClaimOutcome::Mismatch(difference)) => return Ok(conflict(difference).into_response()),
-        Ok(ClaimOutcome::Replay(stored)) => return Ok(config.replay(stored, &id)),
+    let token = match config.claimed_or_answer(claimed, &id) {
+        ControlFlow::Continue(token) => token,
+        ControlFlow::Break(answer) => return Ok(answer),
     };
     let mut guard = Release {
         store: Arc::clone(&config.store),
@@ -652,23 +653,34 @@ impl Config {
             claim.lease,
             self.clock.now_millis(),
         );
-        let in_progress = |retry_after: Duration| {
-            Error::bound(Situation::IdempotencyInProgress)
-                .with_header("Retry-After", retry_after.as_secs().max(1).to_string())
-                .into_response()
-        };
-        match self.store.claim(&again).await {
-            Err(e) => Error::from(e).into_response(),
-            Ok(ClaimOutcome::Replay(stored)) => self.replay(stored, id),
-            Ok(ClaimOutcome::Mismatch(difference)) => conflict(difference).into_response(),
-            Ok(ClaimOutcome::InProgress { retry_after }) => in_progress(retry_after),
-            Ok(ClaimOutcome::Claimed(token)) => {
+        match self.claimed_or_answer(self.store.claim(&again).await, id) {
+            ControlFlow::Break(answer) => answer,
+            ControlFlow::Continue(token) => {
                 if let Err(e) = self.store.release(&token).await {
                     tracing::warn!(cause = %e, "an idempotency claim could not be released; it ends with its lease");
                 }
-                in_progress(Duration::from_secs(1))
+                in_progress(Duration::from_secs(1)).into_response()
             }
         }
+    }
+
+    /// The token of a claim taken, or the answer a claim that was not taken gets: the store's
+    /// error, the replay, the conflict or in progress.
+    fn claimed_or_answer(
+        &self,
+        claimed: Result<ClaimOutcome, StoreError>,
+        id: &RequestId,
+    ) -> ControlFlow<Response, ClaimToken> {
+        let answer = match claimed {
+            Ok(ClaimOutcome::Claimed(token)) => return ControlFlow::Continue(token),
+            Err(e) => Error::from(e).into_response(),
+            Ok(ClaimOutcome::InProgress { retry_after }) => {
+                in_progress(retry_after).into_response()
+            }
+            Ok(ClaimOutcome::Mismatch(difference)) => conflict(difference).into_response(),
+            Ok(ClaimOutcome::Replay(stored)) => self.replay(stored, id),
+        };
+        ControlFlow::Break(answer)
     }
 
     /// A handler's pending error rendered now (it must be stored as the client sees it), unless
