@@ -407,24 +407,25 @@ impl<I> ContractIo<I> {
     }
 
     /// Follows the framing over `bytes`, which have just been written.
-    fn wrote(&mut self, mut bytes: &[u8]) {
+    /// Follows the response bytes `bytes` written by the task of `writer`.
+    fn wrote(&mut self, mut bytes: &[u8], writer: &Waker) {
         while !bytes.is_empty() {
             let (used, event) = step(&mut self.framing, bytes);
             let consumed = &bytes[..used];
             bytes = &bytes[used..];
             match event {
                 None => {}
-                Some(Event::HeadDone(Some(head))) => self.head_done(&head),
-                Some(Event::HeadDone(None)) => self.head_done(consumed),
+                Some(Event::HeadDone(Some(head))) => self.head_done(&head, writer),
+                Some(Event::HeadDone(None)) => self.head_done(consumed, writer),
                 Some(Event::BodyDone) => {
                     self.framing = Framing::Head(Vec::new());
-                    self.response_done();
+                    self.response_done(writer);
                 }
             }
         }
     }
 
-    fn head_done(&mut self, head: &[u8]) {
+    fn head_done(&mut self, head: &[u8], writer: &Waker) {
         match parse_head(head) {
             Some(Head::Interim) => self.framing = Framing::Head(Vec::new()),
             Some(Head::Final(body)) => {
@@ -442,22 +443,51 @@ impl<I> ContractIo<I> {
                 let done = body == Framing::Head(Vec::new());
                 self.framing = body;
                 if done {
-                    self.response_done();
+                    self.response_done(writer);
                 }
             }
             None => self.framing = Framing::Opaque,
         }
     }
 
-    fn response_done(&mut self) {
+    /// A response ended: the connection waits for the next request, whose read must start the
+    /// idle timer.
+    ///
+    /// # No wake-up per request
+    ///
+    /// The idle timer is started here, by the writer, and the reading task is woken only when
+    /// it is not the one writing. hyper polls both halves of a connection from one task, and
+    /// waking that task from inside its own poll made tokio wake another worker thread for
+    /// nothing: a futex and an eventfd write per request.
+    fn response_done(&mut self, writer: &Waker) {
         {
             let mut state = self.conn.lock();
             state.responding = false;
             state.generation += 1;
         }
-        if let Some(waker) = self.read_waker.take() {
+        if let Some(generation) = self.waiting_for_request() {
+            self.idle_since_response(generation);
+        }
+        if let Some(waker) = self.read_waker.take()
+            && !waker.will_wake(writer)
+        {
             waker.wake();
         }
+    }
+
+    /// Once per response `generation`: the connection is idle from now until the next
+    /// request. The timer only ever moves later (a timer moved earlier than every other makes
+    /// tokio wake its timer driver, a system call per request): it is set to the shorter of
+    /// the two timeouts from now, and the phase is checked when it fires.
+    fn idle_since_response(&mut self, generation: u64) {
+        if generation == self.seen_generation {
+            return;
+        }
+        self.seen_generation = generation;
+        self.phase = Phase::Idle;
+        self.since = Instant::now();
+        let at = self.since + self.idle_timeout.min(self.header_read_timeout);
+        self.deadline.as_mut().reset(at);
     }
 
     /// Whether the connection waits for a request (no request in the service, no response
@@ -487,11 +517,11 @@ fn step(framing: &mut Framing, bytes: &[u8]) -> (usize, Option<Event>) {
             let kept = head.len().min(3);
             let look = &bytes[..bytes.len().min(MAX_HEAD + 4)];
             let found = if kept == 0 {
-                find(look, b"\r\n\r\n")
+                head_end(look)
             } else {
                 let mut window = head[head.len() - kept..].to_vec();
                 window.extend_from_slice(&look[..look.len().min(4)]);
-                find(&window, b"\r\n\r\n").or_else(|| find(look, b"\r\n\r\n").map(|at| at + kept))
+                head_end(&window).or_else(|| head_end(look).map(|at| at + kept))
             };
             match found {
                 // The usual case: the whole head in one write, read where it lies.
@@ -590,8 +620,12 @@ fn step(framing: &mut Framing, bytes: &[u8]) -> (usize, Option<Event>) {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(haystack, needle)
+/// Where the first `\r\n\r\n` (the end of a head) in `haystack` starts. The searcher is built
+/// once: building one per call cost more than the search itself.
+fn head_end(haystack: &[u8]) -> Option<usize> {
+    static END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    END.find(haystack)
 }
 
 /// Reads a complete response head: interim, or final with its body's framing. Only the status
@@ -615,12 +649,20 @@ fn parse_head(head: &[u8]) -> Option<Head> {
         return Some(Head::Final(Framing::Head(Vec::new())));
     }
     let mut length = None;
-    for line in head.split(|&b| b == b'\n').skip(1) {
+    let mut start = memchr::memchr(b'\n', head)? + 1;
+    while let Some(end) = memchr::memchr(b'\n', &head[start..]).map(|at| start + at) {
+        let line = &head[start..end];
+        start = end + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             break;
         }
-        let colon = line.iter().position(|&b| b == b':')?;
+        let colon = memchr::memchr(b':', line)?;
+        // Only two names matter: their first letter rules most lines out without comparing
+        // names (a head with long fields, such as rate-limit ones, is read in a few steps).
+        if !matches!(line[0].to_ascii_lowercase(), b't' | b'c') {
+            continue;
+        }
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             let chunked = value
@@ -669,17 +711,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for ContractIo<I> {
         let this = &mut *self;
         let waiting = this.waiting_for_request();
         if let Some(generation) = waiting {
-            if generation != this.seen_generation {
-                // A response just ended: the connection is idle until the next request. The
-                // timer only ever moves later (a timer moved earlier than every other makes
-                // tokio wake its timer driver, a system call per request): it is set to the
-                // shorter of the two timeouts from now, and the phase is checked when it fires.
-                this.seen_generation = generation;
-                this.phase = Phase::Idle;
-                this.since = Instant::now();
-                let at = this.since + this.idle_timeout.min(this.header_read_timeout);
-                this.deadline.as_mut().reset(at);
-            }
+            this.idle_since_response(generation);
             this.read_waker = Some(cx.waker().clone());
         }
         let before = buf.filled().len();
@@ -761,7 +793,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ContractIo<I> {
                 Some(bytes) => this.replacement = Some((bytes, 0)),
                 None => {
                     let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-                    this.wrote(&buf[..n]);
+                    this.wrote(&buf[..n], cx.waker());
                     return Poll::Ready(Ok(n));
                 }
             }
@@ -788,7 +820,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ContractIo<I> {
                     let written = n;
                     for slice in bufs {
                         let take = n.min(slice.len());
-                        this.wrote(&slice[..take]);
+                        this.wrote(&slice[..take], cx.waker());
                         n -= take;
                         if n == 0 {
                             break;
@@ -918,6 +950,48 @@ mod tests {
             read_waker: None,
             _open: OpenConnection(Arc::new(AtomicUsize::new(1))),
         }
+    }
+
+    /// A waker counting its wakes.
+    struct Counting(AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_ends_without_waking_the_task_writing_it() {
+        let reader = Arc::new(Counting(AtomicUsize::new(0)));
+        let other = Arc::new(Counting(AtomicUsize::new(0)));
+        let (reader_waker, other_waker) = (
+            Waker::from(Arc::clone(&reader)),
+            Waker::from(Arc::clone(&other)),
+        );
+        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]";
+        let mut io = io(1024, false);
+        let mut buf = [0u8; 16];
+        for (writer, round) in [(&reader_waker, 1), (&other_waker, 2)] {
+            // The reader waits for a request, one arrives and is answered by `writer`.
+            let mut cx = Context::from_waker(&reader_waker);
+            assert!(
+                Pin::new(&mut io)
+                    .poll_read(&mut cx, &mut ReadBuf::new(&mut buf))
+                    .is_pending()
+            );
+            io.conn.request_started(false);
+            let mut cx = Context::from_waker(writer);
+            let written = Pin::new(&mut io).poll_write(&mut cx, response);
+            assert!(matches!(written, Poll::Ready(Ok(n)) if n == response.len()));
+            // The idle deadline starts at the response's end, whoever wrote it.
+            assert_eq!(io.seen_generation, round);
+            assert_eq!(io.phase, Phase::Idle);
+        }
+        // Written by the reading task itself: not woken (hyper reads on in the same poll).
+        // Written by another task: the reader is woken, once.
+        assert_eq!(reader.0.load(Ordering::Relaxed), 1);
+        assert_eq!(other.0.load(Ordering::Relaxed), 0);
     }
 
     const LOOKALIKE: &str = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
