@@ -54,11 +54,23 @@ const MAX_HEAD: usize = 64 * 1024;
 /// own refusals become catalog errors and the listener's timeouts apply.
 ///
 /// It returns axum's [`axum::serve::Serve`], so `.with_graceful_shutdown(...)` works as usual.
+///
+/// # Route layers are built once
+///
+/// The router is made eager (`with_state(())`) as `axum::serve` makes one, so a
+/// `route_layer` wraps its handler once, not again for every request.
 pub fn serve<L: Listener>(
     listener: ContractListener<L>,
     router: Router,
 ) -> axum::serve::Serve<ContractListener<L>, TrackConnections, TrackedRouter> {
-    axum::serve(listener, TrackConnections { router })
+    // Eager, as `axum::serve` makes a router: a lazy one builds its route layers again for
+    // every request.
+    axum::serve(
+        listener,
+        TrackConnections {
+            router: router.with_state(()),
+        },
+    )
 }
 
 /// Wraps an axum [`Listener`]: hyper's refusals become catalog errors, slow and idle

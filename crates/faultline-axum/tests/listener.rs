@@ -145,3 +145,49 @@ async fn a_refusal_after_a_good_request_on_the_same_connection_is_a_catalog_erro
         (400, Some("malformed_request"))
     );
 }
+
+/// A layer that counts how often it wraps a service.
+#[derive(Clone)]
+struct CountingLayer(Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S> tower::Layer<S> for CountingLayer {
+    type Service = S;
+    fn layer(&self, inner: S) -> S {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        inner
+    }
+}
+
+#[tokio::test]
+async fn route_layers_are_built_once_not_per_request() {
+    let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let faultline = Faultline::new(contract());
+    let contract = Arc::clone(faultline.contract());
+    let app = faultline.install(Router::new().route(
+        "/hello",
+        get(|| async { "hi" }).route_layer(CountingLayer(Arc::clone(&built))),
+    ));
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        faultline_axum::serve(ContractListener::new(tcp, contract), app)
+            .await
+            .unwrap();
+    });
+    let get = |_| {
+        raw(
+            addr,
+            b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        )
+    };
+    assert!(get(()).await.starts_with("HTTP/1.1 200"));
+    let after_first = built.load(std::sync::atomic::Ordering::Relaxed);
+    for () in [(); 5] {
+        assert!(get(()).await.starts_with("HTTP/1.1 200"));
+    }
+    assert_eq!(
+        built.load(std::sync::atomic::Ordering::Relaxed),
+        after_first,
+        "a route layer was built again for a request"
+    );
+}
