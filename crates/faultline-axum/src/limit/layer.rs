@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderName, HeaderValue, Request};
 use axum::response::{IntoResponse, Response};
 use faultline::limits::{
@@ -409,18 +409,19 @@ impl Shared {
         for &(i, limit) in &plan.policies {
             let applied = &self.policies[i];
             let policy = &applied.policy;
-            let mut key = String::with_capacity(applied.prefix.len() + 24);
-            key.push_str(&applied.prefix);
-            match policy.per {
-                Per::Org => {}
-                Per::Key => key.push_str(&caller.key),
-                Per::RouteGroup => key.push_str(self.group.as_deref().unwrap_or("-")),
+            let part = match policy.per {
+                Per::Key => &*caller.key,
+                Per::RouteGroup => self.group.as_deref().unwrap_or("-"),
                 Per::Custom => match caller.custom_value(&policy.name) {
-                    Some(value) => key.push_str(value),
+                    Some(value) => value,
                     None => continue,
                 },
-                _ => {}
-            }
+                _ => "",
+            };
+            // Sized exactly: one allocation per bucket key.
+            let mut key = String::with_capacity(applied.prefix.len() + part.len());
+            key.push_str(&applied.prefix);
+            key.push_str(part);
             let rule = match policy.kind {
                 Kind::Rate { window_us } => limits::Rule::Rate { limit, window_us },
                 Kind::Quota { period } => limits::Rule::Quota {
@@ -454,12 +455,14 @@ impl Shared {
         if let Some(value) = policy_header {
             out.push((0, value));
         }
-        // `RateLimit`, written as `limits::format_state_header` writes it, into one buffer
-        // (each member's fixed start is precomputed).
+        // `RateLimit`, written as `limits::format_state_header` writes it (each member's fixed
+        // start is precomputed), then the legacy values, all into one buffer: one allocation
+        // for every value, each header a slice of it.
         let mut state = String::with_capacity(
             used.iter()
                 .map(|&(i, _)| self.policies[i].state_prefix.len() + 26)
-                .sum(),
+                .sum::<usize>()
+                + if self.legacy { 60 } else { 0 },
         );
         let mut trio: SmallVec<[(u64, u64, u64); 8]> = SmallVec::new();
         for (n, (&(i, _), o)) in used.iter().zip(decision.outcomes.iter()).enumerate() {
@@ -477,15 +480,27 @@ impl Shared {
                 trio.push((o.limit, o.remaining, reset));
             }
         }
-        if let Ok(value) = HeaderValue::try_from(state) {
-            out.push((1, value));
-        }
+        let mut ends: SmallVec<[(usize, usize); 4]> = SmallVec::new();
+        ends.push((1, state.len()));
         if self.legacy
             && let Some(legacy) = LegacyHeaders::most_restrictive(&trio)
         {
-            out.push((2, HeaderValue::from(legacy.limit)));
-            out.push((3, HeaderValue::from(legacy.remaining)));
-            out.push((4, HeaderValue::from(legacy.reset_secs)));
+            for (name, n) in [
+                (2, legacy.limit),
+                (3, legacy.remaining),
+                (4, legacy.reset_secs),
+            ] {
+                limits::push_decimal(&mut state, n);
+                ends.push((name, state.len()));
+            }
+        }
+        let all = Bytes::from(state);
+        let mut start = 0;
+        for (name, end) in ends {
+            if let Ok(value) = HeaderValue::from_maybe_shared(all.slice(start..end)) {
+                out.push((name, value));
+            }
+            start = end;
         }
         out
     }
@@ -624,6 +639,8 @@ fn finish(mut response: Response, report: Report) -> Response {
         }
     } else {
         let headers = response.headers_mut();
+        // Room for these and the few the faultline layer adds, so the map grows once at most.
+        headers.reserve(report.headers.len() + 2);
         for (i, value) in report.headers {
             headers.insert(header_name(i).1.clone(), value);
         }
