@@ -115,7 +115,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (_, key) = keys
                 .create_key(&org.id, NewKey::new("bench", ["bots:read"]))
                 .await?;
-            println!("export KEY={}", key.expose());
+            // The load script reads the key from here.
+            #[allow(clippy::print_stdout)]
+            {
+                println!("export KEY={}", key.expose());
+            }
             let catalog = catalog()?;
             let auth = AuthLayer::new(auth);
             let bots = if mode == "faultline_key" {
