@@ -39,6 +39,7 @@
 //! The tests need a Redis (`FAULTLINE_REDIS_URL`, default `redis://127.0.0.1:6379`); without
 //! one they print a `skipped:` line and pass, unless `FAULTLINE_REQUIRE_REDIS` is set.
 
+mod batch;
 mod invalidate;
 mod limit;
 mod pool;
