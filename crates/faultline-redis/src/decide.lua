@@ -3,9 +3,10 @@
 --
 -- The formulas are those of `faultline::limits` (GCRA, quota periods, leases, the
 -- multi-policy rule), in integer microseconds. Lua numbers are doubles: every value here stays
--- below 2^52, so sums, products and floored quotients of them are exact. Numbers are handed to
--- redis.call as numbers (Redis writes them with 17 significant digits: exact integers); only a
--- quota's "resets_at:used" is formatted here.
+-- below 2^52, so sums, products and floored quotients of them are exact. The states written
+-- are formatted here with '%d' (Lua's integer format, exact below 2^52, and much cheaper for
+-- Redis than the 17-digit form it writes a Lua number in); other numbers are handed to
+-- redis.call as numbers (Redis writes them with 17 significant digits: exact integers).
 --
 -- A batch decides exactly as if its requests ran one script each, one after the other: a later
 -- request sees what an earlier one spent. Rate and quota states are read once for the whole
@@ -39,43 +40,57 @@ local count = tonumber(ARGV[1])
 
 -- Redis's TIME, read at most once per batch (by the first request that needs it).
 local redis_now
--- The rate and quota states this batch changed, by key: what a later request reads (false: the
--- key is no such state any more: a concurrency check made it a sorted set).
-local cache = {}
--- Writes not yet sent, one per key (the last state wins): value, expiry option and argument;
--- and the keys in the order they were first written.
-local pv, po, pa, pending = {}, {}, {}, {}
+-- The keys this batch wrote, each at an index j of its own: `slot[key] = j`, `keys[j] = key`;
+-- `state[j]` is the bucket's state for a later request to read (false: no rate or quota state
+-- any more, a concurrency check made it a sorted set); when `dirty[j]`, that state is still to
+-- be written, with the expiry option `option[j]` and its argument `arg[j]`. (Arrays, and one
+-- hash per key: this is the batch's inner loop.)
+local slot, keys, state, dirty, option, arg, written = {}, {}, {}, {}, {}, {}, 0
 
 -- Sends the pending write of `key`, if any.
 local function flush(key)
-  local value = pv[key]
-  if value ~= nil then
-    local option = po[key]
-    if option == 'KEEPTTL' then
-      call('SET', key, value, 'KEEPTTL')
+  local j = slot[key]
+  if j and dirty[j] then
+    local o = option[j]
+    if o == 'KEEPTTL' then
+      call('SET', key, state[j], 'KEEPTTL')
     else
-      call('SET', key, value, option, pa[key])
+      call('SET', key, state[j], o, arg[j])
     end
-    pv[key] = nil
+    dirty[j] = false
   end
 end
 
 -- Records the new state of `key` (written at the end of the batch). KEEPTTL keeps the expiry of
 -- a write still pending (a quota period a request earlier in the batch began).
-local function put(key, value, option, arg)
-  local was = pv[key]
-  if was == nil then
-    pending[#pending + 1] = key
-  elseif option == 'KEEPTTL' then
-    option, arg = po[key], pa[key]
+local function put(key, value, o, a)
+  local j = slot[key]
+  if not j then
+    written = written + 1
+    j = written
+    slot[key], keys[j] = j, key
+  elseif o == 'KEEPTTL' and dirty[j] then
+    o, a = option[j], arg[j]
   end
-  pv[key], po[key], pa[key], cache[key] = value, option, arg, value
+  state[j], dirty[j], option[j], arg[j] = value, true, o, a
 end
+
+-- A key's state as the batch left it, or as read at its start (false: none).
+local read
+local function current(key, i)
+  local j = slot[key]
+  if j then
+    return state[j]
+  end
+  return read[i]
+end
+
+-- Per key index: the rate state as read, a number or nil (pass 1 to pass 3).
+local before = {}
 
 -- Every rate and quota bucket of the batch read at once (false: absent, or a key of another
 -- type, which the model treats as no state). (MGET, not GET: MGET answers nil for a key of
 -- another type where GET fails.)
-local read
 if ARGV[2] ~= '1' then
   read = call('MGET', unpack(KEYS))
 else
@@ -121,7 +136,6 @@ local function decide(k, a, r0)
     end
     now = redis_now
   end
-  local now_ms = floor(now / 1000)
   local lease = ARGV[a + 1]
   local n = tonumber(ARGV[a + 2])
   local first = a + 3
@@ -140,13 +154,13 @@ local function decide(k, a, r0)
     local kind = ARGV[at]
     if kind == 'r' then
       local t, tau = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
-      local state = cache[key]
-      if state == nil then
-        state = read[i]
-      end
-      local tat = tonumber(state) or now
-      if tat < now then
+      -- (A state written on Redis's clock ends in .5: see pass 3.)
+      local tat = tonumber(current(key, i))
+      before[i] = tat
+      if not tat or tat < now then
         tat = now
+      else
+        tat = floor(tat)
       end
       local ahead = tat + t - now
       if ahead <= tau then
@@ -159,10 +173,7 @@ local function decide(k, a, r0)
     elseif kind == 'q' then
       local limit, cost, period = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
       local resets_at, used
-      local value = cache[key]
-      if value == nil then
-        value = read[i]
-      end
+      local value = current(key, i)
       if type(value) == 'string' then
         local a, b = string.match(value, '^(%d+):(%d+)$')
         resets_at, used = tonumber(a), tonumber(b)
@@ -284,20 +295,34 @@ local function decide(k, a, r0)
   -- Pass 3, admitted: every check spends. Keys expire when their state is idle: on Redis's
   -- clock at an absolute time (PXAT, which Redis need not rewrite for propagation), on a given
   -- clock (tests) after a relative one, so keys of a made-up time still expire in real time.
+  --
+  -- A rate state on Redis's clock is written as its arrival time plus one half (a mark: the
+  -- microseconds stay exact, and a reader floors them away), and its key expires at the first
+  -- whole second at or after that time. A marked state's key therefore expires at a moment its
+  -- value tells: when the new arrival time falls in the same second, the write keeps that
+  -- expiry (KEEPTTL, which costs Redis much less than a new PXAT). Unmarked states (a given
+  -- clock's, an older version's) always get a new expiry.
   at, r = first, r0 + 1
   for i = k + 1, k + n do
     local key = KEYS[i]
     local kind = ARGV[at]
     if kind == 'r' then
       local idle_us = reply[r + 2]
-      local ms = floor((idle_us + 999) / 1000)
-      if ms < 1 then
-        ms = 1
-      end
+      local tat = now + idle_us
       if given then
-        put(key, now + idle_us, 'PX', ms)
+        local ms = floor((idle_us + 999) / 1000)
+        if ms < 1 then
+          ms = 1
+        end
+        put(key, format('%d', tat), 'PX', ms)
       else
-        put(key, now + idle_us, 'PXAT', now_ms + ms)
+        local until_ms = floor((tat + 999999) / 1000000) * 1000
+        local old = before[i]
+        if old and old ~= floor(old) and floor((floor(old) + 999999) / 1000000) * 1000 == until_ms then
+          put(key, format('%d.5', tat), 'KEEPTTL')
+        else
+          put(key, format('%d.5', tat), 'PXAT', format('%d', until_ms))
+        end
       end
       at, r = at + 3, r + 4
     elseif kind == 'q' then
@@ -313,7 +338,7 @@ local function decide(k, a, r0)
         -- The period's end has not moved: the expiry set when it began still holds.
         put(key, value, 'KEEPTTL')
       else
-        put(key, value, 'PXAT', now_ms + ms)
+        put(key, value, 'PXAT', floor(now / 1000) + ms)
       end
       at, r = at + 4, r + 6
     else
@@ -326,19 +351,25 @@ local function decide(k, a, r0)
         call('ZREMRANGEBYSCORE', key, '-inf', now)
       end
       call('ZADD', key, expires, lease)
-      cache[key] = false
+      local j = slot[key]
+      if not j then
+        written = written + 1
+        j = written
+        slot[key], keys[j] = j, key
+      end
+      state[j], dirty[j] = false, false
       -- Keep the set until its last lease lapses: push the expiry out to this lease's (GT:
       -- never pull it in), and set it outright on a set that has none yet (just created).
       local ms = floor((ttl + 999) / 1000)
       if ms < 1 then
         ms = 1
       end
-      local option, until_ = 'PEXPIREAT', now_ms + ms
+      local o, until_ = 'PEXPIREAT', floor(now / 1000) + ms
       if given then
-        option, until_ = 'PEXPIRE', ms
+        o, until_ = 'PEXPIRE', ms
       end
-      if call(option, key, until_, 'GT') == 0 and call('PTTL', key) == -1 then
-        call(option, key, until_)
+      if call(o, key, until_, 'GT') == 0 and call('PTTL', key) == -1 then
+        call(o, key, until_)
       end
       at, r = at + 3, r + 4
     end
@@ -355,7 +386,14 @@ for _ = 1, count do
   end
   k, a, r = next_k, next_a, next_r
 end
-for _, key in ipairs(pending) do
-  flush(key)
+for j = 1, written do
+  if dirty[j] then
+    local o = option[j]
+    if o == 'KEEPTTL' then
+      call('SET', keys[j], state[j], 'KEEPTTL')
+    else
+      call('SET', keys[j], state[j], o, arg[j])
+    end
+  end
 end
 return reply

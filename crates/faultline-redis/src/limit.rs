@@ -59,9 +59,15 @@ pub const DEFAULT_PREFIX: &str = "faultline";
 /// # Keys: one hash tag per group, a TTL on every key
 ///
 /// The bucket `key` of `group` lives at `{prefix:group}:key` ([`RedisLimitStore::bucket_key`]),
-/// so every key one decision touches hashes to the same Redis Cluster slot. Every write sets
-/// an expiry at the moment the bucket becomes idle (a rate bucket's arrival time, a quota
-/// period's end, the last lease's expiry): idle buckets go away by themselves.
+/// so every key one decision touches hashes to the same Redis Cluster slot. Every key expires
+/// when its bucket becomes idle (a quota period's end, the last lease's expiry; a rate bucket's
+/// arrival time, on Redis's clock rounded up to the next whole second): idle buckets go away
+/// by themselves. The rounding lets most writes of a busy rate bucket keep the key's expiry
+/// (`SET … KEEPTTL`, cheaper for Redis than a new `PXAT`): such a state is stored as its
+/// arrival time in microseconds plus a half (`1712345678901234.5`), which tells that its key
+/// expires at that second; a state without the half (written on a given clock, or by an
+/// earlier version) always gets a new expiry. A key that outlives its idle moment by less
+/// than a second changes no decision: an idle state and no state decide alike.
 ///
 /// # Redis Cluster
 ///

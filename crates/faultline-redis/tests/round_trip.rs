@@ -108,11 +108,34 @@ async fn every_decision_is_exactly_one_evalsha() {
     let after = command_calls(&direct).await;
     let expected: HashMap<String, u64> = [("zrem".to_owned(), 1), ("info".to_owned(), 1)].into();
     assert_eq!(delta(&before, &after), expected);
-    // On Redis's clock the keys get absolute expiries: each still expires, and no later than
-    // its state becomes idle (minute: one interval of 20 s per request; month: its end).
+    // On Redis's clock the keys get absolute expiries. A rate state is its arrival time (when
+    // it becomes idle) marked with a half microsecond, and its key expires at the first whole
+    // second at or after that time: never before, less than a second after.
+    for name in ["minute", "hour"] {
+        let key = store.bucket_key("org", name);
+        let value: String = direct
+            .query(redis::cmd("GET").arg(&key))
+            .await
+            .expect("GET");
+        let tat_us: i64 = value
+            .strip_suffix(".5")
+            .and_then(|us| us.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: {value}"));
+        let expires_ms: i64 = direct
+            .query(redis::cmd("PEXPIRETIME").arg(&key))
+            .await
+            .expect("PEXPIRETIME");
+        assert_eq!(expires_ms % 1000, 0, "{name}: {expires_ms}");
+        assert!(
+            expires_ms * 1000 >= tat_us && expires_ms * 1000 < tat_us + 1_000_000,
+            "{name}: expires at {expires_ms} ms, idle at {tat_us} us"
+        );
+    }
+    // Each key still expires, and no later than its state becomes idle (minute: one interval
+    // of 20 s per request, and the second it ends in; month: its end).
     for (name, most_ms) in [
-        ("minute", 60_000),
-        ("hour", 3_600_000),
+        ("minute", 61_000),
+        ("hour", 3_601_000),
         ("month", 31 * 86_400_000),
         ("flight", 60_000),
     ] {
