@@ -313,9 +313,10 @@ fn take_batch(jobs: &mut VecDeque<Job>, options: BatchOptions) -> Vec<Job> {
     batch
 }
 
-/// The `EVALSHA` of `sha` (or, with `script`, the `EVAL` of it) deciding `jobs` in order: every
-/// key, then the batch's size and flag, then per decision its clock, lease id, number of checks
-/// and checks (see `decide.lua`).
+/// The `EVALSHA` of `sha` (or, with `script`, the `EVAL` of it) deciding `requests` in order
+/// (see `decide.lua`): every key; the batch's size and flag; its distinct rules, once each;
+/// then per decision its head (number of checks, and its clock and lease id when it has
+/// them) and the numbers of its checks' rules.
 fn batch_command<R: std::borrow::Borrow<Request>>(
     script: Option<&str>,
     sha: &str,
@@ -346,18 +347,38 @@ fn batch_command<R: std::borrow::Borrow<Request>>(
     } else {
         "0"
     });
-    for job in requests() {
-        match job.now_us {
-            Some(now) => cmd.arg(now),
-            None => cmd.arg(""),
-        };
-        cmd.arg(job.lease_id.as_str()).arg(job.args.len());
-        for &(kind, a, b, c) in &job.args {
-            if kind == "q" {
-                cmd.arg(kind).arg(a).arg(b).arg(c);
-            } else {
-                cmd.arg(kind).arg(a).arg(b);
-            }
+    // The distinct rules (a batch of one policy has one), and each check's rule number.
+    let mut rules: Vec<ScriptArgs> = Vec::new();
+    let mut numbers: Vec<usize> = Vec::new();
+    for request in requests() {
+        for args in &request.args {
+            let number = match rules.iter().position(|rule| rule == args) {
+                Some(index) => index + 1,
+                None => {
+                    rules.push(*args);
+                    rules.len()
+                }
+            };
+            numbers.push(number);
+        }
+    }
+    cmd.arg(rules.len());
+    for &(kind, a, b, c) in &rules {
+        cmd.arg(kind).arg(a).arg(b).arg(c);
+    }
+    let mut numbers = numbers.into_iter();
+    for request in requests() {
+        if request.now_us.is_none() && request.lease_id.is_empty() {
+            cmd.arg(request.args.len());
+        } else {
+            let now = request
+                .now_us
+                .map(|now| now.to_string())
+                .unwrap_or_default();
+            cmd.arg(format!("{}:{now}:{}", request.args.len(), request.lease_id));
+        }
+        for _ in 0..request.args.len() {
+            cmd.arg(numbers.next().unwrap_or(0));
         }
     }
     cmd

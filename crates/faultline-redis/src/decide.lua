@@ -21,14 +21,19 @@
 --           one request all under its group's hash tag)
 -- ARGV[1]   the number of requests in the batch
 -- ARGV[2]   "1" when any request has a concurrency check, else "0"
--- ARGV[3..] each request in turn:
---             now in unix microseconds, or "" for Redis's own TIME
---             the lease id its concurrency checks take ("" when it has none)
---             its number of checks n (its keys are the next n of KEYS)
---             its n checks in order, each a kind then its numbers:
---               rate         "r", T (emission interval), tau (burst tolerance)
---               quota        "q", limit, cost, period (0 = UTC day, -1 = UTC month, N = N days)
---               concurrency  "c", limit, lease time to live
+-- ARGV[3]   the number of distinct rules m in the batch (requests of one policy share one)
+-- ARGV[4..] the m rules, numbered from 1, four arguments each, a kind then its numbers:
+--             rate         "r", T (emission interval), tau (burst tolerance), 0
+--             quota        "q", limit, cost, period (0 = UTC day, -1 = UTC month, N = N days)
+--             concurrency  "c", limit, lease time to live, 0
+-- then      each request in turn:
+--             its head: its number of checks n (its keys are the next n of KEYS) when it is
+--             decided on Redis's TIME and takes no lease; else "n:now:lease", now in unix
+--             microseconds or empty for Redis's TIME, lease the id its concurrency checks take
+--             its n checks in order, each the number of its rule
+--
+-- (Every argument costs Redis a parse and a Lua string: a request of one rate policy is two,
+-- its head and its rule's number, and the rule's numbers come once per batch.)
 --
 -- Returns one flat list: for each request in order { admitted, then per check: admitted,
 --           remaining, reset_us, retry_after_us, and for a quota also resets_at_us and used }.
@@ -37,6 +42,31 @@ local call, floor, tonumber, format = redis.call, math.floor, tonumber, string.f
 local DAY = 86400000000
 
 local count = tonumber(ARGV[1])
+
+-- The rules, by their number as written in ARGV: kind and numbers.
+local kinds, ra, rb, rc = {}, {}, {}, {}
+local first_request
+do
+  local m = tonumber(ARGV[3])
+  local at = 4
+  for id = 1, m do
+    id = tostring(id)
+    kinds[id], ra[id], rb[id], rc[id] =
+      ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+    at = at + 4
+  end
+  first_request = at
+end
+
+-- A request's head: its number of checks, its clock (nil: Redis's) and its lease id.
+local function head(h)
+  local n = tonumber(h)
+  if n then
+    return n, nil, ''
+  end
+  local checks, now, lease = string.match(h, '^(%d+):(%-?%d*):(.*)$')
+  return tonumber(checks), tonumber(now), lease
+end
 
 -- Redis's TIME, read at most once per batch (by the first request that needs it).
 local redis_now
@@ -95,20 +125,17 @@ if ARGV[2] ~= '1' then
   read = call('MGET', unpack(KEYS))
 else
   local keys, index = {}, {}
-  local i, at = 0, 3
+  local i, at = 0, first_request
   for _ = 1, count do
-    local n = tonumber(ARGV[at + 2])
-    at = at + 3
+    local n = head(ARGV[at])
+    at = at + 1
     for _ = 1, n do
       i = i + 1
-      local kind = ARGV[at]
-      if kind == 'c' then
-        at = at + 3
-      else
+      if kinds[ARGV[at]] ~= 'c' then
         keys[#keys + 1] = KEYS[i]
         index[i] = #keys
-        at = at + (kind == 'q' and 4 or 3)
       end
+      at = at + 1
     end
   end
   read = {}
@@ -125,20 +152,16 @@ local reply = {}
 -- Decides the request whose keys follow KEYS[k], whose arguments start at ARGV[a] and whose
 -- answer starts at reply[r]; returns where the next request's start.
 local function decide(k, a, r0)
-  local now
-  local given = ARGV[a] ~= ''
-  if given then
-    now = tonumber(ARGV[a])
-  else
+  local n, now, lease = head(ARGV[a])
+  local given = now ~= nil
+  if not given then
     if not redis_now then
       local t = call('TIME')
       redis_now = t[1] * 1000000 + t[2]
     end
     now = redis_now
   end
-  local lease = ARGV[a + 1]
-  local n = tonumber(ARGV[a + 2])
-  local first = a + 3
+  local first = a + 1
   -- Concurrency only: `now` as an exclusive score bound, and the sets of another type to replace.
   local after_now, wrong_type
   -- Quotas whose stored period goes on: their key already expires at its end.
@@ -150,10 +173,10 @@ local function decide(k, a, r0)
   local all = true
   local at, r = first, r0 + 1
   for i = k + 1, k + n do
-    local key = KEYS[i]
-    local kind = ARGV[at]
+    local key, id = KEYS[i], ARGV[at]
+    local kind = kinds[id]
     if kind == 'r' then
-      local t, tau = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+      local t, tau = ra[id], rb[id]
       -- (A state written on Redis's clock ends in .5: see pass 3.)
       local tat = tonumber(current(key, i))
       before[i] = tat
@@ -169,9 +192,9 @@ local function decide(k, a, r0)
         all = false
         reply[r], reply[r + 1], reply[r + 2], reply[r + 3] = 0, 0, tat - now, ahead - tau
       end
-      at, r = at + 3, r + 4
+      at, r = at + 1, r + 4
     elseif kind == 'q' then
-      local limit, cost, period = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+      local limit, cost, period = ra[id], rb[id], rc[id]
       local resets_at, used
       local value = current(key, i)
       if type(value) == 'string' then
@@ -229,9 +252,9 @@ local function decide(k, a, r0)
         reply[r], reply[r + 1], reply[r + 2], reply[r + 3] = 0, left, reset, reset
         reply[r + 4], reply[r + 5] = resets_at, used
       end
-      at, r = at + 4, r + 6
+      at, r = at + 1, r + 6
     elseif kind == 'c' then
-      local limit = tonumber(ARGV[at + 1])
+      local limit = ra[id]
       -- The sorted set is read as it is now: a rate or quota state still pending goes first.
       flush(key)
       -- A key of another type is replaced; an absent one counts no lease.
@@ -259,7 +282,7 @@ local function decide(k, a, r0)
         end
         reply[r], reply[r + 1], reply[r + 2], reply[r + 3] = 0, 0, 0, wait
       end
-      at, r = at + 3, r + 4
+      at, r = at + 1, r + 4
     else
       return nil, redis.error_reply('faultline: unknown check kind ' .. tostring(kind))
     end
@@ -271,22 +294,23 @@ local function decide(k, a, r0)
     reply[r0] = 0
     at, r = first, r0 + 1
     for _ = 1, n do
-      local kind = ARGV[at]
+      local id = ARGV[at]
+      local kind = kinds[id]
       if reply[r] == 1 then
         if kind == 'r' then
           -- One emission interval less ahead: one more remaining, reset one T sooner.
-          reply[r + 1], reply[r + 2] = reply[r + 1] + 1, reply[r + 2] - tonumber(ARGV[at + 1])
+          reply[r + 1], reply[r + 2] = reply[r + 1] + 1, reply[r + 2] - ra[id]
         elseif kind == 'q' then
-          local cost = tonumber(ARGV[at + 2])
+          local cost = rb[id]
           reply[r + 1], reply[r + 5] = reply[r + 1] + cost, reply[r + 5] - cost
         else
           reply[r + 1] = reply[r + 1] + 1
         end
       end
       if kind == 'q' then
-        at, r = at + 4, r + 6
+        at, r = at + 1, r + 6
       else
-        at, r = at + 3, r + 4
+        at, r = at + 1, r + 4
       end
     end
     return k + n, next_a, next_r
@@ -304,8 +328,8 @@ local function decide(k, a, r0)
   -- clock's, an older version's) always get a new expiry.
   at, r = first, r0 + 1
   for i = k + 1, k + n do
-    local key = KEYS[i]
-    local kind = ARGV[at]
+    local key, id = KEYS[i], ARGV[at]
+    local kind = kinds[id]
     if kind == 'r' then
       local idle_us = reply[r + 2]
       local tat = now + idle_us
@@ -324,7 +348,7 @@ local function decide(k, a, r0)
           put(key, format('%d.5', tat), 'PXAT', format('%d', until_ms))
         end
       end
-      at, r = at + 3, r + 4
+      at, r = at + 1, r + 4
     elseif kind == 'q' then
       local idle_us = reply[r + 2]
       local ms = floor((idle_us + 999) / 1000)
@@ -340,9 +364,9 @@ local function decide(k, a, r0)
       else
         put(key, value, 'PXAT', floor(now / 1000) + ms)
       end
-      at, r = at + 4, r + 6
+      at, r = at + 1, r + 6
     else
-      local ttl = tonumber(ARGV[at + 2])
+      local ttl = rb[id]
       local expires = now + ttl
       flush(key)
       if wrong_type and wrong_type[i] then
@@ -371,13 +395,13 @@ local function decide(k, a, r0)
       if call(o, key, until_, 'GT') == 0 and call('PTTL', key) == -1 then
         call(o, key, until_)
       end
-      at, r = at + 3, r + 4
+      at, r = at + 1, r + 4
     end
   end
   return k + n, next_a, next_r
 end
 
-local k, a, r = 0, 3, 1
+local k, a, r = 0, first_request, 1
 for _ = 1, count do
   local next_k, next_a, next_r = decide(k, a, r)
   if next_k == nil then
