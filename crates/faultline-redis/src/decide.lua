@@ -35,8 +35,14 @@
 -- (Every argument costs Redis a parse and a Lua string: a request of one rate policy is two,
 -- its head and its rule's number, and the rule's numbers come once per batch.)
 --
--- Returns one flat list: for each request in order { admitted, then per check: admitted,
---           remaining, reset_us, retry_after_us, and for a quota also resets_at_us and used }.
+-- Returns one flat list: for each request in order its admitted (1 or 0), then per check the
+--           state it was decided on, before any spending, from which the caller derives the
+--           outcome (remaining, reset, retry after) with the same formulas:
+--             rate         ahead: max(arrival time, now) + T - now (admits when <= tau)
+--             quota        resets_at_us, reset_us (resets_at - now), used (admits when
+--                          used + cost <= limit)
+--             concurrency  the live leases (admits when < limit), and when they do not admit,
+--                          the wait until the first lapses (else 0)
 
 local call, floor, tonumber, format = redis.call, math.floor, tonumber, string.format
 local DAY = 86400000000
@@ -167,8 +173,7 @@ local function decide(k, a, r0)
   -- Quotas whose stored period goes on: their key already expires at its end.
   local same_period
 
-  -- Pass 1: every check against the state as it is. The answer is written as if the request
-  -- is admitted; a refusal rewrites the spent numbers of the checks that admitted (pass 2).
+  -- Pass 1: every check against the state as it is.
   reply[r0] = 1
   local all = true
   local at, r = first, r0 + 1
@@ -186,13 +191,11 @@ local function decide(k, a, r0)
         tat = floor(tat)
       end
       local ahead = tat + t - now
-      if ahead <= tau then
-        reply[r], reply[r + 1], reply[r + 2], reply[r + 3] = 1, floor((tau - ahead) / t), ahead, 0
-      else
+      reply[r] = ahead
+      if ahead > tau then
         all = false
-        reply[r], reply[r + 1], reply[r + 2], reply[r + 3] = 0, 0, tat - now, ahead - tau
       end
-      at, r = at + 1, r + 4
+      at, r = at + 1, r + 1
     elseif kind == 'q' then
       local limit, cost, period = ra[id], rb[id], rc[id]
       local resets_at, used
@@ -238,21 +241,11 @@ local function decide(k, a, r0)
           resets_at = (era * 146097 + doe - 719468) * DAY
         end
       end
-      local reset = resets_at - now
-      local after = used + cost
-      if after <= limit then
-        reply[r], reply[r + 1], reply[r + 2], reply[r + 3] = 1, limit - after, reset, 0
-        reply[r + 4], reply[r + 5] = resets_at, after
-      else
+      reply[r], reply[r + 1], reply[r + 2] = resets_at, resets_at - now, used
+      if used + cost > limit then
         all = false
-        local left = limit - used
-        if left < 0 then
-          left = 0
-        end
-        reply[r], reply[r + 1], reply[r + 2], reply[r + 3] = 0, left, reset, reset
-        reply[r + 4], reply[r + 5] = resets_at, used
       end
-      at, r = at + 1, r + 6
+      at, r = at + 1, r + 3
     elseif kind == 'c' then
       local limit = ra[id]
       -- The sorted set is read as it is now: a rate or quota state still pending goes first.
@@ -266,7 +259,7 @@ local function decide(k, a, r0)
         wrong_type[i] = true
       end
       if live < limit then
-        reply[r], reply[r + 1], reply[r + 2], reply[r + 3] = 1, limit - live - 1, 0, 0
+        reply[r], reply[r + 1] = live, 0
       else
         all = false
         local wait = 1000000
@@ -280,39 +273,18 @@ local function decide(k, a, r0)
             end
           end
         end
-        reply[r], reply[r + 1], reply[r + 2], reply[r + 3] = 0, 0, 0, wait
+        reply[r], reply[r + 1] = live, wait
       end
-      at, r = at + 1, r + 4
+      at, r = at + 1, r + 2
     else
       return nil, redis.error_reply('faultline: unknown check kind ' .. tostring(kind))
     end
   end
   local next_a, next_r = at, r
 
-  -- Pass 2, refused: nothing is spent; each check that admitted reports its state unspent.
+  -- Refused: nothing is spent.
   if not all then
     reply[r0] = 0
-    at, r = first, r0 + 1
-    for _ = 1, n do
-      local id = ARGV[at]
-      local kind = kinds[id]
-      if reply[r] == 1 then
-        if kind == 'r' then
-          -- One emission interval less ahead: one more remaining, reset one T sooner.
-          reply[r + 1], reply[r + 2] = reply[r + 1] + 1, reply[r + 2] - ra[id]
-        elseif kind == 'q' then
-          local cost = rb[id]
-          reply[r + 1], reply[r + 5] = reply[r + 1] + cost, reply[r + 5] - cost
-        else
-          reply[r + 1] = reply[r + 1] + 1
-        end
-      end
-      if kind == 'q' then
-        at, r = at + 1, r + 6
-      else
-        at, r = at + 1, r + 4
-      end
-    end
     return k + n, next_a, next_r
   end
 
@@ -331,7 +303,7 @@ local function decide(k, a, r0)
     local key, id = KEYS[i], ARGV[at]
     local kind = kinds[id]
     if kind == 'r' then
-      local idle_us = reply[r + 2]
+      local idle_us = reply[r]
       local tat = now + idle_us
       if given then
         local ms = floor((idle_us + 999) / 1000)
@@ -348,14 +320,14 @@ local function decide(k, a, r0)
           put(key, format('%d.5', tat), 'PXAT', format('%d', until_ms))
         end
       end
-      at, r = at + 1, r + 4
+      at, r = at + 1, r + 1
     elseif kind == 'q' then
-      local idle_us = reply[r + 2]
+      local idle_us = reply[r + 1]
       local ms = floor((idle_us + 999) / 1000)
       if ms < 1 then
         ms = 1
       end
-      local value = format('%d:%d', reply[r + 4], reply[r + 5])
+      local value = format('%d:%d', reply[r], reply[r + 2] + rb[id])
       if given then
         put(key, value, 'PX', ms)
       elseif same_period and same_period[i] then
@@ -364,7 +336,7 @@ local function decide(k, a, r0)
       else
         put(key, value, 'PXAT', floor(now / 1000) + ms)
       end
-      at, r = at + 1, r + 6
+      at, r = at + 1, r + 3
     else
       local ttl = rb[id]
       local expires = now + ttl
@@ -395,7 +367,7 @@ local function decide(k, a, r0)
       if call(o, key, until_, 'GT') == 0 and call('PTTL', key) == -1 then
         call(o, key, until_)
       end
-      at, r = at + 1, r + 4
+      at, r = at + 1, r + 2
     end
   end
   return k + n, next_a, next_r

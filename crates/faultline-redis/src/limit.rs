@@ -15,11 +15,6 @@ use crate::batch::{
 };
 use crate::pool::{PoolOptions, RedisPool};
 
-/// Values per check in the script's reply: admitted, remaining, reset, retry after.
-const VALUES: usize = 4;
-/// Values per quota check: those and resets at, used.
-const QUOTA_VALUES: usize = 6;
-
 /// The key prefix unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "faultline";
 
@@ -392,16 +387,23 @@ fn script_args(rule: &Rule) -> Result<ScriptArgs, StoreError> {
     }
 }
 
-/// Values in the script's reply for `rule`: four, and two more for a quota.
+/// Values in the script's reply for a check of `rule` (see `decide.lua`): a rate check's
+/// `ahead`; a quota's resets at, reset and used; a concurrency check's live leases and wait.
 fn reply_len(rule: &Rule) -> usize {
-    if matches!(rule, Rule::Quota { .. }) {
-        QUOTA_VALUES
-    } else {
-        VALUES
+    match rule {
+        Rule::Quota { .. } => 3,
+        Rule::Concurrency { .. } => 2,
+        _ => 1,
     }
 }
 
-/// The decision in the script's reply.
+fn unsigned(n: i64) -> u64 {
+    n.max(0).unsigned_abs()
+}
+
+/// The decision in the script's reply: whether it admitted, and each check's outcome derived
+/// from the state it was decided on, with the formulas of [`faultline::limits`] (a check that
+/// admitted in a refused decision reports its state unspent).
 fn read_reply(reply: &[i64], checks: &[Check]) -> Result<(bool, Outcomes), StoreError> {
     let expected = 1 + checks.iter().map(|c| reply_len(&c.rule)).sum::<usize>();
     if reply.len() != expected {
@@ -420,16 +422,69 @@ fn read_reply(reply: &[i64], checks: &[Check]) -> Result<(bool, Outcomes), Store
     for check in checks {
         let (v, tail) = rest.split_at(reply_len(&check.rule));
         rest = tail;
-        let quota = v.len() == QUOTA_VALUES;
-        outcomes.push(Outcome::new(
-            v[0] == 1,
-            check.rule.limit(),
-            v[1].max(0).unsigned_abs(),
-            v[2],
-            v[3],
-            quota.then(|| v[4]),
-            quota.then(|| v[5].max(0).unsigned_abs()),
-        ));
+        let limit = check.rule.limit();
+        let outcome = match check.rule {
+            Rule::Quota { cost, .. } => {
+                let (resets_at, reset, used) = (v[0], v[1], unsigned(v[2]));
+                let after = used.saturating_add(cost);
+                if after <= limit {
+                    // Spent only when the whole decision admitted.
+                    let used = if admitted { after } else { used };
+                    Outcome::new(
+                        true,
+                        limit,
+                        limit - used,
+                        reset,
+                        0,
+                        Some(resets_at),
+                        Some(used),
+                    )
+                } else {
+                    let left = limit.saturating_sub(used);
+                    Outcome::new(
+                        false,
+                        limit,
+                        left,
+                        reset,
+                        reset,
+                        Some(resets_at),
+                        Some(used),
+                    )
+                }
+            }
+            Rule::Concurrency { .. } => {
+                let (live, wait) = (unsigned(v[0]), v[1]);
+                if live < limit {
+                    let remaining = limit - live - u64::from(admitted);
+                    Outcome::new(true, limit, remaining, 0, 0, None, None)
+                } else {
+                    Outcome::new(false, limit, 0, 0, wait, None, None)
+                }
+            }
+            _ => {
+                let (t, tau) = check
+                    .rule
+                    .gcra()
+                    .ok_or_else(|| StoreError::new("a rate rule without GCRA parameters"))?;
+                let ahead = v[0];
+                if ahead <= tau {
+                    // Unspent (a refused decision), the state is one interval less ahead.
+                    let ahead = if admitted { ahead } else { ahead - t };
+                    Outcome::new(
+                        true,
+                        limit,
+                        unsigned((tau - ahead) / t),
+                        ahead,
+                        0,
+                        None,
+                        None,
+                    )
+                } else {
+                    Outcome::new(false, limit, 0, ahead - t, ahead - tau, None, None)
+                }
+            }
+        };
+        outcomes.push(outcome);
     }
     Ok((admitted, outcomes))
 }
@@ -470,6 +525,37 @@ mod tests {
     }
 
     #[test]
+    fn single_slot_batches_know_each_decisions_cluster_slot() {
+        let checks = [Check::new(
+            "k",
+            Rule::Rate {
+                limit: 1,
+                window_us: 1,
+            },
+        )];
+        let plain = RedisLimitStore::connect("redis://127.0.0.1:1")
+            .expect("a valid URL")
+            .with_prefix("app");
+        let request = plain
+            .request("org", &checks, None, String::new(), false)
+            .expect("encoded");
+        assert_eq!(request.keys, ["{app:org}:k"]);
+        let sloted = plain.with_single_slot_batches(true);
+        let request = sloted
+            .request("org", &checks, None, String::new(), false)
+            .expect("encoded");
+        // The slot Redis Cluster gives `{app:org}:k`: that of its tag, `app:org`.
+        assert_eq!(request.slot, cluster_slot(b"app:org"));
+        assert_ne!(
+            request.slot,
+            sloted
+                .request("org2", &checks, None, String::new(), false)
+                .expect("encoded")
+                .slot
+        );
+    }
+
+    #[test]
     fn lease_ids_are_unique_per_decision() {
         let store = store();
         let first = store.new_lease_id();
@@ -490,7 +576,7 @@ mod tests {
                 window_us: 1,
             },
         )];
-        let error = read_reply(&[1, 1, 0], &checks).expect_err("too short");
+        let error = read_reply(&[1], &checks).expect_err("too short");
         assert!(!error.is_unavailable());
     }
 }

@@ -153,6 +153,31 @@ async fn refused_decisions_in_a_batch_spend_nothing_on_any_policy() {
 }
 
 #[tokio::test]
+async fn a_batch_falls_back_to_eval_when_redis_lost_the_script() {
+    // Every EVALSHA answers NOSCRIPT (the store asks for a script Redis cannot know): each
+    // batch is sent again whole with EVAL, and decides exactly as before.
+    let Some(direct) = common::redis_or_skip("a_batch_falls_back_to_eval").await else {
+        return;
+    };
+    let prefix = common::unique_prefix("noscriptbatch");
+    let store = store(&prefix).with_unknown_script_for_tests();
+    let checks = [Check::new("day", per_day(10))];
+    let decisions = in_order(
+        (0..64)
+            .map(|_| -> Pending<'_> { store.decide("org", &checks, None) })
+            .collect(),
+    )
+    .await;
+    let admitted = decisions
+        .into_iter()
+        .filter(|d| d.as_ref().expect("decided").admitted)
+        .count();
+    assert_eq!(admitted, 10);
+    assert!(store.batches_sent() < 64, "{}", store.batches_sent());
+    common::clean(&direct, &prefix).await;
+}
+
+#[tokio::test]
 async fn a_caller_that_gave_up_before_its_batch_was_sent_spends_nothing() {
     let Some(direct) = common::redis_or_skip("a_caller_that_gave_up").await else {
         return;
