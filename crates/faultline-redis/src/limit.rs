@@ -66,14 +66,15 @@ pub const DEFAULT_PREFIX: &str = "faultline";
 ///
 /// # Redis Cluster
 ///
-/// The pool talks to one server; it does not follow Redis Cluster's redirections (`MOVED` and
-/// `ASK` are answered as [`StoreError::unavailable`]). The keys of one decision share a hash
-/// tag, but a batch mixes decisions of several groups, whose tags hash to different slots in
-/// general: Redis Cluster refuses such a script (`CROSSSLOT`). Behind a proxy or a
-/// cluster-aware path that forwards each script to the node owning its slot, turn on
-/// [`RedisLimitStore::with_single_slot_batches`]: a batch then only holds decisions whose tags
-/// hash to the same slot (CRC16 of the tag modulo 16384, as Redis Cluster computes it), and
-/// every script touches one slot. `with_max_batch(1)` turns batching off altogether.
+/// The store does not run on Redis Cluster today: the pool talks to one server and does not
+/// follow the cluster's redirections (`MOVED` and `ASK` are answered as
+/// [`StoreError::unavailable`]). What holds: the keys of one decision share a hash tag, so a
+/// decision sent alone touches one slot; but by default a batch mixes decisions of several
+/// groups, whose tags hash to different slots in general, and a cluster would refuse such a
+/// script (`CROSSSLOT`). [`RedisLimitStore::with_single_slot_batches`] keeps every script
+/// within one slot (a batch then only holds decisions whose tags hash to the same slot, CRC16
+/// of the tag modulo 16384, as Redis Cluster computes it); sending each script to the node that
+/// owns its slot would still be needed. `with_max_batch(1)` turns batching off altogether.
 ///
 /// # Leases that outlive their process expire
 ///
