@@ -170,19 +170,33 @@ impl Batcher {
         let give_up = tokio::time::Instant::now() + deadline;
         let queued = {
             let mut queue = lock(&self.queue);
-            if queue.in_flight < self.options.in_flight && queue.jobs.is_empty() {
+            let free = queue.in_flight < self.options.in_flight;
+            if free && queue.jobs.is_empty() {
                 queue.in_flight += 1;
                 Err(request)
             } else {
                 let (answer, reply) = oneshot::channel();
                 queue.jobs.push_back(Job { request, answer });
-                Ok(reply)
+                // Decisions wait although a slot is free (their sender went away without a
+                // runtime to hand them to): this caller sends them, its own among them.
+                let batch = free.then(|| {
+                    queue.in_flight += 1;
+                    take_batch(&mut queue.jobs, self.options)
+                });
+                Ok((reply, batch))
             }
         };
-        let reply = match queued {
-            Ok(reply) => reply,
+        let (reply, batch) = match queued {
+            Ok(queued) => queued,
             Err(request) => return self.alone(request).await,
         };
+        if let Some(batch) = batch {
+            let slot = Slot {
+                batcher: Arc::clone(self),
+                held: true,
+            };
+            tokio::spawn(slot.run(batch));
+        }
         match tokio::time::timeout_at(give_up, reply).await {
             Ok(Ok(answer)) => answer,
             // Its batch was dropped unsent (no runtime to send it from).
