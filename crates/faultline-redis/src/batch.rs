@@ -199,9 +199,10 @@ impl Batcher {
         }
         match tokio::time::timeout_at(give_up, reply).await {
             Ok(Ok(answer)) => answer,
-            // Its batch was dropped unsent (no runtime to send it from).
+            // Its batch was dropped before its answer (its runtime shut down, or no runtime
+            // was there to send it from).
             Ok(Err(_)) => Err(StoreError::unavailable(
-                "the Redis batch was dropped before it was sent",
+                "the Redis batch was dropped before its answer",
             )),
             Err(_elapsed) => Err(StoreError::unavailable(format!(
                 "Redis did not answer within {deadline:?}"
