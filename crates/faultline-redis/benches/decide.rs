@@ -75,7 +75,15 @@ fn bench(c: &mut Criterion) {
             }
         })
     };
-    let store = Arc::new(RedisLimitStore::new(pool.clone()).with_prefix(&prefix));
+    // `FAULTLINE_BENCH_BATCHES` sets the batches in flight (default: the store's default).
+    let mut store = RedisLimitStore::new(pool.clone()).with_prefix(&prefix);
+    if let Some(n) = std::env::var("FAULTLINE_BENCH_BATCHES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        store = store.with_batches_in_flight(n);
+    }
+    let store = Arc::new(store);
     // A limit no caller reaches: every decision is admitted and writes its bucket.
     let one = Arc::new(vec![Check::new(
         "second",

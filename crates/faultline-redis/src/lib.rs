@@ -4,6 +4,7 @@
 //! - [`RedisLimitStore`] implements [`faultline_axum::limit::LimitStore`]: every decision is
 //!   one `EVALSHA` of a Lua script that checks all the policies of a request and spends them
 //!   only if all admit, on Redis's own clock, with the formulas of [`faultline::limits`];
+//!   concurrent decisions share one script (a batch decided one request after the other);
 //! - [`RedisInvalidations`] carries key-cache invalidations between processes over pub/sub
 //!   (`PUBLISH` / `SUBSCRIBE`), resubscribing with backoff after a dropped connection;
 //! - [`RedisPool`] is the small pool of multiplexed connections it sends through, with a
@@ -39,6 +40,7 @@
 //! The tests need a Redis (`FAULTLINE_REDIS_URL`, default `redis://127.0.0.1:6379`); without
 //! one they print a `skipped:` line and pass, unless `FAULTLINE_REQUIRE_REDIS` is set.
 
+mod batch;
 mod invalidate;
 mod limit;
 mod pool;

@@ -2,65 +2,36 @@
 //! every check of the request is read, decided and spent by one script. (Redis counts the
 //! commands the script runs inside it too; the test checks they are only the script's.)
 //!
-//! The counts are the server's, so this test assumes nothing else sends commands to the same
-//! Redis while it runs (true on CI, where it is the only Redis client at that moment).
+//! Concurrent decisions share a batch: one `EVALSHA`, one `TIME` and one `MGET` per batch.
+//!
+//! The counts are the server's, so these tests assume nothing else sends commands to the same
+//! Redis while they run (true on CI, where this binary is the only Redis client at that
+//! moment); they run one at a time.
 
 mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use common::{Pending, SCRIPT_COMMANDS, command_calls, delta, in_order};
+
 use faultline::limits::{MICROS_PER_SECOND as S, Period, Rule};
 use faultline_axum::limit::{Check, LimitStore};
 use faultline_redis::{PoolOptions, RedisLimitStore, RedisPool};
 
-/// The commands `decide.lua` runs inside Redis (they are counted by `commandstats` too, but
-/// are not round trips).
-const SCRIPT_COMMANDS: &[&str] = &[
-    "time",
-    "get",
-    "mget",
-    "pttl",
-    "set",
-    "type",
-    "zcount",
-    "zrangebyscore",
-    "zremrangebyscore",
-    "zadd",
-    "zrange",
-    "pexpire",
-    "pexpireat",
-    "del",
-];
+/// One test at a time: each counts the server's commands.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Calls per command name, from `INFO commandstats`.
-async fn command_calls(pool: &RedisPool) -> HashMap<String, u64> {
-    let info: String = pool
-        .query(redis::cmd("INFO").arg("commandstats"))
-        .await
-        .expect("INFO");
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').find_map(|f| f.strip_prefix("calls="))?;
-            Some((name.to_owned(), calls.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The calls made between two snapshots, by command (only those that changed).
-fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {
-    after
-        .iter()
-        .filter_map(|(name, calls)| {
-            let was = before.get(name).copied().unwrap_or(0);
-            (*calls > was).then(|| (name.clone(), calls - was))
-        })
-        .collect()
+fn per_day(limit: u64) -> Rule {
+    Rule::Rate {
+        limit,
+        window_us: 86_400 * S,
+    }
 }
 
 #[tokio::test]
 async fn every_decision_is_exactly_one_evalsha() {
+    let _alone = ALONE.lock().await;
     let Some(direct) = common::redis_or_skip("every_decision_is_exactly_one_evalsha").await else {
         return;
     };
@@ -137,11 +108,34 @@ async fn every_decision_is_exactly_one_evalsha() {
     let after = command_calls(&direct).await;
     let expected: HashMap<String, u64> = [("zrem".to_owned(), 1), ("info".to_owned(), 1)].into();
     assert_eq!(delta(&before, &after), expected);
-    // On Redis's clock the keys get absolute expiries: each still expires, and no later than
-    // its state becomes idle (minute: one interval of 20 s per request; month: its end).
+    // On Redis's clock the keys get absolute expiries. A rate state is its arrival time (when
+    // it becomes idle) marked with a half microsecond, and its key expires at the first whole
+    // second at or after that time: never before, less than a second after.
+    for name in ["minute", "hour"] {
+        let key = store.bucket_key("org", name);
+        let value: String = direct
+            .query(redis::cmd("GET").arg(&key))
+            .await
+            .expect("GET");
+        let tat_us: i64 = value
+            .strip_suffix(".5")
+            .and_then(|us| us.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: {value}"));
+        let expires_ms: i64 = direct
+            .query(redis::cmd("PEXPIRETIME").arg(&key))
+            .await
+            .expect("PEXPIRETIME");
+        assert_eq!(expires_ms % 1000, 0, "{name}: {expires_ms}");
+        assert!(
+            expires_ms * 1000 >= tat_us && expires_ms * 1000 < tat_us + 1_000_000,
+            "{name}: expires at {expires_ms} ms, idle at {tat_us} us"
+        );
+    }
+    // Each key still expires, and no later than its state becomes idle (minute: one interval
+    // of 20 s per request, and the second it ends in; month: its end).
     for (name, most_ms) in [
-        ("minute", 60_000),
-        ("hour", 3_600_000),
+        ("minute", 61_000),
+        ("hour", 3_601_000),
         ("month", 31 * 86_400_000),
         ("flight", 60_000),
     ] {
@@ -151,5 +145,67 @@ async fn every_decision_is_exactly_one_evalsha() {
             .expect("PTTL");
         assert!(ttl > 0 && ttl <= most_ms, "{name}: {ttl}");
     }
+    common::clean(&direct, &prefix).await;
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_decisions_take_one_evalsha_and_one_time_per_batch() {
+    let _alone = ALONE.lock().await;
+    let Some(direct) = common::redis_or_skip("sixty_four_concurrent_decisions").await else {
+        return;
+    };
+    let prefix = common::unique_prefix("batches");
+    let pool = RedisPool::new(&common::redis_url(), PoolOptions::default()).expect("pool");
+    let store = RedisLimitStore::new(Arc::new(pool)).with_prefix(&prefix);
+    let checks = [
+        Check::new("minute", per_day(1_000_000)),
+        Check::new(
+            "month",
+            Rule::Quota {
+                limit: 1_000_000,
+                period: Period::Month,
+                cost: 1,
+            },
+        ),
+    ];
+    // Warm up: connections opened, the script loaded (NOSCRIPT, then EVAL, at most once).
+    assert!(
+        store
+            .decide("warm", &checks, None)
+            .await
+            .expect("decide")
+            .admitted
+    );
+
+    let groups: Vec<String> = (0..64).map(|i| format!("org{i}")).collect();
+    let sent = store.batches_sent();
+    let before = command_calls(&direct).await;
+    let decisions = in_order(
+        groups
+            .iter()
+            .map(|group| -> Pending<'_> { store.decide(group, &checks, None) })
+            .collect(),
+    )
+    .await;
+    let after = command_calls(&direct).await;
+    let batches = store.batches_sent() - sent;
+    for decision in &decisions {
+        assert!(decision.as_ref().expect("decided").admitted);
+    }
+    let mut calls = delta(&before, &after);
+    assert_eq!(calls.remove("info"), Some(1), "{calls:?}");
+    let evalsha = calls.remove("evalsha").unwrap_or(0);
+    // Batched: far fewer scripts than decisions, and each batch exactly one EVALSHA (no EVAL,
+    // no SCRIPT LOAD) and one TIME.
+    assert!(batches < 64, "{batches} batches for 64 decisions");
+    assert_eq!(evalsha, batches, "{calls:?}");
+    assert_eq!(calls.remove("time"), Some(batches), "{calls:?}");
+    // One MGET per batch, and one SET per bucket (two per decision).
+    assert_eq!(calls.remove("mget"), Some(batches), "{calls:?}");
+    assert_eq!(calls.remove("set"), Some(128), "{calls:?}");
+    for name in calls.keys() {
+        assert!(SCRIPT_COMMANDS.contains(&name.as_str()), "{name}");
+    }
+    eprintln!("64 concurrent decisions: {batches} batches");
     common::clean(&direct, &prefix).await;
 }

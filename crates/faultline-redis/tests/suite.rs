@@ -170,3 +170,99 @@ async fn a_bucket_of_another_kind_counts_as_no_state() {
     assert_eq!((d.admitted, d.outcomes[0].used), (true, Some(1)));
     common::clean(&direct, &prefix).await;
 }
+
+/// The expiry of a rate key on Redis's clock: `(arrival time as written, expiry in ms)`.
+async fn state_and_expiry(direct: &RedisPool, key: &str) -> (String, i64) {
+    let value: String = direct.query(redis::cmd("GET").arg(key)).await.expect("GET");
+    let expires: i64 = direct
+        .query(redis::cmd("PEXPIRETIME").arg(key))
+        .await
+        .expect("PEXPIRETIME");
+    (value, expires)
+}
+
+/// Checks that a marked rate state's key expires at the first whole second at or after it.
+fn expires_in_its_second(value: &str, expires_ms: i64) {
+    let tat_us: i64 = value
+        .strip_suffix(".5")
+        .and_then(|us| us.parse().ok())
+        .unwrap_or_else(|| panic!("not a marked state: {value}"));
+    assert_eq!(expires_ms % 1000, 0, "{expires_ms}");
+    assert!(
+        expires_ms * 1000 >= tat_us && expires_ms * 1000 < tat_us + 1_000_000,
+        "expires at {expires_ms} ms, idle at {tat_us} us"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_key_on_redis_clock_expires_in_the_second_its_state_becomes_idle() {
+    // Writes within one second keep the key's expiry (KEEPTTL); one that moves the state into
+    // a later second sets a new one; the key never expires before its state is idle.
+    let Some(direct) = common::redis_or_skip("a_rate_key_expires_in_its_second").await else {
+        return;
+    };
+    let prefix = common::unique_prefix("second");
+    let store = store(&prefix);
+    let key = store.bucket_key("g", "fast");
+    // 1000 a second: each request moves the arrival time 1 ms.
+    let fast = [Check::new(
+        "fast",
+        Rule::Rate {
+            limit: 1000,
+            window_us: S,
+        },
+    )];
+    for _ in 0..50 {
+        assert!(
+            store
+                .decide("g", &fast, None)
+                .await
+                .expect("decide")
+                .admitted
+        );
+        let (value, expires) = state_and_expiry(&direct, &key).await;
+        expires_in_its_second(&value, expires);
+    }
+    common::clean(&direct, &prefix).await;
+}
+
+#[tokio::test]
+async fn an_unmarked_rate_state_always_gets_a_new_expiry() {
+    // A state without the mark (written on a given clock, or by an older version, with an
+    // exact expiry) says nothing about its key's expiry: the next write on Redis's clock sets
+    // one, even when the new arrival time falls in the same second.
+    let Some(direct) = common::redis_or_skip("an_unmarked_rate_state").await else {
+        return;
+    };
+    let prefix = common::unique_prefix("unmarked");
+    let store = store(&prefix);
+    let key = store.bucket_key("g", "fast");
+    let time: Vec<i64> = direct.query(&redis::cmd("TIME")).await.expect("TIME");
+    // Idle 3.1 s from now, at 100 ms into its second, with an exact expiry then.
+    let tat_us = (time[0] + 3) * S + 100_000;
+    let _: () = direct
+        .query(
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(tat_us)
+                .arg("PXAT")
+                .arg(tat_us / 1000),
+        )
+        .await
+        .expect("SET");
+    // 1000 in 5 s: the request is admitted and moves the state 5 ms later, in the same
+    // second; keeping the old expiry would let the key go 5 ms too soon.
+    let fast = [Check::new(
+        "fast",
+        Rule::Rate {
+            limit: 1000,
+            window_us: 5 * S,
+        },
+    )];
+    let decision = store.decide("g", &fast, None).await.expect("decide");
+    assert!(decision.admitted);
+    let (value, expires) = state_and_expiry(&direct, &key).await;
+    assert!(value.starts_with(&(tat_us + 5_000).to_string()), "{value}");
+    expires_in_its_second(&value, expires);
+    common::clean(&direct, &prefix).await;
+}

@@ -2,6 +2,7 @@
 //! of each test's own that is deleted after.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -98,4 +99,83 @@ pub async fn clean(pool: &RedisPool, prefix: &str) {
     if !keys.is_empty() {
         let _: i64 = pool.query(redis::cmd("DEL").arg(&keys)).await.expect("DEL");
     }
+}
+
+/// Calls per command name, from `INFO commandstats` (the server's counts: they include other
+/// clients' commands, and the commands scripts run inside).
+pub async fn command_calls(pool: &RedisPool) -> HashMap<String, u64> {
+    let info: String = pool
+        .query(redis::cmd("INFO").arg("commandstats"))
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|f| f.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The calls made between two snapshots, by command (only those that changed).
+pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(name, calls)| {
+            let was = before.get(name).copied().unwrap_or(0);
+            (*calls > was).then(|| (name.clone(), calls - was))
+        })
+        .collect()
+}
+
+/// The commands `decide.lua` runs inside Redis (they are counted by `commandstats` too, but
+/// are not round trips).
+pub const SCRIPT_COMMANDS: &[&str] = &[
+    "time",
+    "get",
+    "mget",
+    "pttl",
+    "set",
+    "type",
+    "zcount",
+    "zrangebyscore",
+    "zremrangebyscore",
+    "zadd",
+    "zrange",
+    "pexpire",
+    "pexpireat",
+    "del",
+];
+
+/// A decision in progress, as [`in_order`] takes it.
+pub type Pending<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<faultline_axum::limit::Decision, faultline_axum::StoreError>,
+            > + 'a,
+    >,
+>;
+
+/// Runs `futures` concurrently in one task, each polled in the order given: the decisions
+/// reach the store in that order (the first takes a free slot; the others queue behind it).
+pub async fn in_order(
+    mut futures: Vec<Pending<'_>>,
+) -> Vec<Result<faultline_axum::limit::Decision, faultline_axum::StoreError>> {
+    let mut done: Vec<Option<_>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (future, slot) in futures.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none()
+                && let std::task::Poll::Ready(outcome) = future.as_mut().poll(cx)
+            {
+                *slot = Some(outcome);
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
 }
