@@ -1,6 +1,7 @@
 //! The load benchmark's baseline for a read: bare axum serving `GET /v1/chatbots/{id}` from the
-//! same SQLite file and the same pool as the reference API, with no faultline layer, no key and
-//! no error contract (an unknown id is a bare 404).
+//! same SQLite file and the same pool as the reference API, with the same statement (the same
+//! seven columns, a deleted row filtered in Rust), with no faultline layer, no key and no error
+//! contract (an unknown id is a bare 404).
 //!
 //! Usage: `bare_chatbot ADDR DB_FILE`.
 
@@ -21,6 +22,13 @@ struct Chatbot {
     updated_at: String,
 }
 
+/// The row as the reference API reads it: the same statement, the same columns.
+struct Row {
+    chatbot: Chatbot,
+    org_id: String,
+    deleted_at: Option<String>,
+}
+
 async fn chatbot(
     State(pool): State<Pool>,
     Path(id): Path<String>,
@@ -28,16 +36,20 @@ async fn chatbot(
     let found = pool
         .read(move |conn| {
             conn.query_row(
-                "SELECT id, name, status, created_at, updated_at FROM chatbots \
-                 WHERE id = ?1 AND deleted_at IS NULL",
+                "SELECT id, org_id, name, status, created_at, updated_at, deleted_at \
+                 FROM chatbots WHERE id = ?1",
                 [&id],
                 |row| {
-                    Ok(Chatbot {
-                        id: row.get(0)?,
-                        name: row.get(1)?,
-                        status: row.get(2)?,
-                        created_at: row.get(3)?,
-                        updated_at: row.get(4)?,
+                    Ok(Row {
+                        org_id: row.get(1)?,
+                        deleted_at: row.get(6)?,
+                        chatbot: Chatbot {
+                            id: row.get(0)?,
+                            name: row.get(2)?,
+                            status: row.get(3)?,
+                            created_at: row.get(4)?,
+                            updated_at: row.get(5)?,
+                        },
                     })
                 },
             )
@@ -45,7 +57,11 @@ async fn chatbot(
         })
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    found.map(axum::Json).ok_or(StatusCode::NOT_FOUND)
+    // No key, so no organisation to compare `org_id` with; a deleted row is not found.
+    found
+        .filter(|row| row.deleted_at.is_none() && !row.org_id.is_empty())
+        .map(|row| axum::Json(row.chatbot))
+        .ok_or(StatusCode::NOT_FOUND)
 }
 
 #[tokio::main]
