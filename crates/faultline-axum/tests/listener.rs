@@ -19,9 +19,18 @@ fn contract() -> Contract {
 }
 
 async fn start(contract: Contract) -> std::net::SocketAddr {
+    start_with(
+        contract,
+        Router::new().route("/hello", get(|| async { "hi" })),
+    )
+    .await
+}
+
+/// Serves `routes` inside the faultline stack behind the contract listener.
+async fn start_with(contract: Contract, routes: Router) -> std::net::SocketAddr {
     let faultline = Faultline::new(contract);
     let contract = Arc::clone(faultline.contract());
-    let app = faultline.install(Router::new().route("/hello", get(|| async { "hi" })));
+    let app = faultline.install(routes);
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     tokio::spawn(async move {
@@ -161,19 +170,14 @@ impl<S> tower::Layer<S> for CountingLayer {
 #[tokio::test]
 async fn route_layers_are_built_once_not_per_request() {
     let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let faultline = Faultline::new(contract());
-    let contract = Arc::clone(faultline.contract());
-    let app = faultline.install(Router::new().route(
-        "/hello",
-        get(|| async { "hi" }).route_layer(CountingLayer(Arc::clone(&built))),
-    ));
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    tokio::spawn(async move {
-        faultline_axum::serve(ContractListener::new(tcp, contract), app)
-            .await
-            .unwrap();
-    });
+    let addr = start_with(
+        contract(),
+        Router::new().route(
+            "/hello",
+            get(|| async { "hi" }).route_layer(CountingLayer(Arc::clone(&built))),
+        ),
+    )
+    .await;
     let get = |_| {
         raw(
             addr,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use faultline::limits::{MICROS_PER_DAY, MICROS_PER_SECOND as S, Period, Rule};
+use faultline::limits::{MICROS_PER_DAY, MICROS_PER_SECOND as S, Rule};
 use faultline_axum::StoreError;
 use faultline_axum::limit::{Check, Decision, Lease, LimitStore, MemoryLimitStore, suite};
 use faultline_redis::{PoolOptions, RedisLimitStore, RedisPool};
@@ -329,33 +329,6 @@ mod model {
         Release(usize),
     }
 
-    fn rule(index: usize, limits: &[u64; 5]) -> Rule {
-        match index {
-            0 => Rule::Rate {
-                limit: limits[0],
-                window_us: 10 * S,
-            },
-            1 => Rule::Rate {
-                limit: limits[1],
-                window_us: 3 * S + 7,
-            },
-            2 => Rule::Quota {
-                limit: limits[2],
-                period: Period::Day,
-                cost: 2,
-            },
-            3 => Rule::Quota {
-                limit: limits[3],
-                period: Period::Month,
-                cost: 1,
-            },
-            _ => Rule::Concurrency {
-                limit: limits[4],
-                lease_ttl_us: 5 * S,
-            },
-        }
-    }
-
     fn request() -> impl Strategy<Value = Request> {
         (
             prop::sample::subsequence(vec![0usize, 1, 2, 3, 4], 1..=5),
@@ -384,7 +357,7 @@ mod model {
                 } else {
                     format!("c{i}")
                 };
-                Check::new(key, rule(i, limits))
+                Check::new(key, common::model_rule(i, limits))
             })
             .collect()
     }

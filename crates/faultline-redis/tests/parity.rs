@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use faultline::limits::{MICROS_PER_DAY, MICROS_PER_SECOND as S, Period, Rule};
+use faultline::limits::{MICROS_PER_DAY, MICROS_PER_SECOND as S};
 use faultline_axum::limit::{Check, Decision, Lease, LimitStore, MemoryLimitStore, suite};
 use faultline_redis::{PoolOptions, RedisLimitStore, RedisPool};
 use proptest::prelude::*;
@@ -18,33 +18,6 @@ enum Step {
     Decide(Vec<usize>),
     /// Release the lease of the n-th admitted decision that took one (if any left).
     Release(usize),
-}
-
-fn rule(index: usize, limits: &[u64; 5]) -> Rule {
-    match index {
-        0 => Rule::Rate {
-            limit: limits[0],
-            window_us: 10 * S,
-        },
-        1 => Rule::Rate {
-            limit: limits[1],
-            window_us: 3 * S + 7,
-        },
-        2 => Rule::Quota {
-            limit: limits[2],
-            period: Period::Day,
-            cost: 2,
-        },
-        3 => Rule::Quota {
-            limit: limits[3],
-            period: Period::Month,
-            cost: 1,
-        },
-        _ => Rule::Concurrency {
-            limit: limits[4],
-            lease_ttl_us: 5 * S,
-        },
-    }
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -82,7 +55,7 @@ async fn run(
             Step::Decide(indexes) => {
                 let checks: Vec<Check> = indexes
                     .iter()
-                    .map(|&i| Check::new(format!("c{i}"), rule(i, &limits)))
+                    .map(|&i| Check::new(format!("c{i}"), common::model_rule(i, &limits)))
                     .collect();
                 let r = redis
                     .decide(&group, &checks, Some(now))

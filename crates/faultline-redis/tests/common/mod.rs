@@ -179,3 +179,33 @@ pub async fn in_order(
     .await;
     done.into_iter().flatten().collect()
 }
+
+/// The five rules the model tests draw from (two rates, two quotas, a concurrency limit),
+/// with the limits drawn for the case: index 4 and above is the concurrency rule.
+pub fn model_rule(index: usize, limits: &[u64; 5]) -> faultline::limits::Rule {
+    use faultline::limits::{MICROS_PER_SECOND as S, Period, Rule};
+    match index {
+        0 => Rule::Rate {
+            limit: limits[0],
+            window_us: 10 * S,
+        },
+        1 => Rule::Rate {
+            limit: limits[1],
+            window_us: 3 * S + 7,
+        },
+        2 => Rule::Quota {
+            limit: limits[2],
+            period: Period::Day,
+            cost: 2,
+        },
+        3 => Rule::Quota {
+            limit: limits[3],
+            period: Period::Month,
+            cost: 1,
+        },
+        _ => Rule::Concurrency {
+            limit: limits[4],
+            lease_ttl_us: 5 * S,
+        },
+    }
+}
