@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Instructions per request of each case of the stack bench (crates/faultline-axum/benches/
 # stack.rs), counted by callgrind: each case runs N and 2N times, and the difference divided by
-# N is one request (set-up cancels out; the last count is the bench process, not a child). Unlike wall-clock figures, these do not depend on the
+# N is one request (set-up cancels out; the last count is the bench process, not a child). N is
+# 10,000 by default: with 2,000, single cases moved by up to 2,000 instructions per request
+# between runs (cause not found). Unlike wall-clock figures, these do not depend on the
 # load of the machine; the ratio is bare axum's count over the case's.
 # Usage: bench/stack_instructions.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-2000}
+N=${1:-10000}
 bin=$(cargo bench -q -p faultline-axum --features limit --bench stack --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for line in sys.stdin:
