@@ -5,6 +5,7 @@
 # Usage: bench/load_get.sh [seconds per round] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 SECONDS_PER_ROUND=${1:-10}
 ROUNDS=${2:-3}
 FULL=127.0.0.1:8095
@@ -34,31 +35,15 @@ bare_pid=$!
 for _ in $(seq 50); do curl -sf -o /dev/null "http://$BARE/v1/chatbots/$id" && break; sleep 0.1; done
 curl -sf -o /dev/null "http://$FULL/v1/chatbots/$id" -H "authorization: Bearer $KEY"
 
-# One wrk thread: on a 2-core machine, a second one would take the server's core.
-# Runs wrk against the server of pid $1; prints "<requests per second> <p99 latency in ms>
-# <server CPU microseconds per request>". The CPU time is the server process's own (user +
-# system, from /proc): unlike the rate, other work on the machine hardly moves it.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-rate() {
-  local pid=$1; shift
-  local before; before=$(cpu_ticks "$pid")
-  local out; out=$(wrk -t1 -c32 -d"${SECONDS_PER_ROUND}s" --latency "$@")
-  local ticks=$(($(cpu_ticks "$pid") - before))
-  awk -v ticks="$ticks" -v hz="$(getconf CLK_TCK)" '
-    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
-    /requests in/ { n = $1 } /Requests\/sec/ { rps = $2 } $1 == "99%" { p99 = ms($2) }
-    END { printf "%s %s %.2f\n", rps, p99, ticks / hz * 1e6 / n }' <<<"$out"
-}
 full_total=0; bare_total=0; full_p99s=(); bare_p99s=(); full_cpus=(); bare_cpus=()
 for round in $(seq "$ROUNDS"); do
   # Interleaved, so that noise from the shared machine hits both alike.
-  read -r f fp fc <<<"$(rate $full_pid -H "authorization: Bearer $KEY" "http://$FULL/v1/chatbots/$id")"
-  read -r b bp bc_ <<<"$(rate $bare_pid "http://$BARE/v1/chatbots/$id")"
+  read -r f fp fc <<<"$(wrk_rate $full_pid -H "authorization: Bearer $KEY" "http://$FULL/v1/chatbots/$id")"
+  read -r b bp bc_ <<<"$(wrk_rate $bare_pid "http://$BARE/v1/chatbots/$id")"
   echo "round $round: faultline ${f} req/s (p99 ${fp} ms, ${fc} us CPU/req), bare axum ${b} req/s (p99 ${bp} ms, ${bc_} us CPU/req), ratio $(echo "$f / $b" | bc -l | cut -c1-5)"
   full_total=$(echo "$full_total + $f" | bc -l); bare_total=$(echo "$bare_total + $b" | bc -l)
   full_p99s+=("$fp"); bare_p99s+=("$bp"); full_cpus+=("$fc"); bare_cpus+=("$bc_")
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 fcpu=$(median "${full_cpus[@]}"); bcpu=$(median "${bare_cpus[@]}")
 printf 'mean: faultline %.0f req/s, bare axum %.0f req/s, ratio %.3f; median p99: faultline %s ms, bare axum %s ms\n' \
   "$(echo "$full_total / $ROUNDS" | bc -l)" "$(echo "$bare_total / $ROUNDS" | bc -l)" "$(echo "$full_total / $bare_total" | bc -l)" \

@@ -7,6 +7,7 @@
 # Usage: bench/load_stack.sh [seconds per round] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 SECONDS_PER_ROUND=${1:-10}
 ROUNDS=${2:-3}
 FULL=127.0.0.1:8091
@@ -30,29 +31,15 @@ for _ in $(seq 50); do curl -sf -o /dev/null "http://$BARE/bots" && break; sleep
 status=$(curl -s -o /dev/null -w '%{http_code}' "http://$FULL/bots" -H "authorization: Bearer $KEY")
 [ "$status" = 200 ] || { echo "the faultline server answered $status"; exit 1; }
 
-# One wrk thread: on a 2-core machine, a second one would take the server's core.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-rate() {
-  local pid=$1; shift
-  local before; before=$(cpu_ticks "$pid")
-  local out; out=$(wrk -t1 -c32 -d"${SECONDS_PER_ROUND}s" --latency "$@")
-  local ticks=$(($(cpu_ticks "$pid") - before))
-  if grep -q 'Non-2xx' <<<"$out"; then echo "non-2xx answers: $out" >&2; exit 1; fi
-  awk -v ticks="$ticks" -v hz="$(getconf CLK_TCK)" '
-    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
-    /requests in/ { n = $1 } /Requests\/sec/ { rps = $2 } $1 == "99%" { p99 = ms($2) }
-    END { printf "%s %s %.2f\n", rps, p99, ticks / hz * 1e6 / n }' <<<"$out"
-}
 ratios=(); full_cpus=(); bare_cpus=(); full_total=0; bare_total=0
 for round in $(seq "$ROUNDS"); do
-  read -r f fp fc <<<"$(rate $full_pid -H "authorization: Bearer $KEY" "http://$FULL/bots")"
-  read -r b bp bc_ <<<"$(rate $bare_pid "http://$BARE/bots")"
+  read -r f fp fc <<<"$(wrk_rate $full_pid -H "authorization: Bearer $KEY" "http://$FULL/bots")"
+  read -r b bp bc_ <<<"$(wrk_rate $bare_pid "http://$BARE/bots")"
   r=$(echo "$f / $b" | bc -l)
   echo "round $round: faultline ${f} req/s (p99 ${fp} ms, ${fc} us CPU/req), bare axum ${b} req/s (p99 ${bp} ms, ${bc_} us CPU/req), ratio ${r:0:5}"
   ratios+=("$r"); full_cpus+=("$fc"); bare_cpus+=("$bc_")
   full_total=$(echo "$full_total + $f" | bc -l); bare_total=$(echo "$bare_total + $b" | bc -l)
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 fcpu=$(median "${full_cpus[@]}"); bcpu=$(median "${bare_cpus[@]}")
 printf 'faultline %.0f req/s, bare axum %.0f req/s (means): ratio %.3f (target >= 0.85); median of rounds %.3f\n' \
   "$(echo "$full_total / $ROUNDS" | bc -l)" "$(echo "$bare_total / $ROUNDS" | bc -l)" \

@@ -6,14 +6,10 @@
 # Usage: bench/stack_cpu.sh [requests per run] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 N=${1:-200000}
 ROUNDS=${2:-7}
-bin=$(cargo bench -q -p faultline-axum --features limit --bench stack --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "stack" and m.get("executable"):
-        print(m["executable"])')
+bin=$(stack_bench_binary)
 cases="200/bare_axum 200/faultline 200/faultline_with_key 200/faultline_with_key_and_limits 404/bare_axum 404/faultline"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -24,11 +20,10 @@ for _ in $(seq "$ROUNDS"); do
     done
   done
 done
-median() { sort -g "$1" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for log in no_log info_log; do
-  b200=$(median "$out/${log}_200_bare_axum"); b404=$(median "$out/${log}_404_bare_axum")
+  b200=$(median $(cat "$out/${log}_200_bare_axum")); b404=$(median $(cat "$out/${log}_404_bare_axum"))
   for case in $cases; do
-    t=$(median "$out/${log}_${case//\//_}")
+    t=$(median $(cat "$out/${log}_${case//\//_}"))
     base=$b200; [[ $case == 404/* ]] && base=$b404
     printf '%-8s %-34s %7.0f ns CPU  %.2fx bare axum  (runs: %s)\n' "$log" "$case" "$t" "$(echo "$base / $t" | bc -l)" \
       "$(sort -g "$out/${log}_${case//\//_}" | tr '\n' ' ')"

@@ -8,13 +8,9 @@
 # Usage: bench/stack_instructions.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 N=${1:-10000}
-bin=$(cargo bench -q -p faultline-axum --features limit --bench stack --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "stack" and m.get("executable"):
-        print(m["executable"])')
+bin=$(stack_bench_binary)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 count() { # instructions of case $1 run $2 times

@@ -136,6 +136,29 @@ fn manual_store() -> (ManualClock, Arc<MemoryLimitStore>) {
 const ACME: [(&str, &str); 1] = [("x-org", "acme")];
 
 #[tokio::test]
+async fn without_legacy_headers_the_ratelimit_field_is_the_same_and_stands_alone() {
+    let (_clock, store) = manual_store();
+    let layer = LimitLayer::with_subject(&catalog(), store, by_headers).legacy_headers(false);
+    let app = app(layer, Arc::new(AtomicUsize::new(0)));
+    let first = send(&app, "/ok", &ACME).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        header(&first, "ratelimit").unwrap(),
+        concat!(
+            r#""org_per_minute";r=9;t=6, "org_in_flight";r=1, "key_per_minute";r=9;t=6, "#,
+            r#""key_per_hour";r=199;t=18, "monthly_requests";r=4999;t=1232000"#
+        )
+    );
+    for legacy in [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ] {
+        assert_eq!(header(&first, legacy), None, "{legacy}");
+    }
+}
+
+#[tokio::test]
 async fn every_response_reports_the_policies_and_the_eleventh_free_request_is_refused() {
     let (_clock, store) = manual_store();
     let calls = Arc::new(AtomicUsize::new(0));

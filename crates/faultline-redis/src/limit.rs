@@ -303,14 +303,7 @@ impl RedisLimitStore {
         let request = self.request(group, checks, now_us, lease_id.clone(), leased)?;
         let reply = self.batcher.submit(request).await?;
         let (admitted, outcomes) = read_reply(&reply, checks)?;
-        let lease = (admitted && leased).then(|| {
-            let keys = checks
-                .iter()
-                .filter(|c| matches!(c.rule, Rule::Concurrency { .. }))
-                .map(|c| c.key.clone())
-                .collect();
-            Lease::new(group, lease_id, keys)
-        });
+        let lease = (admitted && leased).then(|| Lease::for_checks(group, lease_id, checks));
         Ok(Decision::new(admitted, outcomes, lease))
     }
 

@@ -362,17 +362,6 @@ mod model {
             .collect()
     }
 
-    fn same(redis: &Decision, model: &Decision) -> Result<(), TestCaseError> {
-        prop_assert_eq!(redis.admitted, model.admitted);
-        prop_assert_eq!(&redis.outcomes, &model.outcomes);
-        prop_assert_eq!(redis.retry_after_us, model.retry_after_us);
-        prop_assert_eq!(redis.lease.is_some(), model.lease.is_some());
-        if let (Some(r), Some(m)) = (&redis.lease, &model.lease) {
-            prop_assert_eq!(&r.keys, &m.keys);
-        }
-        Ok(())
-    }
-
     async fn run(
         redis: &RedisLimitStore,
         limits: [u64; 5],
@@ -409,7 +398,7 @@ mod model {
                             .decide(&group, checks, Some(now))
                             .await
                             .expect("the model decides");
-                        same(&r, &m)?;
+                        common::same_decision(&r, &m)?;
                         if let (Some(r), Some(m)) = (r.lease, m.lease) {
                             leases.push((r, m));
                         }

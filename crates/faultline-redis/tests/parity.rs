@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use faultline::limits::{MICROS_PER_DAY, MICROS_PER_SECOND as S};
-use faultline_axum::limit::{Check, Decision, Lease, LimitStore, MemoryLimitStore, suite};
+use faultline_axum::limit::{Check, Lease, LimitStore, MemoryLimitStore, suite};
 use faultline_redis::{PoolOptions, RedisLimitStore, RedisPool};
 use proptest::prelude::*;
 
@@ -26,18 +26,6 @@ fn step() -> impl Strategy<Value = Step> {
         6 => prop::sample::subsequence(vec![0usize, 1, 2, 3, 4], 1..=5).prop_map(Step::Decide),
         2 => (0usize..8).prop_map(Step::Release),
     ]
-}
-
-/// The parts of two decisions that must agree (lease ids differ by store).
-fn same(redis: &Decision, model: &Decision) -> Result<(), TestCaseError> {
-    prop_assert_eq!(redis.admitted, model.admitted);
-    prop_assert_eq!(&redis.outcomes, &model.outcomes);
-    prop_assert_eq!(redis.retry_after_us, model.retry_after_us);
-    prop_assert_eq!(redis.lease.is_some(), model.lease.is_some());
-    if let (Some(r), Some(m)) = (&redis.lease, &model.lease) {
-        prop_assert_eq!(&r.keys, &m.keys);
-    }
-    Ok(())
 }
 
 async fn run(
@@ -65,7 +53,7 @@ async fn run(
                     .decide(&group, &checks, Some(now))
                     .await
                     .expect("the model decides");
-                same(&r, &m)?;
+                common::same_decision(&r, &m)?;
                 if let (Some(r), Some(m)) = (r.lease, m.lease) {
                     leases.push((r, m));
                 }

@@ -494,13 +494,16 @@ impl Shared {
                 ends.push((name, state.len()));
             }
         }
-        let all = Bytes::from(state);
+        // Split off in turn: the last value takes what is left, so with no legacy headers the
+        // one buffer becomes the one value as it is (no shared handle to allocate).
+        let mut rest = Bytes::from(state);
         let mut start = 0;
         for (name, end) in ends {
-            if let Ok(value) = HeaderValue::from_maybe_shared(all.slice(start..end)) {
+            let value = rest.split_to(end - start);
+            start = end;
+            if let Ok(value) = HeaderValue::from_maybe_shared(value) {
                 out.push((name, value));
             }
-            start = end;
         }
         out
     }

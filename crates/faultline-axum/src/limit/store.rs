@@ -61,6 +61,16 @@ impl Lease {
             keys,
         }
     }
+
+    /// The lease `id` of `group` held in the bucket of every concurrency check in `checks`.
+    pub fn for_checks(group: impl Into<String>, id: impl Into<String>, checks: &[Check]) -> Self {
+        let keys = checks
+            .iter()
+            .filter(|c| matches!(c.rule, Rule::Concurrency { .. }))
+            .map(|c| c.key.clone())
+            .collect();
+        Lease::new(group, id, keys)
+    }
 }
 
 /// How many outcomes a [`Decision`] holds without allocating.
@@ -587,14 +597,7 @@ impl MemoryLimitStore {
                 }
             }
         }
-        let lease = has_lease.then(|| {
-            let keys = checks
-                .iter()
-                .filter(|c| matches!(c.rule, Rule::Concurrency { .. }))
-                .map(|c| c.key.clone())
-                .collect();
-            Lease::new(group, lease_id, keys)
-        });
+        let lease = has_lease.then(|| Lease::for_checks(group, lease_id, checks));
         Decision {
             admitted: true,
             outcomes,

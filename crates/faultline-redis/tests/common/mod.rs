@@ -209,3 +209,20 @@ pub fn model_rule(index: usize, limits: &[u64; 5]) -> faultline::limits::Rule {
         },
     }
 }
+
+/// The parts of two decisions that must agree, Redis's and the model's (lease ids differ by
+/// store).
+pub fn same_decision(
+    redis: &faultline_axum::limit::Decision,
+    model: &faultline_axum::limit::Decision,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::prop_assert_eq;
+    prop_assert_eq!(redis.admitted, model.admitted);
+    prop_assert_eq!(&redis.outcomes, &model.outcomes);
+    prop_assert_eq!(redis.retry_after_us, model.retry_after_us);
+    prop_assert_eq!(redis.lease.is_some(), model.lease.is_some());
+    if let (Some(r), Some(m)) = (&redis.lease, &model.lease) {
+        prop_assert_eq!(&r.keys, &m.keys);
+    }
+    Ok(())
+}
