@@ -63,8 +63,6 @@ pub fn serve<L: Listener>(
     listener: ContractListener<L>,
     router: Router,
 ) -> axum::serve::Serve<ContractListener<L>, TrackConnections, TrackedRouter> {
-    // Eager, as `axum::serve` makes a router: a lazy one builds its route layers again for
-    // every request.
     axum::serve(
         listener,
         TrackConnections {
@@ -345,7 +343,7 @@ pub struct ContractIo<I> {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     /// When the connection is checked next: never earlier than where it was before (see
-    /// `poll_read`).
+    /// `idle_since_response`).
     deadline: Pin<Box<Sleep>>,
     phase: Phase,
     /// When the current phase began: the connection's start or the head's first byte
@@ -353,7 +351,8 @@ pub struct ContractIo<I> {
     since: Instant,
     /// The response generation the deadline was set for.
     seen_generation: u64,
-    /// The task waiting to read, woken when a response ends so it takes up the idle deadline.
+    /// The task waiting to read, woken when a response that another task wrote ends, so that it
+    /// reads on (hyper reads and writes from one task, which is never woken for this).
     read_waker: Option<Waker>,
     _open: OpenConnection,
 }
@@ -418,8 +417,7 @@ impl<I> ContractIo<I> {
         ))
     }
 
-    /// Follows the framing over `bytes`, which have just been written.
-    /// Follows the response bytes `bytes` written by the task of `writer`.
+    /// Follows the framing over `bytes`, which the task of `writer` has just written.
     fn wrote(&mut self, mut bytes: &[u8], writer: &Waker) {
         while !bytes.is_empty() {
             let (used, event) = step(&mut self.framing, bytes);
@@ -661,20 +659,12 @@ fn parse_head(head: &[u8]) -> Option<Head> {
         return Some(Head::Final(Framing::Head(Vec::new())));
     }
     let mut length = None;
-    let mut start = memchr::memchr(b'\n', head)? + 1;
-    while let Some(end) = memchr::memchr(b'\n', &head[start..]).map(|at| start + at) {
-        let line = &head[start..end];
-        start = end + 1;
+    for line in head.split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             break;
         }
-        let colon = memchr::memchr(b':', line)?;
-        // Only two names matter: their first letter rules most lines out without comparing
-        // names (a head with long fields, such as rate-limit ones, is read in a few steps).
-        if !matches!(line[0].to_ascii_lowercase(), b't' | b'c') {
-            continue;
-        }
+        let colon = line.iter().position(|&b| b == b':')?;
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             let chunked = value
