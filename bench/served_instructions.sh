@@ -7,10 +7,13 @@
 #          steps between).
 # Each server runs under valgrind; N sequential keep-alive requests are counted after a
 # warm-up (callgrind_control zeroes the counters, then dumps them). Kernel work is not counted.
-# Usage: bench/served_instructions.sh [N]
+# Usage: bench/served_instructions.sh [N]; KEEP=DIR keeps each server's callgrind output there
+# (for callgrind_annotate), ONLY=read or ONLY=stack runs one part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2000}
+# Binaries from CARGO_TARGET_DIR when set (e.g. a build with line tables, for KEEP).
+T=${CARGO_TARGET_DIR:-target}
 if ! command -v valgrind >/dev/null; then
   apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
 fi
@@ -52,13 +55,15 @@ measure() {
   pkill -f "valgrind.*--callgrind-out-file=$dir/$name" || true
   sleep 1
   local total
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$(ls "$dir/$name".*.1 | head -1)" "$KEEP/$name.callgrind"; fi
   total=$(callgrind_annotate "$(ls "$dir/$name".*.1 | head -1)" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
   echo $((total / N))
 }
 
-# The read pair: a database with one chatbot, made by `faultline serve` itself.
 export RUST_LOG=info
-target/release/faultline serve --no-limits --addr "$ADDR" --db "$dir/bench.db" >"$dir/setup.out" 2>/dev/null &
+if [ "${ONLY:-read}" = read ]; then
+# The read pair: a database with one chatbot, made by `faultline serve` itself.
+"$T"/release/faultline serve --no-limits --addr "$ADDR" --db "$dir/bench.db" >"$dir/setup.out" 2>/dev/null &
 setup=$!
 for _ in $(seq 100); do grep -q '^export KEY=' "$dir/setup.out" 2>/dev/null && break; sleep 0.1; done
 KEY=$(sed -n 's/^export KEY=//p' "$dir/setup.out")
@@ -68,13 +73,16 @@ id=$(curl -s -X POST "http://$ADDR/v1/chatbots" -H "authorization: Bearer $KEY" 
 kill $setup; wait $setup 2>/dev/null || true
 [ -n "$id" ] || { echo "could not create a chatbot"; exit 1; }
 
-full=$(PATH_=/v1/chatbots/$id KEY_=$KEY measure read_faultline target/release/faultline serve --no-limits --addr "$ADDR" --db "$dir/bench.db")
-bare=$(PATH_=/v1/chatbots/$id KEY_= measure read_bare target/release/examples/bare_chatbot "$ADDR" "$dir/bench.db")
+full=$(PATH_=/v1/chatbots/$id KEY_=$KEY measure read_faultline "$T"/release/faultline serve --no-limits --addr "$ADDR" --db "$dir/bench.db")
+bare=$(PATH_=/v1/chatbots/$id KEY_= measure read_bare "$T"/release/examples/bare_chatbot "$ADDR" "$dir/bench.db")
 printf 'read  %-24s %7d instructions per request\n' "faultline serve" "$full"
 printf 'read  %-24s %7d instructions per request  (bare / faultline %.3f)\n' "bare axum" "$bare" "$(echo "$bare / $full" | bc -l)"
+fi
+if [ "${ONLY:-stack}" = stack ]; then
 base=
 for mode in bare bare_with_limit_headers faultline faultline_key faultline_key_limits; do
-  n=$(PATH_=/bots measure "stack_$mode" target/release/examples/stack_200 "$mode" "$ADDR")
+  n=$(PATH_=/bots measure "stack_$mode" "$T"/release/examples/stack_200 "$mode" "$ADDR")
   base=${base:-$n}
   printf 'stack %-24s %7d instructions per request  (bare / this %.3f)\n' "$mode" "$n" "$(echo "$base / $n" | bc -l)"
 done
+fi

@@ -110,9 +110,12 @@ fn stack(c: &mut Criterion) {
             .install(
                 Router::new().route(
                     "/bots",
-                    get(|| async { "[]" })
-                        .route_layer(layer)
-                        .route_layer(AuthLayer::new(Arc::clone(&auth))),
+                    // One `route_layer` for both, as the reference API stacks them.
+                    get(|| async { "[]" }).route_layer(
+                        tower::ServiceBuilder::new()
+                            .layer(AuthLayer::new(Arc::clone(&auth)))
+                            .layer(layer),
+                    ),
                 ),
             )
             .with_state(())

@@ -659,10 +659,18 @@ fn parse_head(head: &[u8]) -> Option<Head> {
         return Some(Head::Final(Framing::Head(Vec::new())));
     }
     let mut length = None;
-    for line in head.split(|&b| b == b'\n').skip(1) {
+    // Line by line (a vectorised search for each end), and only the lines that can be one of
+    // the two framing headers are read: a response carries several long ones (rate limits,
+    // request id) that need no more than a look at their first byte.
+    let mut at = memchr::memchr(b'\n', head)? + 1;
+    while at < head.len() {
+        let end = memchr::memchr(b'\n', &head[at..]).map_or(head.len(), |i| at + i);
+        let line = &head[at..end];
+        at = end + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
+        let Some(first) = line.first() else { break };
+        if !matches!(first.to_ascii_lowercase(), b't' | b'c') {
+            continue;
         }
         let colon = line.iter().position(|&b| b == b':')?;
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
@@ -1151,7 +1159,19 @@ mod tests {
             None
         );
         assert_eq!(framing("HTTP/1.1 2x0 OK\r\n\r\n"), None);
-        assert_eq!(framing("HTTP/1.1 200 OK\r\nno colon\r\n\r\n"), None);
+        assert_eq!(framing("HTTP/1.1 200 OK\r\nContent-Length 3\r\n\r\n"), None);
+        // Only the two framing headers are read; other lines are passed over at their first
+        // byte, whatever they hold.
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nx-note: content-length: 5\r\nratelimit: \"a\";r=1\r\nContent-Length: 3\r\n\r\n"
+            ),
+            Some(Framing::Length(3))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: a/b\r\n\r\n"),
+            Some(Framing::Opaque)
+        );
         assert_eq!(framing("HTTP/2 200\r\n\r\n"), None);
     }
 }

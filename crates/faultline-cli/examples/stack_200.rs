@@ -10,7 +10,8 @@
 //! - `faultline_key`: inside `Faultline::install`, behind `AuthLayer` (in-memory keys, cached
 //!   after the first request);
 //! - `faultline_key_limits`: inside `Faultline::install`, behind `AuthLayer` (in-memory keys,
-//!   cached after the first request) and `LimitLayer` on the in-memory store (a rate per key, a
+//!   cached after the first request) and `LimitLayer` (the two in one `route_layer`, as the
+//!   reference API stacks them) on the in-memory store (a rate per key, a
 //!   rate per organisation and a concurrency limit per organisation, high enough never to
 //!   refuse).
 //!
@@ -144,7 +145,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         60_000_000,
                     ))
                     .policy(Policy::concurrency("org_in_flight", Per::Org, never()));
-                get(bots).route_layer(limits).route_layer(auth)
+                // One `route_layer` for both, as the reference API stacks them.
+                get(bots).route_layer(tower::ServiceBuilder::new().layer(auth).layer(limits))
             };
             (
                 Faultline::new(Contract::new(catalog)?),

@@ -1707,21 +1707,10 @@ impl fmt::Display for HeaderParseError {
 
 impl std::error::Error for HeaderParseError {}
 
-/// Appends `n` in decimal (without `fmt`'s machinery: this runs for every response).
-pub fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
+/// Appends `n` in decimal (without `fmt`'s machinery, two digits at a time: this runs for
+/// every limited response).
+pub fn push_decimal(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 fn write_sf_string(out: &mut String, text: &str) {

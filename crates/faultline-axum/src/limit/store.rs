@@ -73,8 +73,9 @@ impl Lease {
     }
 }
 
-/// How many outcomes a [`Decision`] holds without allocating.
-pub const INLINE_OUTCOMES: usize = 2;
+/// How many outcomes a [`Decision`] holds without allocating: as many as the checks the
+/// layer keeps inline, enough for a request under five policies (the reference API's count).
+pub const INLINE_OUTCOMES: usize = 5;
 
 /// The outcomes of a decision, one per check: inline up to [`INLINE_OUTCOMES`] checks
 /// (derefs to `[Outcome]`; built from a `Vec<Outcome>` with `.into()`).
@@ -523,7 +524,7 @@ impl MemoryLimitStore {
                 }
                 return Decision {
                     admitted: true,
-                    outcomes: Outcomes::from_buf([oa, ob]),
+                    outcomes: Outcomes::from_iter([oa, ob]),
                     retry_after_us: 0,
                     lease: None,
                 };
