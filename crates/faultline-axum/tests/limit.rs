@@ -708,3 +708,39 @@ proptest::proptest! {
         }
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    /// Two rate or quota checks take the store's own path (both buckets found with one probe
+    /// each, written in place); the same two with a third that never refuses take the general
+    /// one. Every decision of any sequence must be the same on both.
+    #[test]
+    fn two_checks_decide_as_the_general_path_does(
+        rate in (1u64..8, 1i64..20),
+        quota in (1u64..30, 1u64..3),
+        quota_first in proptest::bool::ANY,
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        use faultline::limits::Rule;
+        let rate = Check::new("r", Rule::Rate { limit: rate.0, window_us: rate.1 * 1_000_000 });
+        let quota = Check::new("q", Rule::Quota { limit: quota.0, period: Period::Day, cost: quota.1 });
+        let two = if quota_first { vec![quota, rate] } else { vec![rate, quota] };
+        let mut three = two.clone();
+        three.push(Check::new("never", Rule::Rate { limit: 1_000_000, window_us: 1_000_000 }));
+        let (fast, general) = (MemoryLimitStore::new(), MemoryLimitStore::new());
+        let mut now = suite::NOW_US;
+        for op in ops {
+            match op {
+                Op::Advance(us) => now += us,
+                Op::ReleaseOldest => {}
+                Op::Request => {
+                    let a = fast.decide_now("g", &two, Some(now));
+                    let b = general.decide_now("g", &three, Some(now));
+                    proptest::prop_assert_eq!(a.admitted, b.admitted);
+                    proptest::prop_assert_eq!(a.retry_after_us, b.retry_after_us);
+                    proptest::prop_assert_eq!(&a.outcomes[..], &b.outcomes[..2]);
+                }
+            }
+        }
+    }
+}

@@ -73,9 +73,9 @@ impl Lease {
     }
 }
 
-/// How many outcomes a [`Decision`] holds without allocating: as many as the checks the
-/// layer keeps inline, enough for a request under five policies (the reference API's count).
-pub const INLINE_OUTCOMES: usize = 5;
+/// How many outcomes a [`Decision`] holds without allocating (more made the common
+/// two-policy decision slower: a larger `Decision` to build and move).
+pub const INLINE_OUTCOMES: usize = 2;
 
 /// The outcomes of a decision, one per check: inline up to [`INLINE_OUTCOMES`] checks
 /// (derefs to `[Outcome]`; built from a `Vec<Outcome>` with `.into()`).
@@ -500,34 +500,56 @@ impl MemoryLimitStore {
             // Two rate or quota checks on two buckets (the common case): both evaluated from
             // where they are, both written when both admit, nothing copied through a list.
             let (ha, hb) = (hashes[0], hashes[1]);
-            let ia = buckets.find_bucket_index(ha, |s| s.is(group, &a.key));
-            let ib = buckets.find_bucket_index(hb, |s| s.is(group, &b.key));
-            let state = |i: Option<usize>| i.and_then(|i| buckets.get_bucket(i)).map(|s| &s.state);
-            let (oa, sa) = limits::evaluate(&a.rule, state(ia), now, &lease_id);
-            let (ob, sb) = limits::evaluate(&b.rule, state(ib), now, &lease_id);
-            if oa.admitted && ob.admitted {
-                let fresh = [(ia, sa), (ib, sb)].map(|(at, next)| {
-                    match at.and_then(|i| buckets.get_bucket_mut(i)) {
-                        Some(bucket) => {
-                            bucket.state = next;
-                            None
-                        }
-                        None => Some(next),
-                    }
-                });
-                // New buckets last: an insertion may move the others.
-                for ((hash, check), next) in [(ha, a), (hb, b)].into_iter().zip(fresh) {
-                    if let Some(next) = next {
-                        let slot = Slot::new(hash, group, &check.key, next);
-                        buckets.insert_unique(hash, slot, |s| s.hash);
-                    }
+            // Both buckets known (every request but a caller's first): one probe each, and
+            // the states replaced in place.
+            let names = [a.key.as_str(), b.key.as_str()];
+            if let [Some(slot_a), Some(slot_b)] =
+                buckets.get_disjoint_mut([ha, hb], |i, s| s.is(group, names[i]))
+            {
+                let (oa, sa) = limits::evaluate(&a.rule, Some(&slot_a.state), now, &lease_id);
+                let (ob, sb) = limits::evaluate(&b.rule, Some(&slot_b.state), now, &lease_id);
+                if oa.admitted && ob.admitted {
+                    slot_a.state = sa;
+                    slot_b.state = sb;
+                    return Decision {
+                        admitted: true,
+                        outcomes: Outcomes::from_buf([oa, ob]),
+                        retry_after_us: 0,
+                        lease: None,
+                    };
                 }
-                return Decision {
-                    admitted: true,
-                    outcomes: Outcomes::from_iter([oa, ob]),
-                    retry_after_us: 0,
-                    lease: None,
-                };
+            } else {
+                // A bucket seen for the first time: inserted after both are evaluated.
+                let ia = buckets.find_bucket_index(ha, |s| s.is(group, &a.key));
+                let ib = buckets.find_bucket_index(hb, |s| s.is(group, &b.key));
+                let state =
+                    |i: Option<usize>| i.and_then(|i| buckets.get_bucket(i)).map(|s| &s.state);
+                let (oa, sa) = limits::evaluate(&a.rule, state(ia), now, &lease_id);
+                let (ob, sb) = limits::evaluate(&b.rule, state(ib), now, &lease_id);
+                if oa.admitted && ob.admitted {
+                    let fresh = [(ia, sa), (ib, sb)].map(|(at, next)| {
+                        match at.and_then(|i| buckets.get_bucket_mut(i)) {
+                            Some(bucket) => {
+                                bucket.state = next;
+                                None
+                            }
+                            None => Some(next),
+                        }
+                    });
+                    // New buckets last: an insertion may move the others.
+                    for ((hash, check), next) in [(ha, a), (hb, b)].into_iter().zip(fresh) {
+                        if let Some(next) = next {
+                            let slot = Slot::new(hash, group, &check.key, next);
+                            buckets.insert_unique(hash, slot, |s| s.hash);
+                        }
+                    }
+                    return Decision {
+                        admitted: true,
+                        outcomes: Outcomes::from_buf([oa, ob]),
+                        retry_after_us: 0,
+                        lease: None,
+                    };
+                }
             }
             // A refusal: the general path below answers it (nothing was written).
         }
