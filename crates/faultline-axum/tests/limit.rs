@@ -15,8 +15,8 @@ use faultline::Situation;
 use faultline::clock::{ManualClock, SystemClock};
 use faultline::limits::{Amount, Per, Period, Policy};
 use faultline_axum::limit::{
-    Caller, Check, DEFAULT_SHARDS, Decision, FailureMode, Lease, LimitLayer, LimitStore,
-    MemoryLimitStore, StoreError, StoreFuture, suite,
+    Caller, Check, DEFAULT_SHARDS, FailureMode, Lease, LimitLayer, LimitStore, MemoryLimitStore,
+    suite,
 };
 use faultline_axum::{Contract, Faultline};
 use http_body_util::BodyExt;
@@ -438,36 +438,14 @@ async fn a_lease_is_released_when_the_handler_panics_fails_or_times_out() {
     }
 }
 
-/// A store that fails, or never answers.
-struct BrokenStore {
-    hang: bool,
-}
-
-impl LimitStore for BrokenStore {
-    fn decide<'a>(
-        &'a self,
-        _group: &'a str,
-        _checks: &'a [Check],
-        _now_us: Option<i64>,
-    ) -> StoreFuture<'a, Decision> {
-        if self.hang {
-            Box::pin(std::future::pending())
-        } else {
-            Box::pin(std::future::ready(Err(StoreError::unavailable(
-                std::io::Error::other("connection refused"),
-            ))))
-        }
-    }
-
-    fn release(&self, _lease: Lease) -> StoreFuture<'_, ()> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-}
-
 #[tokio::test]
 async fn a_failing_or_hanging_store_answers_as_configured_within_the_deadline() {
     for hang in [false, true] {
-        let store = Arc::new(BrokenStore { hang });
+        let store = Arc::new(if hang {
+            suite::FailingStore::hanging()
+        } else {
+            suite::FailingStore::down()
+        });
         let open = LimitLayer::with_subject(&catalog(), store.clone(), by_headers)
             .deadline(Duration::from_millis(20));
         let closed = open.clone().on_failure(FailureMode::Closed);

@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use faultline::limits::{MICROS_PER_DAY, MICROS_PER_SECOND as S, Period, Rule};
-use faultline_axum::limit::{
-    Check, Decision, Lease, LimitStore, MemoryLimitStore, StoreError, StoreFuture, suite,
-};
+use faultline_axum::limit::{Check, Decision, LimitStore, MemoryLimitStore, StoreError, suite};
 use faultline_postgres::testing::TestDatabase;
 use faultline_postgres::{PgOptions, PgPool, PgQuotaStore};
 use faultline_testkit::TcpProxy;
@@ -338,32 +336,6 @@ async fn after_an_outage_decisions_fail_at_once_for_the_window_then_try_again() 
     assert_eq!(d.outcomes[0].used, Some(2));
 }
 
-/// An inner store that fails every decision, or never answers.
-struct BrokenInner {
-    hang: bool,
-}
-
-impl LimitStore for BrokenInner {
-    fn decide<'a>(
-        &'a self,
-        _group: &'a str,
-        _checks: &'a [Check],
-        _now_us: Option<i64>,
-    ) -> StoreFuture<'a, Decision> {
-        if self.hang {
-            Box::pin(std::future::pending())
-        } else {
-            Box::pin(std::future::ready(Err(StoreError::unavailable(
-                std::io::Error::other("the inner store is down"),
-            ))))
-        }
-    }
-
-    fn release(&self, _lease: Lease) -> StoreFuture<'_, ()> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-}
-
 fn month_and_rate() -> [Check; 2] {
     [
         Check::new("month", quota(100, Period::Month, 1)),
@@ -385,7 +357,7 @@ async fn an_inner_store_failure_gives_the_quota_back() {
     };
     let store = PgQuotaStore::new(
         PgPool::new(&db.options()).unwrap(),
-        Arc::new(BrokenInner { hang: false }),
+        Arc::new(suite::FailingStore::down()),
     );
     let err = store
         .decide("org_f", &month_and_rate(), Some(suite::NOW_US))
@@ -407,7 +379,7 @@ async fn a_caller_giving_up_after_the_spend_gets_the_units_back() {
     };
     let store = PgQuotaStore::new(
         PgPool::new(&db.options()).unwrap(),
-        Arc::new(BrokenInner { hang: true }),
+        Arc::new(suite::FailingStore::hanging()),
     );
     // The limit layer's deadline, shorter than the inner store's silence.
     let gave_up = tokio::time::timeout(

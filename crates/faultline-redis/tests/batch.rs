@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use faultline::limits::{MICROS_PER_DAY, MICROS_PER_SECOND as S, Rule};
 use faultline_axum::StoreError;
-use faultline_axum::limit::{Check, Decision, Lease, LimitStore, MemoryLimitStore, suite};
+use faultline_axum::limit::{Check, Decision, LimitStore, suite};
 use faultline_redis::{PoolOptions, RedisLimitStore, RedisPool};
 use faultline_testkit::TcpProxy;
 use proptest::prelude::*;
@@ -367,10 +367,9 @@ mod model {
         limits: [u64; 5],
         steps: Vec<Step>,
     ) -> Result<(), TestCaseError> {
-        let model = MemoryLimitStore::new();
+        let mut replay = common::ModelReplay::new();
         let group = suite::fresh_group("batch");
         let mut now = suite::NOW_US;
-        let mut leases: Vec<(Lease, Lease)> = Vec::new();
         for step in steps {
             match step {
                 Step::Wait(us) => now += us,
@@ -394,23 +393,10 @@ mod model {
                     .await;
                     for ((checks, &now), r) in all.iter().zip(&at).zip(decided) {
                         let r = r.expect("Redis decides");
-                        let m = model
-                            .decide(&group, checks, Some(now))
-                            .await
-                            .expect("the model decides");
-                        common::same_decision(&r, &m)?;
-                        if let (Some(r), Some(m)) = (r.lease, m.lease) {
-                            leases.push((r, m));
-                        }
+                        replay.same_as_redis(&group, checks, now, r).await?;
                     }
                 }
-                Step::Release(n) => {
-                    if !leases.is_empty() {
-                        let (r, m) = leases.remove(n % leases.len());
-                        redis.release(r).await.expect("Redis releases");
-                        model.release(m).await.expect("the model releases");
-                    }
-                }
+                Step::Release(n) => replay.release(redis, n).await,
             }
         }
         Ok(())

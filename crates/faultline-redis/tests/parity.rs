@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use faultline::limits::{MICROS_PER_DAY, MICROS_PER_SECOND as S};
-use faultline_axum::limit::{Check, Lease, LimitStore, MemoryLimitStore, suite};
+use faultline_axum::limit::{Check, LimitStore, suite};
 use faultline_redis::{PoolOptions, RedisLimitStore, RedisPool};
 use proptest::prelude::*;
 
@@ -33,10 +33,9 @@ async fn run(
     limits: [u64; 5],
     steps: Vec<Step>,
 ) -> Result<(), TestCaseError> {
-    let model = MemoryLimitStore::new();
+    let mut replay = common::ModelReplay::new();
     let group = suite::fresh_group("parity");
     let mut now = suite::NOW_US;
-    let mut leases: Vec<(Lease, Lease)> = Vec::new();
     for step in steps {
         match step {
             Step::Wait(us) => now += us,
@@ -49,22 +48,9 @@ async fn run(
                     .decide(&group, &checks, Some(now))
                     .await
                     .expect("Redis decides");
-                let m = model
-                    .decide(&group, &checks, Some(now))
-                    .await
-                    .expect("the model decides");
-                common::same_decision(&r, &m)?;
-                if let (Some(r), Some(m)) = (r.lease, m.lease) {
-                    leases.push((r, m));
-                }
+                replay.same_as_redis(&group, &checks, now, r).await?;
             }
-            Step::Release(n) => {
-                if !leases.is_empty() {
-                    let (r, m) = leases.remove(n % leases.len());
-                    redis.release(r).await.expect("Redis releases");
-                    model.release(m).await.expect("the model releases");
-                }
-            }
+            Step::Release(n) => replay.release(redis, n).await,
         }
     }
     Ok(())

@@ -402,3 +402,43 @@ pub async fn groups_and_keys_are_separate<S: LimitStore + ?Sized>(store: &S) {
     assert!(decide(store, &a, &two, NOW_US).await.admitted);
     assert!(decide(store, &b, &one, NOW_US).await.admitted);
 }
+
+/// A store that is down: every decision fails as unavailable at once, or, when it hangs,
+/// never answers. For tests of what a layer or a wrapping store does when its store fails.
+#[derive(Debug, Clone, Copy)]
+pub struct FailingStore {
+    hangs: bool,
+}
+
+impl FailingStore {
+    /// Fails every decision at once (`StoreError::is_unavailable`).
+    pub fn down() -> Self {
+        FailingStore { hangs: false }
+    }
+
+    /// Never answers a decision.
+    pub fn hanging() -> Self {
+        FailingStore { hangs: true }
+    }
+}
+
+impl LimitStore for FailingStore {
+    fn decide<'a>(
+        &'a self,
+        _group: &'a str,
+        _checks: &'a [Check],
+        _now_us: Option<i64>,
+    ) -> super::StoreFuture<'a, Decision> {
+        if self.hangs {
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(std::future::ready(Err(super::StoreError::unavailable(
+                std::io::Error::other("the limit store is down"),
+            ))))
+        }
+    }
+
+    fn release(&self, _lease: super::Lease) -> super::StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}

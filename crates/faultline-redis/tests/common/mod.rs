@@ -210,19 +210,57 @@ pub fn model_rule(index: usize, limits: &[u64; 5]) -> faultline::limits::Rule {
     }
 }
 
-/// The parts of two decisions that must agree, Redis's and the model's (lease ids differ by
-/// store).
-pub fn same_decision(
-    redis: &faultline_axum::limit::Decision,
-    model: &faultline_axum::limit::Decision,
-) -> Result<(), proptest::test_runner::TestCaseError> {
-    use proptest::prop_assert_eq;
-    prop_assert_eq!(redis.admitted, model.admitted);
-    prop_assert_eq!(&redis.outcomes, &model.outcomes);
-    prop_assert_eq!(redis.retry_after_us, model.retry_after_us);
-    prop_assert_eq!(redis.lease.is_some(), model.lease.is_some());
-    if let (Some(r), Some(m)) = (&redis.lease, &model.lease) {
-        prop_assert_eq!(&r.keys, &m.keys);
+/// Redis's decisions held against the model's (the in-memory store, which applies
+/// `faultline::limits::decide`) one after the other, with the leases both took.
+pub struct ModelReplay {
+    model: faultline_axum::limit::MemoryLimitStore,
+    leases: Vec<(faultline_axum::limit::Lease, faultline_axum::limit::Lease)>,
+}
+
+impl ModelReplay {
+    /// A fresh model, holding no lease.
+    pub fn new() -> Self {
+        ModelReplay {
+            model: faultline_axum::limit::MemoryLimitStore::new(),
+            leases: Vec::new(),
+        }
     }
-    Ok(())
+
+    /// Asks the model what Redis was asked, and fails the case unless the parts that must
+    /// agree do (lease ids differ by store); keeps both leases.
+    pub async fn same_as_redis(
+        &mut self,
+        group: &str,
+        checks: &[faultline_axum::limit::Check],
+        now_us: i64,
+        redis: faultline_axum::limit::Decision,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        use faultline_axum::limit::LimitStore;
+        use proptest::prop_assert_eq;
+        let model = self
+            .model
+            .decide(group, checks, Some(now_us))
+            .await
+            .expect("the model decides");
+        prop_assert_eq!(redis.admitted, model.admitted);
+        prop_assert_eq!(&redis.outcomes, &model.outcomes);
+        prop_assert_eq!(redis.retry_after_us, model.retry_after_us);
+        prop_assert_eq!(redis.lease.is_some(), model.lease.is_some());
+        if let (Some(r), Some(m)) = (redis.lease, model.lease) {
+            prop_assert_eq!(&r.keys, &m.keys);
+            self.leases.push((r, m));
+        }
+        Ok(())
+    }
+
+    /// Gives back the `n`-th held lease (modulo how many are held) on both sides, if any.
+    pub async fn release(&mut self, redis: &faultline_redis::RedisLimitStore, n: usize) {
+        use faultline_axum::limit::LimitStore;
+        if self.leases.is_empty() {
+            return;
+        }
+        let (r, m) = self.leases.remove(n % self.leases.len());
+        redis.release(r).await.expect("Redis releases");
+        self.model.release(m).await.expect("the model releases");
+    }
 }
