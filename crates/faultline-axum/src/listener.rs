@@ -300,10 +300,43 @@ impl Service<Request> for TrackedRouter {
         Service::<Request>::poll_ready(&mut self.router, cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         self.conn.request_started(request.method() == Method::HEAD);
+        if request.extensions().is_empty() {
+            *request.extensions_mut() = presized_extensions();
+        }
         self.router.call(request)
     }
+}
+
+/// An empty extension map with room for what a request gathers on its way in, so that it
+/// never has to grow.
+///
+/// # Why
+///
+/// A request through the stack collects five extensions: axum's `OriginalUri`, `MatchedPath`
+/// and `UrlParams`, then the faultline layer's [`RequestId`] and the auth layer's principal.
+/// The map hyper hands over is made by the first insert with room for three, so the fourth
+/// grew it: a second table allocated, the three moved, the first freed, on every request.
+/// A copy of an empty map made with room for seven costs one table allocation instead.
+fn presized_extensions() -> axum::http::Extensions {
+    static EMPTY_WITH_ROOM: std::sync::LazyLock<axum::http::Extensions> =
+        std::sync::LazyLock::new(|| {
+            #[derive(Clone)]
+            struct Room<const N: usize>;
+            let mut extensions = axum::http::Extensions::new();
+            // Seven entries fit the map's eight-bucket table; removing them keeps the table.
+            extensions.insert(Room::<0>);
+            extensions.insert(Room::<1>);
+            extensions.insert(Room::<2>);
+            extensions.insert(Room::<3>);
+            extensions.insert(Room::<4>);
+            extensions.insert(Room::<5>);
+            extensions.insert(Room::<6>);
+            extensions.clear();
+            extensions
+        });
+    EMPTY_WITH_ROOM.clone()
 }
 
 /// Which deadline the connection's reads are under.
@@ -385,6 +418,7 @@ enum Framing {
 }
 
 /// What a finished response head says about the body that follows.
+#[derive(Debug, PartialEq, Eq)]
 enum Head {
     /// A 1xx other than 101: another head follows for the same request.
     Interim,
@@ -421,12 +455,11 @@ impl<I> ContractIo<I> {
     fn wrote(&mut self, mut bytes: &[u8], writer: &Waker) {
         while !bytes.is_empty() {
             let (used, event) = step(&mut self.framing, bytes);
-            let consumed = &bytes[..used];
             bytes = &bytes[used..];
             match event {
                 None => {}
-                Some(Event::HeadDone(Some(head))) => self.head_done(&head, writer),
-                Some(Event::HeadDone(None)) => self.head_done(consumed, writer),
+                Some(Event::HeadRead(head)) => self.head_done(head, writer),
+                Some(Event::HeadGathered(head)) => self.head_done(parse_head(&head), writer),
                 Some(Event::BodyDone) => {
                     self.framing = Framing::Head(Vec::new());
                     self.response_done(writer);
@@ -435,8 +468,8 @@ impl<I> ContractIo<I> {
         }
     }
 
-    fn head_done(&mut self, head: &[u8], writer: &Waker) {
-        match parse_head(head) {
+    fn head_done(&mut self, head: Option<Head>, writer: &Waker) {
+        match head {
             Some(Head::Interim) => self.framing = Framing::Head(Vec::new()),
             Some(Head::Final(body)) => {
                 let is_head_request = {
@@ -513,8 +546,11 @@ impl<I> ContractIo<I> {
 
 /// What a step of the framing tracker completed.
 enum Event {
-    /// A whole response head: its bytes, or `None` when they are the bytes the step used.
-    HeadDone(Option<Vec<u8>>),
+    /// A whole response head gathered over several writes: its bytes.
+    HeadGathered(Vec<u8>),
+    /// A whole response head that lay in one write, read as it was found: what it says
+    /// (`None`: unreadable).
+    HeadRead(Option<Head>),
     /// The end of a response body.
     BodyDone,
 }
@@ -526,6 +562,12 @@ fn step(framing: &mut Framing, bytes: &[u8]) -> (usize, Option<Event>) {
             // The terminator may straddle two writes: look from up to 3 bytes back.
             let kept = head.len().min(3);
             let look = &bytes[..bytes.len().min(MAX_HEAD + 4)];
+            // The usual case: the whole head in one write, found and read in one pass.
+            if head.is_empty()
+                && let Some((at, read)) = scan_head(look)
+            {
+                return (at + 4, Some(Event::HeadRead(read)));
+            }
             let found = if kept == 0 {
                 head_end(look)
             } else {
@@ -534,13 +576,11 @@ fn step(framing: &mut Framing, bytes: &[u8]) -> (usize, Option<Event>) {
                 head_end(&window).or_else(|| head_end(look).map(|at| at + kept))
             };
             match found {
-                // The usual case: the whole head in one write, read where it lies.
-                Some(at) if kept == 0 && head.is_empty() => (at + 4, Some(Event::HeadDone(None))),
                 Some(at) => {
                     let used = at + 4 - kept;
                     head.extend_from_slice(&bytes[..used]);
                     let head = std::mem::take(head);
-                    (used, Some(Event::HeadDone(Some(head))))
+                    (used, Some(Event::HeadGathered(head)))
                 }
                 None if head.len() + bytes.len() > MAX_HEAD => {
                     *framing = Framing::Opaque;
@@ -641,64 +681,142 @@ fn head_end(haystack: &[u8]) -> Option<usize> {
 /// Reads a complete response head: interim, or final with its body's framing. Only the status
 /// and the two framing headers matter, so the head is scanned rather than fully parsed.
 fn parse_head(head: &[u8]) -> Option<Head> {
-    let rest = head.strip_prefix(b"HTTP/1.")?;
-    let digits = rest.get(2..5).filter(|_| rest.get(1) == Some(&b' '))?;
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let status = digits
-        .iter()
-        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    if status == 101 {
-        return Some(Head::Final(Framing::Opaque));
-    }
-    if (100..200).contains(&status) {
-        return Some(Head::Interim);
-    }
-    if status == 204 || status == 304 {
-        return Some(Head::Final(Framing::Head(Vec::new())));
+    if let Some(decided) = read_status(head) {
+        return decided;
     }
     let mut length = None;
-    // Line by line (a vectorised search for each end), and only the lines that can be one of
-    // the two framing headers are read: a response carries several long ones (rate limits,
-    // request id) that need no more than a look at their first byte.
+    // Line by line, and only the lines that can be one of the two framing headers are read: a
+    // response carries several long ones (rate limits, request id) that need no more than a
+    // look at their first byte.
     let mut at = memchr::memchr(b'\n', head)? + 1;
     while at < head.len() {
         let end = memchr::memchr(b'\n', &head[at..]).map_or(head.len(), |i| at + i);
         let line = &head[at..end];
         at = end + 1;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(first) = line.first() else { break };
-        if !matches!(first.to_ascii_lowercase(), b't' | b'c') {
-            continue;
-        }
-        let colon = line.iter().position(|&b| b == b':')?;
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let chunked = value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            return Some(Head::Final(if chunked {
-                Framing::ChunkSize {
-                    size: 0,
-                    digits: false,
-                    ext: false,
-                }
-            } else {
-                Framing::Opaque
-            }));
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            length = Some(std::str::from_utf8(value).ok()?.parse::<u64>().ok()?);
+        match read_line(line, &mut length) {
+            Line::Next => {}
+            Line::Decided(head) => return head,
+            Line::Empty => break,
         }
     }
-    Some(Head::Final(match length {
+    Some(final_head(length))
+}
+
+/// The head at the start of `bytes`, found and read in one pass over its lines: where its
+/// `\r\n\r\n` starts and what it says, as [`head_end`] then [`parse_head`] of the head would
+/// give; `None` when no head ends within `bytes`.
+///
+/// # The same answer as finding the end, then reading the head
+///
+/// A property test holds it to `head_end` followed by `parse_head` for any bytes.
+fn scan_head(bytes: &[u8]) -> Option<(usize, Option<Head>)> {
+    // `Some`: decided (by the status line or a header line); the lines after it only matter
+    // for finding the end.
+    let mut decided = read_status(bytes);
+    let mut length = None;
+    // The start of the current line, once past the status line.
+    let mut line_start = None;
+    for end in memchr::memchr_iter(b'\n', bytes) {
+        if end >= 3 && &bytes[end - 3..=end] == b"\r\n\r\n" {
+            return Some((end - 3, decided.unwrap_or_else(|| Some(final_head(length)))));
+        }
+        if let Some(start) = line_start
+            && decided.is_none()
+            // Most lines cannot be a framing header: one look at their first byte.
+            && matches!(bytes[start..end].first().map(u8::to_ascii_lowercase), None | Some(b'\r' | b'c' | b't'))
+        {
+            match read_line(&bytes[start..end], &mut length) {
+                Line::Next => {}
+                Line::Decided(head) => decided = Some(head),
+                Line::Empty => decided = Some(Some(final_head(length))),
+            }
+        }
+        line_start = Some(end + 1);
+    }
+    None
+}
+
+/// What the status line alone decides: `Some(None)` unreadable, `Some(head)` a status whose
+/// framing no header changes, `None` when the framing headers decide.
+fn read_status(head: &[u8]) -> Option<Option<Head>> {
+    let Some(rest) = head.strip_prefix(b"HTTP/1.") else {
+        return Some(None);
+    };
+    let Some(digits) = rest.get(2..5).filter(|_| rest.get(1) == Some(&b' ')) else {
+        return Some(None);
+    };
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return Some(None);
+    }
+    let status = digits
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    match status {
+        101 => Some(Some(Head::Final(Framing::Opaque))),
+        100..200 => Some(Some(Head::Interim)),
+        204 | 304 => Some(Some(Head::Final(Framing::Head(Vec::new())))),
+        _ => None,
+    }
+}
+
+/// What one header line (up to its `\n`) does to the framing.
+enum Line {
+    /// Nothing decided yet.
+    Next,
+    /// The framing is decided (`None`: the head is unreadable).
+    Decided(Option<Head>),
+    /// An empty line: the headers end here.
+    Empty,
+}
+
+/// Reads one header line; a `Content-Length` is kept in `length`.
+fn read_line(line: &[u8], length: &mut Option<u64>) -> Line {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(first) = line.first() else {
+        return Line::Empty;
+    };
+    if !matches!(first.to_ascii_lowercase(), b't' | b'c') {
+        return Line::Next;
+    }
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return Line::Decided(None);
+    };
+    let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+    if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        let chunked = value
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return Line::Decided(Some(Head::Final(if chunked {
+            Framing::ChunkSize {
+                size: 0,
+                digits: false,
+                ext: false,
+            }
+        } else {
+            Framing::Opaque
+        })));
+    }
+    if name.eq_ignore_ascii_case(b"content-length") {
+        match std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            Some(n) => *length = Some(n),
+            None => return Line::Decided(None),
+        }
+    }
+    Line::Next
+}
+
+/// A final head with no transfer coding: framed by its `Content-Length`, else by the close.
+fn final_head(length: Option<u64>) -> Head {
+    Head::Final(match length {
         Some(0) => Framing::Head(Vec::new()),
         Some(n) => Framing::Length(n),
         // A body that runs to the close: nothing after it can be told apart.
         None => Framing::Opaque,
-    }))
+    })
 }
 
 /// The status of an HTTP/1 response head in `buf` that hyper writes by itself.
@@ -862,6 +980,91 @@ mod tests {
 
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// Bytes shaped like the start of a response stream: a status line, header lines (the
+    /// framing ones in several spellings, some broken), mixed line ends, maybe the blank line
+    /// that ends a head, then anything.
+    fn response_like() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let status = prop::sample::select(vec![
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 101 Switching Protocols",
+            "HTTP/1.1 100 Continue",
+            "HTTP/1.1 204 No Content",
+            "HTTP/1.0 304 Not Modified",
+            "HTTP/1.1 2x0 Bad",
+            "HTTP/1.1 404",
+            "HTTP/2 200",
+            "",
+        ]);
+        let line = prop::sample::select(vec![
+            "content-length: 5",
+            "Content-Length: 0",
+            "content-length: abc",
+            "content-length:  12 ",
+            "transfer-encoding: chunked",
+            "Transfer-Encoding: gzip, chunked",
+            "transfer-encoding: gzip",
+            "connection: close",
+            "cache-control without a colon",
+            "x-other: content-length: 5",
+            "ratelimit: \"a\";r=1;t=2",
+            "",
+            "\r",
+        ]);
+        let end = prop::sample::select(vec!["\r\n", "\r\n", "\r\n", "\n", "\r"]);
+        let rest = prop::collection::vec(
+            prop::sample::select(vec![b'\r', b'\n', b'a', b'c', b'T', b':', b' ', b'5']),
+            0..12,
+        );
+        (
+            status,
+            prop::collection::vec((line, end.clone()), 0..8),
+            end,
+            any::<bool>(),
+            rest,
+        )
+            .prop_map(|(status, lines, status_end, blank, rest)| {
+                let mut bytes = format!("{status}{status_end}").into_bytes();
+                for (line, end) in lines {
+                    bytes.extend_from_slice(line.as_bytes());
+                    bytes.extend_from_slice(end.as_bytes());
+                }
+                if blank {
+                    bytes.extend_from_slice(b"\r\n");
+                }
+                bytes.extend_from_slice(&rest);
+                bytes
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_reads_heads_as_finding_then_parsing_does(
+            bytes in proptest::prop_oneof![
+                response_like(),
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            ]
+        ) {
+            let expected = head_end(&bytes).map(|at| (at, parse_head(&bytes[..at + 4])));
+            proptest::prop_assert_eq!(scan_head(&bytes), expected);
+        }
+    }
+
+    #[test]
+    fn presized_extensions_are_empty_and_independent() {
+        let mut first = presized_extensions();
+        assert!(first.is_empty());
+        first.insert(7u8);
+        first.insert("a");
+        let second = presized_extensions();
+        assert!(
+            second.is_empty(),
+            "a copy never sees another request's extensions"
+        );
+        assert_eq!(first.get::<u8>(), Some(&7));
+        assert_eq!(first.len(), 2);
+    }
 
     /// An IO that accepts at most `per_write` bytes per call and records them.
     struct Scripted {
