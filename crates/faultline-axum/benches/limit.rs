@@ -85,7 +85,7 @@ fn limit(c: &mut Criterion) {
             ))
         });
     });
-    let counter = faultline_axum::limit::CounterClock::new();
+    let counter = faultline_axum::clock::CounterClock::new();
     group.bench_function("counter_clock/now", |b| {
         b.iter(|| black_box(faultline::clock::Clock::now_unix_nanos(&counter)));
     });

@@ -39,6 +39,8 @@
 
 #[cfg(feature = "auth")]
 pub mod auth;
+#[cfg(any(feature = "auth", feature = "limit"))]
+pub mod clock;
 pub mod contract;
 pub mod extract;
 pub mod health;

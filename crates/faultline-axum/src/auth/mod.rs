@@ -35,7 +35,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::http::HeaderValue;
 use faultline::Situation;
-use faultline::clock::{Clock, SystemClock};
+use faultline::clock::Clock;
+
+use crate::clock::CounterClock;
 
 use crate::contract::Error;
 
@@ -151,12 +153,14 @@ impl fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Verifies keys of `format` found through `lookup`, on the system clock.
+    /// Verifies keys of `format` found through `lookup`, on the system's wall time read
+    /// through the CPU's counter ([`CounterClock`]: the cache reads the time on every
+    /// request).
     pub fn new(format: KeyFormat, lookup: Arc<dyn KeyLookup>) -> Self {
         Authenticator {
             format,
             lookup,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(CounterClock::new()),
             cache: RwLock::new(HashMap::with_hasher(DigestHashing::random())),
             cache_ttl: DEFAULT_CACHE_TTL_SECS,
         }

@@ -13,15 +13,14 @@
 //!   lives in [`faultline::limits`], with the formulas every store reproduces.
 
 mod body;
-mod clock;
 mod layer;
 mod store;
 mod subject;
 #[cfg(feature = "store-suite")]
 pub mod suite;
 
+pub use crate::clock::CounterClock;
 pub use body::{LeaseBody, LeaseGuard};
-pub use clock::CounterClock;
 pub use layer::{DEFAULT_DEADLINE, FailureMode, Limit, LimitFuture, LimitLayer, QuotaCost};
 #[cfg(feature = "auth")]
 pub use subject::PrincipalSubject;
