@@ -135,7 +135,7 @@ struct Applied {
 struct Plan {
     /// `(policy index, its limit for the tier)`.
     policies: Vec<(usize, u64)>,
-    /// `RateLimit-Policy` when every one of them applies.
+    /// `RateLimit-Policy` when every one of them applies (static: see [`static_value`]).
     header: Option<HeaderValue>,
 }
 
@@ -303,7 +303,7 @@ fn compile(config: &Config) -> Shared {
             .iter()
             .map(|&(i, n)| policies[i].policy.header_item(n))
             .collect();
-        let header = HeaderValue::try_from(limits::format_policy_header(&items)).ok();
+        let header = static_value(limits::format_policy_header(&items));
         Plan {
             policies: chosen,
             header,
@@ -326,6 +326,39 @@ fn compile(config: &Config) -> Shared {
         deadline: config.deadline,
         legacy: config.legacy,
     }
+}
+
+/// `text` as a header value whose copies share no counter: `RateLimit-Policy` goes out on
+/// every response, and a shared value's reference count, bumped and dropped by every request
+/// on every core, made each core wait for the others' cache line.
+///
+/// # Each distinct text is kept once
+///
+/// The text is kept for the life of the process, once per distinct text (a layer rebuilt with
+/// the same policies reuses it), so rebuilding layers does not grow memory.
+fn static_value(text: String) -> Option<HeaderValue> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, PoisonError};
+    static KEPT: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    // What `from_static` accepts (visible ASCII and tabs), checked first: a text that is no
+    // such value is not kept, and never panics.
+    if !text
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return None;
+    }
+    let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+    let kept = kept.get_or_insert_with(HashSet::new);
+    let text: &'static str = match kept.get(text.as_str()) {
+        Some(&known) => known,
+        None => {
+            let leaked: &'static str = Box::leak(text.into_boxed_str());
+            kept.insert(leaked);
+            leaked
+        }
+    };
+    Some(HeaderValue::from_static(text))
 }
 
 impl<S> Layer<S> for LimitLayer {
@@ -784,5 +817,32 @@ where
                 }),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_values_are_kept_once_per_text() {
+        let text = || "\"per_minute\";q=60;w=60".to_owned();
+        let first = static_value(text()).expect("a header value");
+        let second = static_value(text()).expect("a header value");
+        assert_eq!(first, "\"per_minute\";q=60;w=60");
+        assert_eq!(
+            first.as_bytes().as_ptr(),
+            second.as_bytes().as_ptr(),
+            "one copy of each text"
+        );
+        let other = static_value("\"per_hour\";q=600;w=3600".to_owned()).expect("a header value");
+        assert_ne!(first.as_bytes().as_ptr(), other.as_bytes().as_ptr());
+    }
+
+    #[test]
+    fn a_text_that_is_no_static_value_is_refused_without_a_panic() {
+        assert!(static_value("line\nbreak".to_owned()).is_none());
+        assert!(static_value("caf\u{e9}".to_owned()).is_none());
+        assert!(static_value("tab\tand spaces ok".to_owned()).is_some());
     }
 }
