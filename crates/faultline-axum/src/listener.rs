@@ -722,8 +722,6 @@ fn scan_head(bytes: &[u8]) -> Option<(usize, Option<Head>)> {
         }
         if let Some(start) = line_start
             && decided.is_none()
-            // Most lines cannot be a framing header: one look at their first byte.
-            && matches!(bytes[start..end].first().map(u8::to_ascii_lowercase), None | Some(b'\r' | b'c' | b't'))
         {
             match read_line(&bytes[start..end], &mut length) {
                 Line::Next => {}
@@ -770,14 +768,22 @@ enum Line {
 }
 
 /// Reads one header line; a `Content-Length` is kept in `length`.
+///
+/// Inlined, so that the many lines which cannot be a framing header cost one look at their
+/// first byte; the others are read by [`read_framing_line`].
+#[inline(always)]
 fn read_line(line: &[u8], length: &mut Option<u64>) -> Line {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let Some(first) = line.first() else {
-        return Line::Empty;
-    };
-    if !matches!(first.to_ascii_lowercase(), b't' | b'c') {
-        return Line::Next;
+    match line.first().map(u8::to_ascii_lowercase) {
+        None => Line::Empty,
+        Some(b't' | b'c') => read_framing_line(line, length),
+        Some(_) => Line::Next,
     }
+}
+
+/// Reads a header line that may be `Transfer-Encoding` or `Content-Length` (without its line
+/// end).
+fn read_framing_line(line: &[u8], length: &mut Option<u64>) -> Line {
     let Some(colon) = line.iter().position(|&b| b == b':') else {
         return Line::Decided(None);
     };

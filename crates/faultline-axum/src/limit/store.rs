@@ -103,6 +103,17 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Two checks that both admit, taking no lease (the memory store's common case, built
+    /// without deriving what is known).
+    fn admitted_pair(a: Outcome, b: Outcome) -> Self {
+        Decision {
+            admitted: true,
+            outcomes: Outcomes::from_buf([a, b]),
+            retry_after_us: 0,
+            lease: None,
+        }
+    }
+
     /// A decision from its parts (`outcomes`: a `Vec<Outcome>` or [`Outcomes`]);
     /// `retry_after_us` is derived from the outcomes (the maximum over refusing ones).
     pub fn new(admitted: bool, outcomes: impl Into<Outcomes>, lease: Option<Lease>) -> Self {
@@ -506,12 +517,7 @@ impl MemoryLimitStore {
                 if oa.admitted && ob.admitted {
                     slot_a.state = sa;
                     slot_b.state = sb;
-                    return Decision {
-                        admitted: true,
-                        outcomes: Outcomes::from_buf([oa, ob]),
-                        retry_after_us: 0,
-                        lease: None,
-                    };
+                    return Decision::admitted_pair(oa, ob);
                 }
             } else {
                 // A bucket seen for the first time: inserted after both are evaluated.
@@ -538,12 +544,7 @@ impl MemoryLimitStore {
                             buckets.insert_unique(hash, slot, |s| s.hash);
                         }
                     }
-                    return Decision {
-                        admitted: true,
-                        outcomes: Outcomes::from_buf([oa, ob]),
-                        retry_after_us: 0,
-                        lease: None,
-                    };
+                    return Decision::admitted_pair(oa, ob);
                 }
             }
             // A refusal: the general path below answers it (nothing was written).
