@@ -1044,7 +1044,36 @@ mod tests {
             })
     }
 
+    /// The edges where a one-pass reader could part from finding, then reading: an empty line
+    /// before the end of the head (the headers stop there, the search for the end does not),
+    /// a decision before the end, a head cut off, and a body that holds a terminator.
+    #[test]
+    fn one_pass_reads_edge_heads_as_finding_then_parsing_does() {
+        for bytes in [
+            &b"HTTP/1.1 200 OK\n\ncontent-length: 5\r\n\r\nhello"[..],
+            b"HTTP/1.1 200 OK\r\nx: 1\n\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncache-control no colon\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n\r\n\r\nbody",
+            b"\r\n\r\n",
+        ] {
+            let expected = head_end(bytes).map(|at| (at, parse_head(&bytes[..at + 4])));
+            assert_eq!(
+                scan_head(bytes),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
     proptest::proptest! {
+        // A pure function of a few dozen bytes: many cases cost little, and the empty-line
+        // edge only shows when a bare line end meets a later framing header.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
         #[test]
         fn one_pass_reads_heads_as_finding_then_parsing_does(
             bytes in proptest::prop_oneof![
