@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2000}
-# Binaries from CARGO_TARGET_DIR when set (e.g. a build with line tables, for KEEP).
+# Binaries from CARGO_TARGET_DIR when set (e.g. a build with line tables, for KEEP). The
+# script builds them there itself, so export the profile too, or it rebuilds without them:
+#   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_TARGET_DIR=../target-prof KEEP=cg ...
 T=${CARGO_TARGET_DIR:-target}
 if ! command -v valgrind >/dev/null; then
   apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
