@@ -133,14 +133,16 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
-    // The ratio in one run: short rounds of INCR and decisions in turn, same pool, same
-    // callers; each decision rate is compared with the mean of the INCR rates measured just
-    // before and just after it, and the median over the rounds is reported (the machine is
-    // shared: single rounds swing).
+    // The ratio in one run: rounds of INCR and decisions in turn, same pool, same callers;
+    // each decision rate is compared with the mean of the INCR rates measured just before and
+    // just after it, and the median over the rounds is reported (the machine is shared: single
+    // rounds swing). A round is 50,000 operations (`FAULTLINE_BENCH_OPS`): a round of 10,000
+    // lasted about 70 ms, short enough for one scheduling hiccup on a shared 2-core machine to
+    // move it.
     let ops: u64 = std::env::var("FAULTLINE_BENCH_OPS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(50_000);
     let rounds = 9;
     let rate = |op: &dyn Fn() -> Duration| ops as f64 / op().as_secs_f64();
     let incr_rate = || rate(&|| runtime.block_on(spread(ops, incr.clone())));
