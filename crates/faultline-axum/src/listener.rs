@@ -519,9 +519,15 @@ impl<I> ContractIo<I> {
     }
 
     /// Once per response `generation`: the connection is idle from now until the next
-    /// request. The timer only ever moves later (a timer moved earlier than every other makes
-    /// tokio wake its timer driver, a system call per request): it is set to the shorter of
-    /// the two timeouts from now, and the phase is checked when it fires.
+    /// request, and the timer must fire no later than the shorter of the two timeouts from
+    /// now; the phase is checked when it fires.
+    ///
+    /// # No timer work per request
+    ///
+    /// A timer still due earlier is left alone: it fires early and the read moves it on then.
+    /// Resetting it on every response re-registered it with tokio's timer driver (a lock) per
+    /// request; a timer moved earlier than every other one also wakes the driver, a system
+    /// call. A busy connection now moves its timer once per timeout.
     fn idle_since_response(&mut self, generation: u64) {
         if generation == self.seen_generation {
             return;
@@ -530,7 +536,9 @@ impl<I> ContractIo<I> {
         self.phase = Phase::Idle;
         self.since = Instant::now();
         let at = self.since + self.idle_timeout.min(self.header_read_timeout);
-        self.deadline.as_mut().reset(at);
+        if self.deadline.deadline() > at {
+            self.deadline.as_mut().reset(at);
+        }
     }
 
     /// Whether the connection waits for a request (no request in the service, no response
@@ -855,10 +863,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for ContractIo<I> {
         }
         match polled {
             Poll::Ready(Ok(())) if buf.filled().len() > before && this.phase == Phase::Idle => {
-                // The first byte of a request: its head must now arrive in time (checked when
-                // the timer fires, which is no later than that).
+                // The first byte of a request: its head must now arrive in time, checked
+                // when the timer fires. It is due no later than that unless the idle wait
+                // moved it on (to the idle timeout's end): then it is brought back.
                 this.phase = Phase::Head;
                 this.since = Instant::now();
+                let end = this.since + this.header_read_timeout;
+                if this.deadline.deadline() > end {
+                    this.deadline.as_mut().reset(end);
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => loop {

@@ -148,6 +148,30 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_head_started_after_a_long_idle_wait_still_gets_only_the_header_timeout() {
+    let addr = start(|l| {
+        l.header_read_timeout(Duration::from_secs(5))
+            .idle_timeout(Duration::from_secs(30))
+    })
+    .await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        request(&mut stream, "/hello")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    // Idle past the header timeout (the timer fires and is moved on to the idle timeout's
+    // end), then a head that never ends: cut 5 s after its first byte, not at the idle end.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    stream.write_all(b"GET /hello HTTP/1.1\r\n").await.unwrap();
+    let waited = until_closed(&mut stream).await;
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_in_flight_is_not_cut_by_the_connection_timeouts() {
     let addr = start(|l| {
         l.header_read_timeout(Duration::from_secs(2))

@@ -3,6 +3,12 @@
 use axum::Router;
 use axum::http::{StatusCode, header};
 
+// The allocator `faultline serve` runs on (see its `ALLOCATOR`), so that the comparison is
+// like for like.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let addr = std::env::args()

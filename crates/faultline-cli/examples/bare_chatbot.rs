@@ -13,6 +13,12 @@ use faultline_sqlite::{Pool, PoolOptions};
 use rusqlite::OptionalExtension;
 use serde::Serialize;
 
+// The allocator `faultline serve` runs on (see its `ALLOCATOR`), so that the comparison is
+// like for like.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Serialize)]
 struct Chatbot {
     id: String,

@@ -34,6 +34,12 @@ use faultline_axum::limit::{LimitLayer, MemoryLimitStore};
 use faultline_axum::{Contract, ContractListener, Faultline};
 use serde::Serialize;
 
+// The allocator `faultline serve` runs on (see its `ALLOCATOR`), so that the comparison is
+// like for like.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The small JSON body of `GET /bots`.
 #[derive(Serialize)]
 struct Bot {
