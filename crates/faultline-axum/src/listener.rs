@@ -433,16 +433,17 @@ impl<I> ContractIo<I> {
         if !self.conn.tracked.load(Ordering::Acquire) || self.framing != Framing::Head(Vec::new()) {
             return None;
         }
+        // The status first: it rules out nearly every response without taking the lock.
+        let situation = match hyper_refusal_status(buf)? {
+            431 => Situation::RequestHeadersTooLarge,
+            _ => Situation::MalformedRequest,
+        };
         {
             let state = self.conn.lock();
             if !state.pending.is_empty() || state.responding {
                 return None;
             }
         }
-        let situation = match hyper_refusal_status(buf)? {
-            431 => Situation::RequestHeadersTooLarge,
-            _ => Situation::MalformedRequest,
-        };
         // A catalog without the binding keeps hyper's answer rather than mislabel it.
         self.contract.catalog().bound(situation)?;
         Some(raw_response(
@@ -503,12 +504,16 @@ impl<I> ContractIo<I> {
     /// waking that task from inside its own poll made tokio wake another worker thread for
     /// nothing: a futex and an eventfd write per request.
     fn response_done(&mut self, writer: &Waker) {
-        {
+        // `waiting_for_request`, under the same lock.
+        let trackable =
+            self.conn.tracked.load(Ordering::Acquire) && self.framing != Framing::Opaque;
+        let waiting = {
             let mut state = self.conn.lock();
             state.responding = false;
             state.generation += 1;
-        }
-        if let Some(generation) = self.waiting_for_request() {
+            (trackable && state.pending.is_empty()).then_some(state.generation)
+        };
+        if let Some(generation) = waiting {
             self.idle_since_response(generation);
         }
         if let Some(waker) = self.read_waker.take()

@@ -15,6 +15,11 @@ use faultline_redis::{PoolOptions, RedisLimitStore, RedisPool};
 
 const CALLERS: u64 = 32;
 
+// The allocator `faultline serve` runs on (faultline-cli's default `mimalloc` feature): this
+// process stands in for the server's side of the decisions.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn url() -> String {
     std::env::var("FAULTLINE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
