@@ -527,8 +527,6 @@ impl<I> ContractIo<I> {
     /// request, and the timer must fire no later than the shorter of the two timeouts from
     /// now; the phase is checked when it fires.
     ///
-    /// # No timer work per request
-    ///
     /// A timer still due earlier is left alone: it fires early and the read moves it on then.
     /// Resetting it on every response re-registered it with tokio's timer driver (a lock) per
     /// request; a timer moved earlier than every other one also wakes the driver, a system

@@ -6,23 +6,21 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The server's allocator.
-///
-/// # Why not the system one
-///
-/// Under load, glibc's allocator took about a fifth of the limited stack's CPU per request
-/// (frees on another worker thread than the allocation, chunk consolidation); mimalloc keeps
-/// per-thread pages and frees across threads cheaply. The load benches' bare-axum baselines
-/// use it too, so their comparisons stay like for like.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand, ValueEnum};
 use faultline::{Catalog, Profile};
 use faultline_axum::StoreError;
 use faultline_axum::auth::{CreateKeyError, NewKey};
 use faultline_cli::reference;
+
+/// The server's allocator, not the system one.
+///
+/// Under load, glibc's allocator functions took about a tenth of the limited stack's CPU per
+/// request (frees on another worker thread than the allocation, chunk consolidation);
+/// mimalloc keeps per-thread pages and frees across threads cheaply. The load benches'
+/// bare-axum baselines use it too, so their comparisons stay like for like.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Error catalogs for HTTP APIs: one file in, a server's errors, docs and guardrails out.
 #[derive(Debug, Parser)]
