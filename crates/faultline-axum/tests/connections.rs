@@ -120,8 +120,9 @@ async fn a_head_trickled_a_byte_a_second_is_cut_off_at_the_header_timeout() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
+/// A connection to a server with a 5 s header-read timeout and a 30 s idle timeout, kept
+/// alive after one answered request.
+async fn kept_alive_after_one_answer() -> TcpStream {
     let addr = start(|l| {
         l.header_read_timeout(Duration::from_secs(5))
             .idle_timeout(Duration::from_secs(30))
@@ -133,6 +134,12 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
             .await
             .starts_with("HTTP/1.1 200")
     );
+    stream
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
+    let mut stream = kept_alive_after_one_answer().await;
     // Idle for less than the idle timeout (but more than the header timeout): still usable.
     tokio::time::sleep(Duration::from_secs(29)).await;
     assert!(
@@ -149,17 +156,7 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_head_started_after_a_long_idle_wait_still_gets_only_the_header_timeout() {
-    let addr = start(|l| {
-        l.header_read_timeout(Duration::from_secs(5))
-            .idle_timeout(Duration::from_secs(30))
-    })
-    .await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    assert!(
-        request(&mut stream, "/hello")
-            .await
-            .starts_with("HTTP/1.1 200")
-    );
+    let mut stream = kept_alive_after_one_answer().await;
     // Idle past the header timeout (the timer fires and is moved on to the idle timeout's
     // end), then a head that never ends: cut 5 s after its first byte, not at the idle end.
     tokio::time::sleep(Duration::from_secs(20)).await;
