@@ -254,6 +254,9 @@ fn chatbot(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatbotRow> {
     })
 }
 
+// The statements of the request path are prepared once per pooled connection and cached
+// (`prepare_cached`): preparing the chatbot read again for every request cost about 30,000
+// instructions, nearly half of what a bare-axum read of the row cost.
 const GET_CHATBOT: &str = "SELECT id, org_id, name, status, created_at, updated_at, deleted_at \
      FROM chatbots WHERE id = ?1";
 
@@ -287,17 +290,19 @@ const SUBTREE: &str = "WITH RECURSIVE tree(id) AS ( \
 
 /// Inserts a chatbot.
 pub fn insert_chatbot(conn: &Connection, row: &ChatbotRow) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO chatbots (id, org_id, name, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![row.id, row.org_id, row.name, row.status, row.created_at, row.updated_at],
-    )?;
+    )?
+    .execute(params![row.id, row.org_id, row.name, row.status, row.created_at, row.updated_at])?;
     Ok(())
 }
 
 /// The chatbot with this id, of any organisation (deleted ones included); handlers pass it
 /// through `Principal::scope`.
 pub fn get_chatbot(conn: &Connection, id: &str) -> rusqlite::Result<Option<ChatbotRow>> {
-    conn.query_row(GET_CHATBOT, params![id], chatbot).optional()
+    conn.prepare_cached(GET_CHATBOT)?
+        .query_row(params![id], chatbot)
+        .optional()
 }
 
 /// Live chatbots of `org_id` after `(created_at, id)`, oldest first.
@@ -308,17 +313,17 @@ pub fn list_chatbots(
     limit: u32,
 ) -> rusqlite::Result<Vec<ChatbotRow>> {
     let (after_ts, after_id) = after.unwrap_or_default();
-    let mut stmt = conn.prepare(LIST_CHATBOTS)?;
+    let mut stmt = conn.prepare_cached(LIST_CHATBOTS)?;
     let rows = stmt.query_map(params![org_id, after_ts, after_id, limit], chatbot)?;
     rows.collect()
 }
 
 /// Writes name, status, `updated_at` and `deleted_at` of a chatbot of `row.org_id`.
 pub fn update_chatbot(conn: &Connection, row: &ChatbotRow) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE chatbots SET name = ?1, status = ?2, updated_at = ?3, deleted_at = ?4 WHERE id = ?5 AND org_id = ?6",
-        params![row.name, row.status, row.updated_at, row.deleted_at, row.id, row.org_id],
-    )?;
+    )?
+    .execute(params![row.name, row.status, row.updated_at, row.deleted_at, row.id, row.org_id])?;
     Ok(())
 }
 
@@ -358,7 +363,8 @@ fn category(r: &rusqlite::Row<'_>) -> rusqlite::Result<CategoryRow> {
 /// The category with this id, of any organisation; handlers pass it through
 /// `Principal::scope`.
 pub fn get_category(conn: &Connection, id: &str) -> rusqlite::Result<Option<CategoryRow>> {
-    conn.query_row(GET_CATEGORY, params![id], category)
+    conn.prepare_cached(GET_CATEGORY)?
+        .query_row(params![id], category)
         .optional()
 }
 
@@ -383,10 +389,10 @@ pub fn insert_category(
             return Ok(Err(InsertRefused::TooDeep));
         }
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO categories (id, org_id, parent_id, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![row.id, row.org_id, row.parent_id, row.name, row.created_at],
-    )?;
+    )?
+    .execute(params![row.id, row.org_id, row.parent_id, row.name, row.created_at])?;
     tx.commit()?;
     Ok(Ok(()))
 }
@@ -394,7 +400,8 @@ pub fn insert_category(
 /// The level of category `id` (1 for a root), counting at most `MAX_CATEGORY_DEPTH + 1`
 /// ancestors, so a chain left too deep by an older version costs no more than that.
 fn level(conn: &Connection, id: &str) -> rusqlite::Result<u32> {
-    conn.query_row(LEVEL, params![id, MAX_CATEGORY_DEPTH], |r| r.get(0))
+    conn.prepare_cached(LEVEL)?
+        .query_row(params![id, MAX_CATEGORY_DEPTH], |r| r.get(0))
 }
 
 /// Deletes category `id` of `org_id` (with its descendants when `cascade`), in one
@@ -418,7 +425,8 @@ pub fn delete_category(
         return Ok(Deleted::NotFound);
     }
     let has_children = tx
-        .query_row(HAS_CHILDREN, params![id], |_| Ok(()))
+        .prepare_cached(HAS_CHILDREN)?
+        .query_row(params![id], |_| Ok(()))
         .optional()?
         .is_some();
     if has_children && !cascade {
@@ -452,7 +460,7 @@ fn subtree(
     id: &str,
     cancelled: &Cancelled,
 ) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = tx.prepare(SUBTREE)?;
+    let mut stmt = tx.prepare_cached(SUBTREE)?;
     let cap = i64::try_from(MAX_CASCADE + 2).unwrap_or(i64::MAX);
     let ids = stmt
         .query_map(params![id, org_id, cap], |r| r.get(0))?
