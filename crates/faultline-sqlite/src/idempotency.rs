@@ -126,31 +126,29 @@ fn unflushed<T>(
 type Row = (Fingerprint, Option<StoredResponse>, i64);
 
 fn read_record(conn: &Connection, scope: &str, key: &str) -> rusqlite::Result<Option<Row>> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT fingerprint, status, headers, body, expires_at FROM idempotency_records \
          WHERE scope = ?1 AND key = ?2",
-        params![scope, key],
-        |row| {
-            let fingerprint: Vec<u8> = row.get(0)?;
-            let fingerprint = Fingerprint::from_bytes(&fingerprint)
-                .ok_or_else(|| blob_error(0, "a fingerprint is 64 bytes"))?;
-            let status: Option<u16> = row.get(1)?;
-            let response = match status {
-                None => None,
-                Some(status) => {
-                    let status = axum::http::StatusCode::from_u16(status).map_err(|_| {
-                        rusqlite::Error::IntegralValueOutOfRange(1, i64::from(status))
-                    })?;
-                    let headers: Vec<u8> = row.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default();
-                    let headers = StoredResponse::decode_headers(&headers)
-                        .ok_or_else(|| blob_error(2, "stored headers are unreadable"))?;
-                    let body: Vec<u8> = row.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default();
-                    Some(StoredResponse::new(status, headers, body))
-                }
-            };
-            Ok((fingerprint, response, row.get(4)?))
-        },
-    )
+    )?
+    .query_row(params![scope, key], |row| {
+        let fingerprint: Vec<u8> = row.get(0)?;
+        let fingerprint = Fingerprint::from_bytes(&fingerprint)
+            .ok_or_else(|| blob_error(0, "a fingerprint is 64 bytes"))?;
+        let status: Option<u16> = row.get(1)?;
+        let response = match status {
+            None => None,
+            Some(status) => {
+                let status = axum::http::StatusCode::from_u16(status)
+                    .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(1, i64::from(status)))?;
+                let headers: Vec<u8> = row.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default();
+                let headers = StoredResponse::decode_headers(&headers)
+                    .ok_or_else(|| blob_error(2, "stored headers are unreadable"))?;
+                let body: Vec<u8> = row.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default();
+                Some(StoredResponse::new(status, headers, body))
+            }
+        };
+        Ok((fingerprint, response, row.get(4)?))
+    })
     .optional()
 }
 
@@ -168,22 +166,23 @@ fn claim_on(conn: &mut Connection, request: &ClaimRequest) -> rusqlite::Result<C
         ));
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let written = tx.execute(
-        "INSERT INTO idempotency_records (scope, key, fingerprint, lease_id, expires_at) \
+    let written = tx
+        .prepare_cached(
+            "INSERT INTO idempotency_records (scope, key, fingerprint, lease_id, expires_at) \
          VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (scope, key) DO UPDATE SET \
              fingerprint = excluded.fingerprint, lease_id = excluded.lease_id, \
              status = NULL, headers = NULL, body = NULL, expires_at = excluded.expires_at \
          WHERE idempotency_records.expires_at <= ?6",
-        params![
+        )?
+        .execute(params![
             request.scope,
             request.key.as_str(),
             &request.fingerprint.to_bytes()[..],
             request.lease_id,
             request.lease_expires_at(),
             request.now,
-        ],
-    )?;
+        ])?;
     let outcome = if written == 1 {
         ClaimOutcome::Claimed(request.token())
     } else {
@@ -250,7 +249,7 @@ pub fn complete_in(
     let written = if token.is_local() {
         // Nothing was written at the claim: insert the record, or take an ended one over,
         // never a live one (another request's claim or answer).
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO idempotency_records \
                  (scope, key, fingerprint, lease_id, status, headers, body, expires_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
@@ -259,32 +258,32 @@ pub fn complete_in(
                  status = excluded.status, headers = excluded.headers, body = excluded.body, \
                  expires_at = excluded.expires_at \
              WHERE idempotency_records.expires_at <= ?9",
-            params![
-                token.scope(),
-                token.key().as_str(),
-                &token.fingerprint().to_bytes()[..],
-                token.lease_id(),
-                response.status.as_u16(),
-                headers,
-                &response.body[..],
-                expires_at,
-                now,
-            ],
         )?
+        .execute(params![
+            token.scope(),
+            token.key().as_str(),
+            &token.fingerprint().to_bytes()[..],
+            token.lease_id(),
+            response.status.as_u16(),
+            headers,
+            &response.body[..],
+            expires_at,
+            now,
+        ])?
     } else {
-        conn.execute(
+        conn.prepare_cached(
             "UPDATE idempotency_records SET status = ?1, headers = ?2, body = ?3, expires_at = ?4 \
              WHERE scope = ?5 AND key = ?6 AND lease_id = ?7 AND status IS NULL",
-            params![
-                response.status.as_u16(),
-                headers,
-                &response.body[..],
-                expires_at,
-                token.scope(),
-                token.key().as_str(),
-                token.lease_id(),
-            ],
         )?
+        .execute(params![
+            response.status.as_u16(),
+            headers,
+            &response.body[..],
+            expires_at,
+            token.scope(),
+            token.key().as_str(),
+            token.lease_id(),
+        ])?
     };
     Ok(written == 1)
 }
@@ -362,11 +361,16 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         let token = token.clone();
         Box::pin(self.pool.write(move |conn| {
             unflushed(conn, |conn| {
-                let deleted = conn.execute(
-                    "DELETE FROM idempotency_records \
+                let deleted = conn
+                    .prepare_cached(
+                        "DELETE FROM idempotency_records \
                      WHERE scope = ?1 AND key = ?2 AND lease_id = ?3 AND status IS NULL",
-                    params![token.scope(), token.key().as_str(), token.lease_id()],
-                )?;
+                    )?
+                    .execute(params![
+                        token.scope(),
+                        token.key().as_str(),
+                        token.lease_id()
+                    ])?;
                 Ok(deleted == 1)
             })
         }))
@@ -375,11 +379,12 @@ impl IdempotencyStore for SqliteIdempotencyStore {
     fn prune(&self, now: i64, limit: usize) -> StoreFuture<'_, u64> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Box::pin(self.pool.write(move |conn| {
-            let deleted = conn.execute(
-                "DELETE FROM idempotency_records WHERE rowid IN \
+            let deleted = conn
+                .prepare_cached(
+                    "DELETE FROM idempotency_records WHERE rowid IN \
                  (SELECT rowid FROM idempotency_records WHERE expires_at <= ?1 LIMIT ?2)",
-                params![now, limit],
-            )?;
+                )?
+                .execute(params![now, limit])?;
             Ok(deleted as u64)
         }))
     }

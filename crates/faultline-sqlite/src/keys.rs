@@ -163,30 +163,30 @@ impl KeyAdmin for SqliteKeyStore {
         Box::pin(self.pool.write(move |conn| {
             // IMMEDIATE takes the write lock first, so two processes cannot both pass the cap.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let held: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM api_keys WHERE org_id = ?1 AND status != 'revoked'",
-                params![key.org_id],
-                |row| row.get(0),
-            )?;
+            let held: i64 = tx
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM api_keys WHERE org_id = ?1 AND status != 'revoked'",
+                )?
+                .query_row(params![key.org_id], |row| row.get(0))?;
             if usize::try_from(held).unwrap_or(usize::MAX) >= max_per_org {
                 return Ok(Inserted::LimitReached);
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO api_keys (id, org_id, name, display_prefix, key_sha256, scopes, \
                  status, expires_at, created_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    key.id,
-                    key.org_id,
-                    key.name,
-                    key.display_prefix,
-                    key.digest.0.as_slice(),
-                    key.scopes.join(" "),
-                    key.status.as_str(),
-                    key.expires_at,
-                    key.created_at,
-                ],
-            )?;
+            )?
+            .execute(params![
+                key.id,
+                key.org_id,
+                key.name,
+                key.display_prefix,
+                key.digest.0.as_slice(),
+                key.scopes.join(" "),
+                key.status.as_str(),
+                key.expires_at,
+                key.created_at,
+            ])?;
             tx.commit()?;
             Ok(Inserted::Stored)
         }))
@@ -248,10 +248,8 @@ impl KeyAdmin for SqliteKeyStore {
             if !key.status.may_become(&from, to) {
                 return Ok(StatusChange::Refused(key));
             }
-            tx.execute(
-                "UPDATE api_keys SET status = ?1 WHERE org_id = ?2 AND id = ?3",
-                params![to.as_str(), org_id, key_id],
-            )?;
+            tx.prepare_cached("UPDATE api_keys SET status = ?1 WHERE org_id = ?2 AND id = ?3")?
+                .execute(params![to.as_str(), org_id, key_id])?;
             tx.commit()?;
             key.status = to;
             Ok(StatusChange::Changed(key))
@@ -260,18 +258,18 @@ impl KeyAdmin for SqliteKeyStore {
 
     fn insert_org(&self, org: OrgRecord) -> StoreFuture<'_, ()> {
         Box::pin(self.pool.write(move |conn| {
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT INTO orgs (id, name, active, deleted_at, created_at, tier) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    org.id,
-                    org.name,
-                    org.active,
-                    org.deleted_at,
-                    org.created_at,
-                    org.tier
-                ],
-            )?;
+            )?
+            .execute(params![
+                org.id,
+                org.name,
+                org.active,
+                org.deleted_at,
+                org.created_at,
+                org.tier
+            ])?;
             Ok(())
         }))
     }
@@ -279,11 +277,10 @@ impl KeyAdmin for SqliteKeyStore {
     fn org_by_name(&self, name: &str) -> StoreFuture<'_, Option<OrgRecord>> {
         let name = name.to_owned();
         Box::pin(self.pool.read(move |conn| {
-            conn.query_row(
+            conn.prepare_cached(
                 "SELECT id, name, active, deleted_at, created_at, tier FROM orgs WHERE name = ?1",
-                params![name],
-                |row| org_from_row(row, 0),
-            )
+            )?
+            .query_row(params![name], |row| org_from_row(row, 0))
             .optional()
         }))
     }
@@ -291,10 +288,9 @@ impl KeyAdmin for SqliteKeyStore {
     fn set_org_active(&self, org_id: &str, active: bool) -> StoreFuture<'_, bool> {
         let org_id = org_id.to_owned();
         Box::pin(self.pool.write(move |conn| {
-            let changed = conn.execute(
-                "UPDATE orgs SET active = ?1 WHERE id = ?2",
-                params![active, org_id],
-            )?;
+            let changed = conn
+                .prepare_cached("UPDATE orgs SET active = ?1 WHERE id = ?2")?
+                .execute(params![active, org_id])?;
             Ok(changed > 0)
         }))
     }
@@ -303,10 +299,9 @@ impl KeyAdmin for SqliteKeyStore {
         let org_id = org_id.to_owned();
         let tier = tier.map(str::to_owned);
         Box::pin(self.pool.write(move |conn| {
-            let changed = conn.execute(
-                "UPDATE orgs SET tier = ?1 WHERE id = ?2",
-                params![tier, org_id],
-            )?;
+            let changed = conn
+                .prepare_cached("UPDATE orgs SET tier = ?1 WHERE id = ?2")?
+                .execute(params![tier, org_id])?;
             Ok(changed > 0)
         }))
     }
