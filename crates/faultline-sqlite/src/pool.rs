@@ -325,7 +325,13 @@ impl Drop for InterruptOnDrop {
     }
 }
 
+/// Statements each connection keeps prepared (`prepare_cached`). The stores and the
+/// reference API use about 25 fixed statements, and an in-memory pool runs them all on one
+/// connection: rusqlite's default of 16 would evict them in turn and prepare them again.
+const STATEMENT_CACHE: usize = 64;
+
 fn configure(conn: &Connection, options: &PoolOptions) -> rusqlite::Result<()> {
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.busy_timeout(options.busy_timeout)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
