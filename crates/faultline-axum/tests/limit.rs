@@ -29,6 +29,14 @@ async fn the_memory_store_passes_the_suite() {
 }
 
 #[tokio::test]
+async fn a_lease_given_back_on_the_memory_store_never_counts_against_the_next_decision() {
+    suite::a_lease_given_back_never_counts_against_the_next_decision(Arc::new(
+        MemoryLimitStore::new(),
+    ))
+    .await;
+}
+
+#[tokio::test]
 async fn the_memory_store_passes_the_suite_with_one_shard() {
     let store = MemoryLimitStore::with_shards(1, Arc::new(SystemClock));
     suite::all(&store).await;

@@ -45,6 +45,9 @@ pub(crate) struct Request {
     pub(crate) now_us: Option<i64>,
     /// The lease id its concurrency checks take (empty without any).
     pub(crate) lease_id: String,
+    /// Lease ids of its group being released, separated by spaces: its concurrency checks
+    /// remove them before counting (empty: none).
+    pub(crate) releases: String,
     /// Per check: the kind and numbers of `decide.lua`.
     pub(crate) args: Vec<ScriptArgs>,
     /// Whether any check is a concurrency check.
@@ -390,7 +393,12 @@ fn batch_command<R: std::borrow::Borrow<Request>>(
                 .now_us
                 .map(|now| now.to_string())
                 .unwrap_or_default();
-            cmd.arg(format!("{}:{now}:{}", request.args.len(), request.lease_id));
+            let (n, lease) = (request.args.len(), &request.lease_id);
+            if request.releases.is_empty() {
+                cmd.arg(format!("{n}:{now}:{lease}"));
+            } else {
+                cmd.arg(format!("{n}:{now}:{lease}:{}", request.releases));
+            }
         }
         for _ in 0..request.args.len() {
             cmd.arg(numbers.next().unwrap_or(0));
@@ -426,6 +434,7 @@ mod tests {
             keys: vec![String::from("k"); keys],
             now_us: None,
             lease_id: String::new(),
+            releases: String::new(),
             args: Vec::new(),
             concurrency: false,
             slot,

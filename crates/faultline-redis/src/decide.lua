@@ -28,8 +28,11 @@
 --             concurrency  "c", limit, lease time to live, 0
 -- then      each request in turn:
 --             its head: its number of checks n (its keys are the next n of KEYS) when it is
---             decided on Redis's TIME and takes no lease; else "n:now:lease", now in unix
---             microseconds or empty for Redis's TIME, lease the id its concurrency checks take
+--             decided on Redis's TIME and takes no lease; else "n:now:lease" or
+--             "n:now:lease:released", now in unix microseconds or empty for Redis's TIME,
+--             lease the id its concurrency checks take, released the ids (separated by
+--             spaces) of leases its process has given back, which its concurrency checks
+--             remove before they count
 --             its n checks in order, each the number of its rule
 --
 -- (Every argument costs Redis a parse and a Lua string: a request of one rate policy is two,
@@ -64,14 +67,22 @@ do
   first_request = at
 end
 
--- A request's head: its number of checks, its clock (nil: Redis's) and its lease id.
+-- A request's head: its number of checks, its clock (nil: Redis's), its lease id and the ids
+-- of the leases given back (a list, or nil: none).
 local function head(h)
   local n = tonumber(h)
   if n then
-    return n, nil, ''
+    return n, nil, '', nil
   end
-  local checks, now, lease = string.match(h, '^(%d+):(%-?%d*):(.*)$')
-  return tonumber(checks), tonumber(now), lease
+  local checks, now, lease, released = string.match(h, '^(%d+):(%-?%d*):([^:]*):?(.*)$')
+  local ids
+  if released ~= '' then
+    ids = {}
+    for id in string.gmatch(released, '%S+') do
+      ids[#ids + 1] = id
+    end
+  end
+  return tonumber(checks), tonumber(now), lease, ids
 end
 
 -- Redis's TIME, read at most once per batch (by the first request that needs it).
@@ -159,9 +170,9 @@ local reply = {}
 -- answer starts at reply[r]; returns where the next request's start.
 local function decide(k, a, r0)
   -- (The plain head, the common one, read without a call to `head`.)
-  local n, now, lease = tonumber(ARGV[a]), nil, ''
+  local n, now, lease, released = tonumber(ARGV[a]), nil, '', nil
   if not n then
-    n, now, lease = head(ARGV[a])
+    n, now, lease, released = head(ARGV[a])
   end
   local given = now ~= nil
   if not given then
@@ -260,6 +271,11 @@ local function decide(k, a, r0)
       local limit = ra[id]
       -- The sorted set is read as it is now: a rate or quota state still pending goes first.
       flush(key)
+      if released then
+        -- Leases given back whose own ZREM may still be on its way (a key of another type
+        -- holds none: its error is ignored).
+        pcall(call, 'ZREM', key, unpack(released))
+      end
       -- A key of another type is replaced; an absent one counts no lease.
       after_now = after_now or format('(%d', now)
       local ok, live = pcall(call, 'ZCOUNT', key, after_now, '+inf')

@@ -46,7 +46,7 @@ mod limit;
 mod pool;
 
 pub use invalidate::{DEFAULT_CHANNEL, RedisInvalidations, RedisSubscription};
-pub use limit::{DEFAULT_PREFIX, RedisLimitStore};
+pub use limit::{DEFAULT_PREFIX, PENDING_RELEASES, RedisLimitStore};
 pub use pool::{PoolOptions, RedisPool};
 /// The `redis` crate this one is built on, for commands sent through [`RedisPool::query`].
 pub use redis;

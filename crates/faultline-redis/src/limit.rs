@@ -1,10 +1,11 @@
 //! [`RedisLimitStore`]: rate limits, quotas and concurrency leases shared through Redis, every
 //! decision in one round trip.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use faultline::limits::{Outcome, Period, Rule};
 use faultline_axum::StoreError;
@@ -82,6 +83,18 @@ pub const DEFAULT_PREFIX: &str = "faultline";
 /// not count, so the leases of a process that crashed before [`LimitStore::release`] free
 /// their slots after the rule's `lease_ttl_us`.
 ///
+/// # A lease given back never counts against a later decision of this process
+///
+/// A lease is given back when its response ends ([`LimitStore::release_ready`] is called at
+/// that moment), but its `ZREM` reaches Redis only later, over some connection of the pool; a
+/// decision the same process makes meanwhile, on another connection, could reach Redis first
+/// and still count the lease: a client that waits for each answer before sending its next
+/// request would be refused for running too many at once. So the store keeps the leases whose
+/// release is on its way (at most [`PENDING_RELEASES`], the oldest dropped first: they lapse)
+/// and every decision with a concurrency check removes those of its group in its own script,
+/// before it counts. (Another process cannot know of them: across processes a lease is gone
+/// once its `ZREM` has reached Redis.)
+///
 /// # Outages
 ///
 /// A caller waits at most the pool's deadline ([`PoolOptions::with_deadline`]) in all, queued
@@ -97,7 +110,14 @@ pub struct RedisLimitStore {
     lease_seed: u64,
     next_lease: AtomicU64,
     batcher: Arc<Batcher>,
+    /// Leases given back whose release may not have reached Redis yet, oldest first.
+    releasing: Mutex<VecDeque<Lease>>,
 }
+
+/// Leases the store remembers as being released at most (see the store's "A lease given back
+/// never counts" heading): beyond it the oldest is forgotten, and lapses after its time to live
+/// unless its own release gets through.
+pub const PENDING_RELEASES: usize = 1024;
 
 impl std::fmt::Debug for RedisLimitStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,6 +158,7 @@ impl RedisLimitStore {
             lease_seed: std::hash::RandomState::new().hash_one(std::process::id()),
             next_lease: AtomicU64::new(1),
             batcher: Arc::new(Batcher::new(pool, script.get_hash().to_owned(), options)),
+            releasing: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -251,6 +272,7 @@ impl RedisLimitStore {
         checks: &[Check],
         now_us: Option<i64>,
         lease_id: String,
+        releases: String,
         concurrency: bool,
     ) -> Result<Request, StoreError> {
         let mut args = Vec::with_capacity(checks.len());
@@ -276,6 +298,7 @@ impl RedisLimitStore {
             keys,
             now_us,
             lease_id,
+            releases,
             args,
             concurrency,
             slot,
@@ -295,13 +318,19 @@ impl RedisLimitStore {
         let leased = checks
             .iter()
             .any(|c| matches!(c.rule, Rule::Concurrency { .. }));
-        let lease_id = if leased {
-            self.new_lease_id()
+        let (lease_id, releases) = if leased {
+            (self.new_lease_id(), self.releasing_in(group))
         } else {
-            String::new()
+            (String::new(), String::new())
         };
-        let request = self.request(group, checks, now_us, lease_id.clone(), leased)?;
+        let carried = (!releases.is_empty()).then(|| releases.clone());
+        let request = self.request(group, checks, now_us, lease_id.clone(), releases, leased)?;
         let reply = self.batcher.submit(request).await?;
+        if let Some(carried) = carried {
+            // The script removed them: later decisions need not carry them (leases given back
+            // meanwhile were not carried, and stay).
+            self.forget_releasing(|lease| carried.split(' ').any(|id| id == lease.id));
+        }
         let (admitted, outcomes) = read_reply(&reply, checks)?;
         let lease = (admitted && leased).then(|| Lease::for_checks(group, lease_id, checks));
         Ok(Decision::new(admitted, outcomes, lease))
@@ -322,10 +351,38 @@ impl RedisLimitStore {
                 .ignore();
         }
         let pipe = &pipe;
-        self.batcher
+        let result = self
+            .batcher
             .pool
             .run(|mut connection| async move { pipe.query_async::<()>(&mut connection).await })
-            .await
+            .await;
+        if result.is_ok() {
+            self.forget_releasing(|pending| pending.id == lease.id);
+        }
+        result
+    }
+
+    fn releasing(&self) -> std::sync::MutexGuard<'_, VecDeque<Lease>> {
+        self.releasing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The ids of `group`'s leases being released, separated by spaces (empty: none).
+    fn releasing_in(&self, group: &str) -> String {
+        let releasing = self.releasing();
+        let mut ids = String::new();
+        for lease in releasing.iter().filter(|lease| lease.group == group) {
+            if !ids.is_empty() {
+                ids.push(' ');
+            }
+            ids.push_str(&lease.id);
+        }
+        ids
+    }
+
+    fn forget_releasing(&self, done: impl Fn(&Lease) -> bool) {
+        self.releasing().retain(|lease| !done(lease));
     }
 }
 
@@ -496,6 +553,19 @@ impl LimitStore for RedisLimitStore {
     fn release(&self, lease: Lease) -> StoreFuture<'_, ()> {
         Box::pin(async move { self.release_inner(&lease).await })
     }
+
+    /// Notes `lease` as being released, so that this process's next decisions do not count it
+    /// whichever reaches Redis first; the release itself still takes [`LimitStore::release`].
+    fn release_ready(&self, lease: &Lease) -> bool {
+        if !lease.keys.is_empty() {
+            let mut releasing = self.releasing();
+            if releasing.len() == PENDING_RELEASES {
+                releasing.pop_front();
+            }
+            releasing.push_back(lease.clone());
+        }
+        false
+    }
 }
 
 #[cfg(test)]
@@ -506,6 +576,32 @@ mod tests {
         RedisLimitStore::connect("redis://127.0.0.1:1")
             .expect("a valid URL")
             .with_prefix("p{x}%")
+    }
+
+    #[test]
+    fn leases_being_released_are_carried_by_their_group_and_bounded() {
+        let store = store();
+        let lease = |group: &str, n: usize| Lease::new(group, format!("l{n}"), vec!["c".into()]);
+        assert!(
+            !store.release_ready(&lease("a", 0)),
+            "the release still has to run"
+        );
+        assert!(!store.release_ready(&lease("b", 1)));
+        assert!(!store.release_ready(&Lease::new("a", "none", Vec::new())));
+        assert!(!store.release_ready(&lease("a", 2)));
+        // A lease in no bucket is not remembered; each group carries only its own.
+        assert_eq!(store.releasing_in("a"), "l0 l2");
+        assert_eq!(store.releasing_in("b"), "l1");
+        assert_eq!(store.releasing_in("c"), "");
+        store.forget_releasing(|l| l.id == "l0");
+        assert_eq!(store.releasing_in("a"), "l2");
+        // At most PENDING_RELEASES: the oldest go first.
+        for n in 3..3 + PENDING_RELEASES {
+            store.release_ready(&lease("b", n));
+        }
+        assert_eq!(store.releasing().len(), PENDING_RELEASES);
+        assert_eq!(store.releasing_in("a"), "");
+        assert!(store.releasing_in("b").starts_with("l3 l4 "));
     }
 
     #[test]
@@ -531,19 +627,19 @@ mod tests {
             .expect("a valid URL")
             .with_prefix("app");
         let request = plain
-            .request("org", &checks, None, String::new(), false)
+            .request("org", &checks, None, String::new(), String::new(), false)
             .expect("encoded");
         assert_eq!(request.keys, ["{app:org}:k"]);
         let sloted = plain.with_single_slot_batches(true);
         let request = sloted
-            .request("org", &checks, None, String::new(), false)
+            .request("org", &checks, None, String::new(), String::new(), false)
             .expect("encoded");
         // The slot Redis Cluster gives `{app:org}:k`: that of its tag, `app:org`.
         assert_eq!(request.slot, cluster_slot(b"app:org"));
         assert_ne!(
             request.slot,
             sloted
-                .request("org2", &checks, None, String::new(), false)
+                .request("org2", &checks, None, String::new(), String::new(), false)
                 .expect("encoded")
                 .slot
         );

@@ -37,6 +37,19 @@ async fn the_whole_limit_suite_passes_on_redis() {
 }
 
 #[tokio::test]
+async fn a_lease_given_back_never_counts_against_the_next_decision_on_redis() {
+    // Each guard's release goes out on a task, over another connection than the decision that
+    // follows it; the decision carries the release in its own script.
+    let Some(direct) = common::redis_or_skip("a_lease_given_back").await else {
+        return;
+    };
+    let prefix = common::unique_prefix("given-back");
+    suite::a_lease_given_back_never_counts_against_the_next_decision(Arc::new(store(&prefix)))
+        .await;
+    common::clean(&direct, &prefix).await;
+}
+
+#[tokio::test]
 async fn the_suite_passes_again_after_the_script_cache_is_lost() {
     // A second store on the same prefix, after `SCRIPT FLUSH`-like loss: EVALSHA answers
     // NOSCRIPT and the store falls back to EVAL. Flushing the shared server's cache would

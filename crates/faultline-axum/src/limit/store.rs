@@ -188,8 +188,10 @@ pub trait LimitStore: Send + Sync + 'static {
         None
     }
 
-    /// Releases at once when the store needs no I/O and says `true`; `false` (the default):
-    /// use [`LimitStore::release`].
+    /// Called the moment `lease` is given back, before anything else is done with it: `true`
+    /// when the store released it already (it needs no I/O), `false` (the default) when
+    /// [`LimitStore::release`] is still to run. A store whose release travels (Redis) may note
+    /// the lease here, so that decisions made before that release arrives do not count it.
     fn release_ready(&self, lease: &Lease) -> bool {
         let _ = lease;
         false

@@ -52,6 +52,47 @@ async fn decide<S: LimitStore + ?Sized>(
     decision
 }
 
+/// A lease given back through its [`LeaseGuard`](super::LeaseGuard) never counts against the
+/// next decision, however soon it comes: with one request allowed at a time, twenty requests
+/// one after the other (each guard dropped before the next decision) are all admitted. This is
+/// what a client that waits for each answer sees; a store whose release travels to its backend
+/// must not let a later decision overtake it. (Not part of [`all`]: the guard needs the store
+/// shared.)
+pub async fn a_lease_given_back_never_counts_against_the_next_decision(
+    store: std::sync::Arc<dyn LimitStore>,
+) {
+    let group = fresh_group("given-back");
+    let checks = [Check::new(
+        "in_flight",
+        Rule::Concurrency {
+            limit: 1,
+            lease_ttl_us: 60 * S,
+        },
+    )];
+    for i in 0..20 {
+        let d = decide(&*store, &group, &checks, NOW_US).await;
+        assert!(d.admitted, "request {i} after the one before it ended");
+        let lease = d.lease.expect("an admitted request holds a lease");
+        drop(super::LeaseGuard::new(
+            std::sync::Arc::clone(&store),
+            lease,
+            std::time::Duration::from_secs(5),
+        ));
+    }
+    // And a lease still held does count.
+    let held = decide(&*store, &group, &checks, NOW_US).await;
+    assert!(held.admitted);
+    let refused = decide(&*store, &group, &checks, NOW_US).await;
+    assert!(!refused.admitted, "one at a time");
+    let lease = held.lease.expect("a lease");
+    drop(super::LeaseGuard::new(
+        std::sync::Arc::clone(&store),
+        lease,
+        std::time::Duration::from_secs(5),
+    ));
+    assert!(decide(&*store, &group, &checks, NOW_US).await.admitted);
+}
+
 /// Runs every function of the suite.
 pub async fn all<S: LimitStore + ?Sized>(store: &S) {
     burst_admits_exactly_the_limit(store).await;
