@@ -1,7 +1,7 @@
 //! [`RedisLimitStore`]: rate limits, quotas and concurrency leases shared through Redis, every
 //! decision in one round trip.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,10 +90,11 @@ pub const DEFAULT_PREFIX: &str = "faultline";
 /// decision the same process makes meanwhile, on another connection, could reach Redis first
 /// and still count the lease: a client that waits for each answer before sending its next
 /// request would be refused for running too many at once. So the store keeps the leases whose
-/// release is on its way (at most [`PENDING_RELEASES`], the oldest dropped first: they lapse)
-/// and every decision with a concurrency check removes those of its group in its own script,
-/// before it counts. (Another process cannot know of them: across processes a lease is gone
-/// once its `ZREM` has reached Redis.)
+/// release is on its way (by group; at most [`PENDING_RELEASES`]) and every decision with a
+/// concurrency check removes those of its group from its buckets, in its own script and before
+/// it counts. A release that fails (Redis down) stays remembered: the next decision of its
+/// group that gets through frees the lease. (Another process cannot know of them: across
+/// processes a lease is gone once its `ZREM` has reached Redis.)
 ///
 /// # Outages
 ///
@@ -110,13 +111,33 @@ pub struct RedisLimitStore {
     lease_seed: u64,
     next_lease: AtomicU64,
     batcher: Arc<Batcher>,
-    /// Leases given back whose release may not have reached Redis yet, oldest first.
-    releasing: Mutex<VecDeque<Lease>>,
+    /// Leases given back whose release may not have reached Redis yet.
+    releasing: Mutex<Releasing>,
+}
+
+/// The leases being released, by group.
+#[derive(Default)]
+struct Releasing {
+    by_group: HashMap<String, Vec<Lease>>,
+    count: usize,
+}
+
+impl Releasing {
+    fn remove(&mut self, group: &str, done: impl Fn(&Lease) -> bool) {
+        if let Some(leases) = self.by_group.get_mut(group) {
+            let before = leases.len();
+            leases.retain(|lease| !done(lease));
+            self.count -= before - leases.len();
+            if leases.is_empty() {
+                self.by_group.remove(group);
+            }
+        }
+    }
 }
 
 /// Leases the store remembers as being released at most (see the store's "A lease given back
-/// never counts" heading): beyond it the oldest is forgotten, and lapses after its time to live
-/// unless its own release gets through.
+/// never counts" heading): when one more comes, it forgets them all (each still lapses after
+/// its time to live, or is freed by its own release).
 pub const PENDING_RELEASES: usize = 1024;
 
 impl std::fmt::Debug for RedisLimitStore {
@@ -158,7 +179,7 @@ impl RedisLimitStore {
             lease_seed: std::hash::RandomState::new().hash_one(std::process::id()),
             next_lease: AtomicU64::new(1),
             batcher: Arc::new(Batcher::new(pool, script.get_hash().to_owned(), options)),
-            releasing: Mutex::new(VecDeque::new()),
+            releasing: Mutex::new(Releasing::default()),
         }
     }
 
@@ -319,7 +340,7 @@ impl RedisLimitStore {
             .iter()
             .any(|c| matches!(c.rule, Rule::Concurrency { .. }));
         let (lease_id, releases) = if leased {
-            (self.new_lease_id(), self.releasing_in(group))
+            (self.new_lease_id(), self.releasing_in(group, checks))
         } else {
             (String::new(), String::new())
         };
@@ -329,7 +350,12 @@ impl RedisLimitStore {
         if let Some(carried) = carried {
             // The script removed them: later decisions need not carry them (leases given back
             // meanwhile were not carried, and stay).
-            self.forget_releasing(|lease| carried.split(' ').any(|id| id == lease.id));
+            // (A lease also held in buckets this decision did not touch stays: its other
+            // buckets still hold it.)
+            self.releasing().remove(group, |lease| {
+                carried.split(' ').any(|id| id == lease.id)
+                    && lease.keys.iter().all(|key| frees(checks, key))
+            });
         }
         let (admitted, outcomes) = read_reply(&reply, checks)?;
         let lease = (admitted && leased).then(|| Lease::for_checks(group, lease_id, checks));
@@ -357,22 +383,30 @@ impl RedisLimitStore {
             .run(|mut connection| async move { pipe.query_async::<()>(&mut connection).await })
             .await;
         if result.is_ok() {
-            self.forget_releasing(|pending| pending.id == lease.id);
+            self.releasing()
+                .remove(&lease.group, |pending| pending.id == lease.id);
         }
         result
     }
 
-    fn releasing(&self) -> std::sync::MutexGuard<'_, VecDeque<Lease>> {
+    fn releasing(&self) -> std::sync::MutexGuard<'_, Releasing> {
         self.releasing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The ids of `group`'s leases being released, separated by spaces (empty: none).
-    fn releasing_in(&self, group: &str) -> String {
+    /// The ids of `group`'s leases being released that are held in a bucket of `checks`,
+    /// separated by spaces (empty: none).
+    fn releasing_in(&self, group: &str, checks: &[Check]) -> String {
         let releasing = self.releasing();
         let mut ids = String::new();
-        for lease in releasing.iter().filter(|lease| lease.group == group) {
+        let Some(leases) = releasing.by_group.get(group) else {
+            return ids;
+        };
+        for lease in leases
+            .iter()
+            .filter(|lease| lease.keys.iter().any(|key| frees(checks, key)))
+        {
             if !ids.is_empty() {
                 ids.push(' ');
             }
@@ -380,10 +414,14 @@ impl RedisLimitStore {
         }
         ids
     }
+}
 
-    fn forget_releasing(&self, done: impl Fn(&Lease) -> bool) {
-        self.releasing().retain(|lease| !done(lease));
-    }
+/// Whether a decision of `checks` frees a lease held in bucket `key`: one of its concurrency
+/// checks is on that bucket.
+fn frees(checks: &[Check], key: &str) -> bool {
+    checks
+        .iter()
+        .any(|c| matches!(c.rule, Rule::Concurrency { .. }) && c.key == key)
 }
 
 /// Appends `text` with `%`, `{` and `}` percent-encoded.
@@ -559,10 +597,18 @@ impl LimitStore for RedisLimitStore {
     fn release_ready(&self, lease: &Lease) -> bool {
         if !lease.keys.is_empty() {
             let mut releasing = self.releasing();
-            if releasing.len() == PENDING_RELEASES {
-                releasing.pop_front();
+            if releasing.count == PENDING_RELEASES {
+                *releasing = Releasing::default();
             }
-            releasing.push_back(lease.clone());
+            releasing.count += 1;
+            match releasing.by_group.get_mut(lease.group.as_str()) {
+                Some(leases) => leases.push(lease.clone()),
+                None => {
+                    releasing
+                        .by_group
+                        .insert(lease.group.clone(), vec![lease.clone()]);
+                }
+            }
         }
         false
     }
@@ -582,6 +628,23 @@ mod tests {
     fn leases_being_released_are_carried_by_their_group_and_bounded() {
         let store = store();
         let lease = |group: &str, n: usize| Lease::new(group, format!("l{n}"), vec!["c".into()]);
+        let in_flight = |key: &str| {
+            Check::new(
+                key,
+                Rule::Concurrency {
+                    limit: 1,
+                    lease_ttl_us: 1,
+                },
+            )
+        };
+        let rate = Check::new(
+            "c",
+            Rule::Rate {
+                limit: 1,
+                window_us: 1,
+            },
+        );
+        let c = [in_flight("c")];
         assert!(
             !store.release_ready(&lease("a", 0)),
             "the release still has to run"
@@ -589,19 +652,38 @@ mod tests {
         assert!(!store.release_ready(&lease("b", 1)));
         assert!(!store.release_ready(&Lease::new("a", "none", Vec::new())));
         assert!(!store.release_ready(&lease("a", 2)));
-        // A lease in no bucket is not remembered; each group carries only its own.
-        assert_eq!(store.releasing_in("a"), "l0 l2");
-        assert_eq!(store.releasing_in("b"), "l1");
-        assert_eq!(store.releasing_in("c"), "");
-        store.forget_releasing(|l| l.id == "l0");
-        assert_eq!(store.releasing_in("a"), "l2");
-        // At most PENDING_RELEASES: the oldest go first.
-        for n in 3..3 + PENDING_RELEASES {
+        assert!(!store.release_ready(&Lease::new("a", "both", vec!["c".into(), "d".into()])));
+        // A lease in no bucket is not remembered; each group carries only its own, and only
+        // leases held in a bucket of the decision's concurrency checks.
+        assert_eq!(store.releasing_in("a", &c), "l0 l2 both");
+        assert_eq!(store.releasing_in("a", &[in_flight("d")]), "both");
+        assert_eq!(
+            store.releasing_in("a", &[in_flight("d"), in_flight("c")]),
+            "l0 l2 both"
+        );
+        assert_eq!(store.releasing_in("a", &[rate]), "");
+        assert_eq!(store.releasing_in("b", &c), "l1");
+        assert_eq!(store.releasing_in("c", &c), "");
+        store
+            .releasing()
+            .remove("a", |l| l.id == "l0" || l.id == "both");
+        assert_eq!(store.releasing_in("a", &c), "l2");
+        store.releasing().remove("a", |l| l.id == "l2");
+        assert!(
+            !store.releasing().by_group.contains_key("a"),
+            "no empty lists kept"
+        );
+        assert_eq!(store.releasing().count, 1);
+        // At most PENDING_RELEASES: one more and they are all forgotten (they lapse).
+        for n in 3..2 + PENDING_RELEASES {
             store.release_ready(&lease("b", n));
         }
-        assert_eq!(store.releasing().len(), PENDING_RELEASES);
-        assert_eq!(store.releasing_in("a"), "");
-        assert!(store.releasing_in("b").starts_with("l3 l4 "));
+        assert_eq!(store.releasing().count, PENDING_RELEASES);
+        assert!(store.releasing_in("b", &c).starts_with("l1 l3 "));
+        store.release_ready(&lease("a", 9999));
+        assert_eq!(store.releasing().count, 1);
+        assert_eq!(store.releasing_in("b", &c), "");
+        assert_eq!(store.releasing_in("a", &c), "l9999");
     }
 
     #[test]

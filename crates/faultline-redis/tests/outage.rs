@@ -256,3 +256,70 @@ async fn many_first_callers_open_one_connection_per_slot() {
     assert_eq!(proxy.accepted(), CONNECTIONS as u64);
     common::clean(&direct, &prefix).await;
 }
+
+#[tokio::test]
+async fn a_release_lost_to_a_cut_is_carried_by_the_next_decision_of_its_group() {
+    use std::sync::Arc;
+
+    use faultline::limits::{MICROS_PER_SECOND, Rule};
+    use faultline_axum::limit::{Check, LeaseGuard, LimitStore};
+    use faultline_redis::RedisLimitStore;
+
+    let Some(direct) = common::redis_or_skip("a_release_lost_to_a_cut").await else {
+        return;
+    };
+    let prefix = common::unique_prefix("lost-release");
+    let proxy = TcpProxy::start(common::redis_addr()).await.expect("proxy");
+    let pool = RedisPool::new(&format!("redis://{}", proxy.addr()), options()).expect("pool");
+    let store: Arc<dyn LimitStore> =
+        Arc::new(RedisLimitStore::new(Arc::new(pool)).with_prefix(&prefix));
+    // One at a time, and a lease lives a minute: only a release frees the slot within the test.
+    let checks = [Check::new(
+        "in_flight",
+        Rule::Concurrency {
+            limit: 1,
+            lease_ttl_us: 60 * MICROS_PER_SECOND,
+        },
+    )];
+    let held = store.decide("g", &checks, None).await.expect("decided");
+    assert!(held.admitted);
+    assert!(
+        !store
+            .decide("g", &checks, None)
+            .await
+            .expect("decided")
+            .admitted,
+        "the slot is taken"
+    );
+
+    proxy.cut();
+    // The response ends during the outage: its release cannot reach Redis, and gives up.
+    drop(LeaseGuard::new(
+        Arc::clone(&store),
+        held.lease.expect("a lease"),
+        DEADLINE,
+    ));
+    tokio::time::sleep(DEADLINE + DEADLINE / 2).await;
+    let members: i64 = direct
+        .query(redis::cmd("ZCARD").arg(format!("{{{prefix}:g}}:in_flight")))
+        .await
+        .expect("ZCARD");
+    assert_eq!(members, 1, "the release did not get through");
+
+    proxy.restore().expect("restore");
+    // The first decision that gets through after the outage (a pooled connection the cut
+    // broke may fail one first) frees it in its own script.
+    let mut next = None;
+    for _ in 0..2 * CONNECTIONS + 1 {
+        if let Ok(decision) = store.decide("g", &checks, None).await {
+            next = Some(decision);
+            break;
+        }
+    }
+    let next = next.expect("decisions get through after the restore");
+    assert!(
+        next.admitted,
+        "the lease given back during the outage still counted"
+    );
+    common::clean(&direct, &prefix).await;
+}
