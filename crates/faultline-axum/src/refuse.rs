@@ -49,7 +49,9 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Allowed { #[pin] future: F },
-        Refused { response: Option<Response> },
+        // Boxed: axum moves the future several times on every request, and an unboxed
+        // response (about 130 bytes) would make every allowed request's future that big.
+        Refused { response: Option<Box<Response>> },
     }
 }
 
@@ -65,7 +67,7 @@ impl<F> RefuseOr<F> {
     pub fn refuse(error: Error) -> Self {
         RefuseOr {
             state: State::Refused {
-                response: Some(error.into_response()),
+                response: Some(Box::new(error.into_response())),
             },
         }
     }
@@ -90,7 +92,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Allowed { future } => future.poll(cx),
-            StateProj::Refused { response } => Poll::Ready(Ok(response
+            StateProj::Refused { response } => Poll::Ready(Ok(*response
                 .take()
                 .expect("RefuseOr polled after completion"))),
         }
@@ -101,6 +103,20 @@ where
 mod tests {
     use super::*;
     use faultline::Situation;
+
+    #[test]
+    fn the_future_is_no_bigger_than_the_inner_one_and_a_pointer() {
+        type Inner = std::future::Ready<Result<Response, Infallible>>;
+        assert!(
+            std::mem::size_of::<RefuseOr<Inner>>()
+                <= std::mem::size_of::<Inner>() + std::mem::size_of::<usize>(),
+            "{} bytes",
+            std::mem::size_of::<RefuseOr<Inner>>()
+        );
+        // A small inner future (a boxed handler's) stays small.
+        type Boxed = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+        assert!(std::mem::size_of::<RefuseOr<Boxed>>() <= 24);
+    }
 
     #[tokio::test]
     async fn an_allowed_request_gets_the_inner_answer() {
