@@ -261,8 +261,7 @@ async fn many_first_callers_open_one_connection_per_slot() {
 async fn a_release_lost_to_a_cut_is_carried_by_the_next_decision_of_its_group() {
     use std::sync::Arc;
 
-    use faultline::limits::{MICROS_PER_SECOND, Rule};
-    use faultline_axum::limit::{Check, LeaseGuard, LimitStore};
+    use faultline_axum::limit::{Check, LeaseGuard, LimitStore, suite};
     use faultline_redis::RedisLimitStore;
 
     let Some(direct) = common::redis_or_skip("a_release_lost_to_a_cut").await else {
@@ -274,13 +273,7 @@ async fn a_release_lost_to_a_cut_is_carried_by_the_next_decision_of_its_group() 
     let store: Arc<dyn LimitStore> =
         Arc::new(RedisLimitStore::new(Arc::new(pool)).with_prefix(&prefix));
     // One at a time, and a lease lives a minute: only a release frees the slot within the test.
-    let checks = [Check::new(
-        "in_flight",
-        Rule::Concurrency {
-            limit: 1,
-            lease_ttl_us: 60 * MICROS_PER_SECOND,
-        },
-    )];
+    let checks = [Check::new("in_flight", suite::concurrency(1, 60))];
     let held = store.decide("g", &checks, None).await.expect("decided");
     assert!(held.admitted);
     assert!(

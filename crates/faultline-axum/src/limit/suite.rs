@@ -34,6 +34,15 @@ pub fn rate(limit: u64, window_s: i64) -> Rule {
     }
 }
 
+/// A concurrency rule: `limit` requests at once, each lease lapsing after `lease_ttl_s`
+/// seconds.
+pub fn concurrency(limit: u64, lease_ttl_s: i64) -> Rule {
+    Rule::Concurrency {
+        limit,
+        lease_ttl_us: lease_ttl_s * S,
+    }
+}
+
 async fn decide<S: LimitStore + ?Sized>(
     store: &S,
     group: &str,
@@ -62,34 +71,25 @@ pub async fn a_lease_given_back_never_counts_against_the_next_decision(
     store: std::sync::Arc<dyn LimitStore>,
 ) {
     let group = fresh_group("given-back");
-    let checks = [Check::new(
-        "in_flight",
-        Rule::Concurrency {
-            limit: 1,
-            lease_ttl_us: 60 * S,
-        },
-    )];
-    for i in 0..20 {
-        let d = decide(&*store, &group, &checks, NOW_US).await;
-        assert!(d.admitted, "request {i} after the one before it ended");
-        let lease = d.lease.expect("an admitted request holds a lease");
+    let checks = [Check::new("in_flight", concurrency(1, 60))];
+    let give_back = |lease| {
         drop(super::LeaseGuard::new(
             std::sync::Arc::clone(&store),
             lease,
             std::time::Duration::from_secs(5),
         ));
+    };
+    for i in 0..20 {
+        let d = decide(&*store, &group, &checks, NOW_US).await;
+        assert!(d.admitted, "request {i} after the one before it ended");
+        give_back(d.lease.expect("an admitted request holds a lease"));
     }
     // And a lease still held does count.
     let held = decide(&*store, &group, &checks, NOW_US).await;
     assert!(held.admitted);
     let refused = decide(&*store, &group, &checks, NOW_US).await;
     assert!(!refused.admitted, "one at a time");
-    let lease = held.lease.expect("a lease");
-    drop(super::LeaseGuard::new(
-        std::sync::Arc::clone(&store),
-        lease,
-        std::time::Duration::from_secs(5),
-    ));
+    give_back(held.lease.expect("a lease"));
     assert!(decide(&*store, &group, &checks, NOW_US).await.admitted);
 }
 
@@ -339,13 +339,7 @@ pub async fn quotas_count_cost_and_reset_with_the_period<S: LimitStore + ?Sized>
 /// released lapse after their time to live; releasing twice or late is harmless.
 pub async fn concurrency_leases_are_taken_released_and_lapse<S: LimitStore + ?Sized>(store: &S) {
     let group = fresh_group("concurrency");
-    let checks = [Check::new(
-        "in_flight",
-        Rule::Concurrency {
-            limit: 2,
-            lease_ttl_us: 30 * S,
-        },
-    )];
+    let checks = [Check::new("in_flight", concurrency(2, 30))];
     let first = decide(store, &group, &checks, NOW_US).await;
     assert!(first.admitted);
     assert_eq!(first.outcomes[0].remaining, 1);
@@ -396,13 +390,7 @@ pub async fn a_refused_request_takes_no_lease<S: LimitStore + ?Sized>(store: &S)
     let group = fresh_group("nolease");
     let checks = [
         Check::new("rate", rate(1, 60)),
-        Check::new(
-            "in_flight",
-            Rule::Concurrency {
-                limit: 1,
-                lease_ttl_us: 60 * S,
-            },
-        ),
+        Check::new("in_flight", concurrency(1, 60)),
     ];
     let d = decide(store, &group, &checks, NOW_US).await;
     let lease = d.lease.expect("a lease");
@@ -414,13 +402,7 @@ pub async fn a_refused_request_takes_no_lease<S: LimitStore + ?Sized>(store: &S)
 
     let other = [
         Check::new("rate", rate(10, 60)),
-        Check::new(
-            "in_flight",
-            Rule::Concurrency {
-                limit: 1,
-                lease_ttl_us: 60 * S,
-            },
-        ),
+        Check::new("in_flight", concurrency(1, 60)),
     ];
     let group = fresh_group("nolease2");
     let held = decide(store, &group, &other, NOW_US).await;
